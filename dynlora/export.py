@@ -1,0 +1,165 @@
+"""Export dynlora adapters as a standard PEFT LoRA folder, and load such a folder back.
+
+The folder is what ``peft.PeftModel.save_pretrained`` writes: ``adapter_config.json`` (a real
+``peft.LoraConfig``, saved by peft) and ``adapter_model.safetensors`` with PEFT's key names. Gates and
+scales are folded into B, and each module gets ``alpha == rank`` through ``alpha_pattern``, so plain
+PEFT computes exactly dynlora's update. Modules pruned to rank 0 are left out of ``target_modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dynlora.errors import DynloraError
+from dynlora.inject import AdapterConfig, adapters, head_names, inject
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+_PREFIX = "base_model.model."
+
+
+def _task_type(model: nn.Module) -> str | None:
+    if head_names(model):
+        return "SEQ_CLS"
+    if hasattr(model, "lm_head") or type(model).__name__.endswith("ForCausalLM"):
+        return "CAUSAL_LM"
+    return None
+
+
+def _base_name(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """PEFT-named tensors: folded lora_A / lora_B of every non-empty adapter plus the task head."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer in adapters(model).items():
+        if layer.rank == 0:
+            continue
+        if layer.merged:
+            raise DynloraError(f"adapter {name} is merged; unmerge before exporting")
+        tensors[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
+        tensors[f"{_PREFIX}{name}.lora_B.weight"] = layer.folded_b().detach()
+    for head in head_names(model):
+        for pname, p in model.get_submodule(head).named_parameters():
+            tensors[f"{_PREFIX}{head}.{pname}"] = p.detach()
+    return {k: v.contiguous().cpu().clone() for k, v in tensors.items()}
+
+
+def peft_config(model: nn.Module, dropout: float = 0.0) -> LoraConfig:
+    """The ``peft.LoraConfig`` that describes the model's adapters at their current ranks."""
+    ranks = {name: layer.rank for name, layer in adapters(model).items() if layer.rank > 0}
+    if not ranks:
+        raise DynloraError("nothing to export: the model has no adapter with rank > 0")
+    values = list(ranks.values())
+    default_r = max(set(values), key=values.count)
+    pattern = {n: r for n, r in ranks.items() if r != default_r}
+    task = _task_type(model)
+    return LoraConfig(
+        task_type=task,
+        r=default_r,
+        lora_alpha=default_r,  # scale 1: the real scale is folded into B
+        target_modules=list(ranks),
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        lora_dropout=dropout,
+        fan_in_fan_out=any(layer.fan_in_fan_out for layer in adapters(model).values()),
+        modules_to_save=head_names(model) or None,
+        base_model_name_or_path=_base_name(model),
+    )
+
+
+def export_peft(model: nn.Module, folder: str | os.PathLike, dropout: float = 0.0) -> Path:
+    """Write a plain PEFT LoRA adapter folder; written to a temporary folder, then renamed."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise DynloraError(f"export folder {folder} exists and is not empty; choose a new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        peft_config(model, dropout).save_pretrained(str(tmp))
+        save_file(export_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if folder.exists():
+            folder.rmdir()
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _read_config(folder: Path) -> LoraConfig:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise DynloraError(f"{folder} is not a PEFT adapter folder: {CONFIG_NAME} is missing")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DynloraError(f"{path} is not valid JSON: {err}") from None
+    if raw.get("peft_type") != "LORA":
+        raise DynloraError(f"{path}: peft_type {raw.get('peft_type')!r} is not supported; only LORA")
+    config = LoraConfig.from_pretrained(str(folder))
+    if config.use_dora or config.use_rslora:
+        raise DynloraError(f"{path}: use_dora / use_rslora adapters are not supported")
+    return config
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise DynloraError(f"{folder}: {WEIGHTS_NAME} is missing (only safetensors weights are loaded)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise DynloraError(f"{path} is not a readable safetensors file: {err}") from None
+
+
+def load_peft(model: nn.Module, folder: str | os.PathLike, use_gate: bool = False) -> dict:
+    """Inject adapters from a PEFT LoRA folder into ``model`` (a fresh base model) to go on training.
+
+    Ranks come from ``rank_pattern``, scales from ``alpha_pattern``; the head weights are loaded too.
+    Returns the adapters by module name.
+    """
+    folder = Path(folder)
+    config = _read_config(folder)
+    weights = _read_weights(folder)
+    targets = config.target_modules
+    targets = tuple(sorted(targets)) if isinstance(targets, (set, list, tuple)) else targets
+    names = [k[len(_PREFIX):-len(".lora_A.weight")] for k in weights if k.endswith(".lora_A.weight")]
+    ranks = {n: weights[f"{_PREFIX}{n}.lora_A.weight"].shape[0] for n in names}
+    alphas = {n: float(config.alpha_pattern.get(n, config.lora_alpha)) for n in names}
+    layers = inject(model, AdapterConfig(
+        rank=config.r, alpha=float(config.lora_alpha), dropout=float(config.lora_dropout),
+        targets=tuple(names) if names else targets, use_gate=use_gate, rank_pattern=ranks,
+        scale_pattern={n: alphas[n] / max(ranks[n], 1) for n in names}))
+    with torch.no_grad():
+        for name, layer in layers.items():
+            a = weights.get(f"{_PREFIX}{name}.lora_A.weight")
+            b = weights.get(f"{_PREFIX}{name}.lora_B.weight")
+            if a is None or b is None:
+                raise DynloraError(f"{folder}: no weights for adapter {name}")
+            if a.shape != layer.lora_A.shape or b.shape != layer.lora_B.shape:
+                raise DynloraError(f"{folder}: adapter {name} has A {tuple(a.shape)} / B {tuple(b.shape)}, the model "
+                                   f"needs A {tuple(layer.lora_A.shape)} / B {tuple(layer.lora_B.shape)}: another base model?")
+            layer.lora_A.copy_(a)
+            layer.lora_B.copy_(b)
+        for head in head_names(model):
+            module = model.get_submodule(head)
+            for pname, p in module.named_parameters():
+                key = f"{_PREFIX}{head}.{pname}"
+                if key in weights:
+                    if weights[key].shape != p.shape:
+                        raise DynloraError(f"{folder}: head {head}.{pname} has shape {tuple(weights[key].shape)}, "
+                                           f"the model has {tuple(p.shape)}: different number of labels?")
+                    p.copy_(weights[key])
+    return layers

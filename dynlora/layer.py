@@ -1,0 +1,170 @@
+"""The adapter layer: a frozen base linear plus a low-rank update whose rank can change in place.
+
+    h = base(x) + ((dropout(x) @ A.T) * c) @ B.T * scale
+
+A is (r, in), B is (out, r) — the same layout as PEFT's ``lora_A.weight`` / ``lora_B.weight`` so
+that export is a copy. ``c`` is an optional per-rank gate (L1RA). ``scale`` is fixed when the layer
+is created (alpha / initial rank) and never follows the current rank: a resize must not move the
+output.
+
+``resize`` swaps the ``.data`` of the existing Parameter objects instead of creating new ones, so the
+optimizer's param groups (and the HF Trainer / accelerate wrappers holding them) stay valid; the
+returned ``RankChange`` records tell ``surgery.remap_optimizer_state`` how to re-index the moments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class RankChange:
+    """One parameter's rank dimension was re-indexed: ``new = cat(old[keep], grow new slots)``."""
+
+    param: nn.Parameter
+    dim: int
+    keep: torch.Tensor  # (k,) long, indices into the old rank dimension
+    grow: int
+
+
+def _in_out(base: nn.Module) -> tuple[int, int]:
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    if isinstance(base, Conv1D):
+        # transformers' Conv1D stores its weight as (in, out)
+        return base.weight.shape[0], base.weight.shape[1]
+    raise TypeError(f"cannot adapt {type(base).__name__}: only nn.Linear and transformers Conv1D")
+
+
+class LoraLayer(nn.Module):
+    """A LoRA adapter around an ``nn.Linear`` or ``Conv1D`` whose rank can be pruned and grown."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_gate: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0, got {rank}")
+        self.base = base
+        self.in_features, self.out_features = _in_out(base)
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=weight.dtype, device=weight.device))
+        self.gate = nn.Parameter(torch.ones(rank, dtype=weight.dtype, device=weight.device)) if use_gate else None
+        self.register_buffer("scale", torch.tensor(alpha / max(rank, 1), dtype=torch.float32))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        with torch.no_grad():
+            self.lora_A.copy_(self._init_a(rank, generator))
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.lora_A.shape[0]
+
+    def num_parameters(self) -> int:
+        """Trainable adapter parameters at the current rank (A, B and the gate)."""
+        return self.rank * (self.in_features + self.out_features) + (self.rank if self.gate is not None else 0)
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token of the adapter path (2 per multiply-add), zero at rank 0."""
+        if self.rank == 0:
+            return 0
+        gate = self.rank if self.gate is not None else 0
+        return 2 * self.rank * (self.in_features + self.out_features) + gate + self.out_features
+
+    # ---- forward / merge -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged or self.rank == 0:
+            return out
+        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
+        if self.gate is not None:
+            h = h * self.gate
+        return out + F.linear(h, self.lora_B).to(out.dtype) * self.scale  # (..., out)
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale * B diag(c) A, shaped like ``nn.Linear.weight``: (out, in)."""
+        b = self.lora_B if self.gate is None else self.lora_B * self.gate
+        return (b @ self.lora_A) * self.scale
+
+    def folded_b(self) -> torch.Tensor:
+        """B with gate and scale folded in: (out, r); with it, plain LoRA at scale 1 is exact."""
+        b = self.lora_B if self.gate is None else self.lora_B * self.gate
+        return b * self.scale
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the adapter into the base weight; forward then skips the adapter path."""
+        if self.merged:
+            return
+        self._add_to_base(self.delta_weight())
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo ``merge``."""
+        if not self.merged:
+            return
+        self._add_to_base(-self.delta_weight())
+        self.merged = False
+
+    def _add_to_base(self, delta: torch.Tensor) -> None:
+        w = self.base.weight
+        w.data += (delta.T if self.fan_in_fan_out else delta).to(w.dtype)
+
+    # ---- resize ------------------------------------------------------------------------------
+    def _init_a(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        # PEFT's default: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in))
+        bound = 1.0 / math.sqrt(self.in_features)
+        a = torch.rand(n, self.in_features, generator=generator, dtype=torch.float32)
+        return ((a * 2 - 1) * bound).to(self.lora_A.device, self.lora_A.dtype)
+
+    @torch.no_grad()
+    def resize(self, keep: torch.Tensor | list[int], grow: int = 0,
+               generator: torch.Generator | None = None) -> list[RankChange]:
+        """Keep ranks ``keep`` (indices, in that order) and append ``grow`` new ranks.
+
+        New ranks get a small random A row, a zero B column and gate 1, so the output does not move;
+        a pruned rank leaves the parameters entirely. Returns one ``RankChange`` per parameter for the
+        optimizer surgery. The layer must not be merged.
+        """
+        if self.merged:
+            raise RuntimeError("unmerge before resizing")
+        keep = torch.as_tensor(keep, dtype=torch.long, device=self.lora_A.device).reshape(-1)
+        if grow < 0:
+            raise ValueError(f"grow must be >= 0, got {grow}")
+        if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= self.rank):
+            raise ValueError(f"keep indices must lie in [0, {self.rank}), got {keep.tolist()}")
+        if keep.unique().numel() != keep.numel():
+            raise ValueError(f"keep indices repeat: {keep.tolist()}")
+        new_a = torch.cat([self.lora_A.index_select(0, keep), self._init_a(grow, generator)], 0)
+        b = self.lora_B
+        new_b = torch.cat([b.index_select(1, keep), b.new_zeros(self.out_features, grow)], 1)
+        changes = [self._swap(self.lora_A, new_a, 0, keep, grow), self._swap(self.lora_B, new_b, 1, keep, grow)]
+        if self.gate is not None:
+            new_c = torch.cat([self.gate.index_select(0, keep), self.gate.new_ones(grow)])
+            changes.append(self._swap(self.gate, new_c, 0, keep, grow))
+        return changes
+
+    @staticmethod
+    def _swap(p: nn.Parameter, new: torch.Tensor, dim: int, keep: torch.Tensor, grow: int) -> RankChange:
+        p.data = new.contiguous()
+        p.grad = None
+        return RankChange(param=p, dim=dim, keep=keep, grow=grow)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, gate={self.gate is not None}"

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random models (no download) and the embedded MiniLM."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
+
+
+def tiny_bert(num_labels: int = 2) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_gpt2(num_labels: int = 2, lm: bool = False):
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=num_labels,
+                     pad_token_id=0)
+    return (GPT2LMHeadModel(cfg) if lm else GPT2ForSequenceClassification(cfg)).eval()
+
+
+def tiny_llama(num_labels: int = 2, lm: bool = False):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      num_labels=num_labels, pad_token_id=0)
+    return (LlamaForCausalLM(cfg) if lm else LlamaForSequenceClassification(cfg)).eval()
+
+
+TINY = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_model(request):
+    """Each tiny architecture in turn: (name, model)."""
+    return request.param, TINY[request.param]()
+
+
+def tokens(batch: int = 2, seq: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
