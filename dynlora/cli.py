@@ -1,0 +1,109 @@
+"""The ``dynlora`` command: ``train`` and ``export``.
+
+Bad input raises ``DynloraError``; ``main`` prints it as one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from dynlora.errors import DynloraError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"dynlora: error: {message}\n")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from dynlora.train import METHODS, TrainOptions
+
+    d = TrainOptions.__dataclass_fields__
+    p = sub.add_parser("train", help="fine-tune with adapters and write a run folder")
+    p.add_argument("--model", default=None, help="local HF model folder, hub name, or 'minilm' (default)")
+    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default) or trec6")
+    p.add_argument("--dataset", default=None, help="local .csv/.jsonl file (or a HF datasets name when online)")
+    p.add_argument("--text-column", default=d["text_column"].default)
+    p.add_argument("--label-column", default=d["label_column"].default)
+    p.add_argument("--method", default="lora", help=f"one of: {', '.join(sorted(METHODS))}")
+    p.add_argument("--rank", type=int, default=d["rank"].default)
+    p.add_argument("--alpha", type=float, default=d["alpha"].default)
+    p.add_argument("--dropout", type=float, default=d["dropout"].default)
+    p.add_argument("--targets", default="all-linear", help="all-linear, comma-separated names, or a regex")
+    p.add_argument("--epochs", type=float, default=d["epochs"].default)
+    p.add_argument("--max-steps", type=int, default=d["max_steps"].default)
+    p.add_argument("--train-size", type=int, default=d["train_size"].default,
+                   help="training examples to use (seeded subset); 0 = the whole training split")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
+    p.add_argument("--lr", type=float, default=d["lr"].default)
+    p.add_argument("--max-length", type=int, default=d["max_length"].default)
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--output", default=None, help="run folder (default runs/<timestamp>)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="copy a run's adapter out as a plain PEFT LoRA folder")
+    p.add_argument("run", help="a run folder written by dynlora train")
+    p.add_argument("--output", required=True, help="new folder for the PEFT adapter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dynlora", description="Dynamic LoRA fine-tuning that exports plain PEFT LoRA.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _add_train(sub)
+    _add_export(sub)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from dynlora.inject import parse_targets
+    from dynlora.train import TrainOptions, train
+
+    opts = TrainOptions(
+        model=args.model, task=args.task, dataset=args.dataset, text_column=args.text_column,
+        label_column=args.label_column, method=args.method, rank=args.rank, alpha=args.alpha,
+        dropout=args.dropout, targets=parse_targets(args.targets), epochs=args.epochs, max_steps=args.max_steps,
+        train_size=None if args.train_size == 0 else args.train_size, batch_size=args.batch_size, lr=args.lr,
+        max_length=args.max_length, seed=args.seed, output=args.output)
+    train(opts)
+
+
+def _export(args: argparse.Namespace) -> None:
+    import shutil
+    from pathlib import Path
+
+    from dynlora.train import RUN_MARKER
+
+    run = Path(args.run)
+    if not (run / RUN_MARKER).is_file() or not (run / "adapter").is_dir():
+        raise DynloraError(f"{args.run!r} is not a dynlora run folder (needs {RUN_MARKER} and adapter/)")
+    out = Path(args.output)
+    if out.exists():
+        raise DynloraError(f"output {args.output!r} already exists; give a new folder")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.copytree(run / "adapter", tmp)
+    tmp.rename(out)
+    print(f"dynlora: PEFT adapter written to {out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dynlora`` command; returns the exit code."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        {"train": _train, "export": _export}[args.command](args)
+    except DynloraError as err:
+        print(f"dynlora: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Peak memory of a block of code: CUDA allocator peak on GPU, sampled resident set size on CPU."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return 0.0
+
+
+class PeakMemory:
+    """Context manager: ``peak_mb`` (peak during the block) and ``delta_mb`` (peak minus the start).
+
+    On CUDA it reads ``torch.cuda.max_memory_allocated``; on CPU a thread samples the RSS every
+    ``interval`` seconds, so very short spikes can be missed.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.cuda = torch.cuda.is_available()
+        self.start_mb = self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start_mb = torch.cuda.memory_allocated() / 2**20
+        else:
+            self.start_mb = rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        self.peak_mb = self.start_mb
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    @property
+    def delta_mb(self) -> float:
+        return self.peak_mb - self.start_mb

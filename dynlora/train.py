@@ -1,0 +1,165 @@
+"""``dynlora train``: fine-tune with adapters through the HF Trainer and write a run folder.
+
+A run folder holds ``run.json`` (the options), ``metrics.json``, ``history.jsonl`` and ``adapter/``
+(a plain PEFT LoRA adapter). It is written into a hidden temporary folder beside the target and
+renamed at the end, so an interrupted or failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+from dynlora import __version__
+from dynlora.callback import DynloraCallback
+from dynlora.controller import Controller, Method
+from dynlora.data import load_task, tokenize
+from dynlora.errors import DynloraError
+from dynlora.export import export_peft
+from dynlora.inject import AdapterConfig, adapter_flops_per_token, inject, total_rank, trainable_parameters
+from dynlora.memory import PeakMemory
+from dynlora.metrics import accuracy, macro_f1
+from dynlora.models import load_classifier
+
+RUN_MARKER = "run.json"
+
+# method name -> factory(options, controller-less context) building the Method (None = static LoRA).
+METHODS: dict[str, Callable[["TrainOptions"], Method | None]] = {"lora": lambda opts: None}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``dynlora train`` takes; checked on construction."""
+
+    model: str | None = None
+    task: str | None = None
+    dataset: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    method: str = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str | tuple[str, ...] = "all-linear"
+    epochs: float = 1.0
+    max_steps: int = -1
+    train_size: int | None = 3000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_ratio: float = 0.06
+    max_length: int = 64
+    seed: int = 0
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise DynloraError(f"unknown method {self.method!r}; valid: {', '.join(sorted(METHODS))}")
+        checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
+                  "epochs": self.epochs > 0, "max_length": self.max_length > 1,
+                  "max_steps": self.max_steps == -1 or self.max_steps > 0,
+                  "train_size": self.train_size is None or self.train_size > 0,
+                  "warmup_ratio": 0 <= self.warmup_ratio < 1}
+        for name, ok in checks.items():
+            if not ok:
+                raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
+
+    def adapter_config(self) -> AdapterConfig:
+        return AdapterConfig(rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets)
+
+
+def prepare_output(output: str | None) -> tuple[Path, Path]:
+    """(final folder, temporary folder to write into). Refuses a folder that is not a dynlora run."""
+    final = Path(output) if output else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / RUN_MARKER).is_file())):
+        raise DynloraError(f"output {str(final)!r} exists and is not a dynlora run folder; give a new or empty folder")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final, Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def finish_output(tmp: Path, final: Path) -> None:
+    """Move the finished run into place, replacing an earlier dynlora run of the same name."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{int(time.time())}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def training_args(opts: TrainOptions, out: Path, steps_per_epoch: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=max(opts.batch_size, 64), learning_rate=opts.lr,
+        num_train_epochs=opts.epochs, max_steps=opts.max_steps, warmup_steps=opts.warmup_ratio,
+        seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, steps_per_epoch // 10)),
+        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=False,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json."""
+    data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
+                     train_size=opts.train_size, seed=opts.seed)
+    final, tmp = prepare_output(opts.output)
+    try:
+        set_seed(opts.seed)
+        model, tokenizer = load_classifier(opts.model, data.num_labels)
+        inject(model, opts.adapter_config(), generator=torch.Generator().manual_seed(opts.seed))
+        controller = Controller(model, METHODS[opts.method](opts), seed=opts.seed)
+        train_ds = tokenize(data.train, tokenizer, opts.max_length)
+        test_ds = tokenize(data.test, tokenizer, opts.max_length)
+        steps_per_epoch = -(-len(train_ds) // opts.batch_size)
+        trainer = Trainer(model=model, args=training_args(opts, tmp, steps_per_epoch), train_dataset=train_ds,
+                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[DynloraCallback(controller)])
+        log(f"dynlora: {opts.method} rank {opts.rank} on {len(controller.layers)} modules, "
+            f"{trainable_parameters(model):,} trainable parameters, {len(train_ds)} training examples")
+        start = time.perf_counter()
+        with PeakMemory() as mem:
+            result = trainer.train()
+        seconds = time.perf_counter() - start
+        pred = trainer.predict(test_ds)
+        labels = np.asarray([ex.label for ex in data.test])
+        guesses = np.asarray(pred.predictions).argmax(-1)
+        metrics = {
+            "task": data.name, "method": opts.method, "accuracy": accuracy(guesses, labels),
+            "f1": macro_f1(guesses, labels, data.num_labels), "trainable_params": trainable_parameters(model),
+            "adapter_flops": adapter_flops_per_token(model), "total_rank": total_rank(model),
+            "train_seconds": round(seconds, 2), "peak_memory_mb": round(mem.peak_mb, 1),
+            "train_loss": float(result.training_loss), "steps": int(result.global_step),
+            "train_examples": len(train_ds), "test_examples": len(test_ds),
+        }
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        logs = [{"event": "log", **row} for row in trainer.state.log_history]
+        _write_jsonl(tmp / "history.jsonl", sorted(controller.history + logs, key=lambda r: r.get("step", 0)))
+        export_peft(model, tmp / "adapter", dropout=opts.dropout)
+        run = {"dynlora_version": __version__, "options": asdict(opts), "num_labels": data.num_labels,
+               "label_names": list(data.label_names), "finished": datetime.now().isoformat(timespec="seconds")}
+        (tmp / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")
+        finish_output(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"dynlora: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1']:.4f}  "
+        f"({metrics['train_seconds']:.0f} s); run written to {final}")
+    metrics["output"] = str(final)
+    return metrics
