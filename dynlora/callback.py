@@ -27,5 +27,8 @@ class DynloraCallback(TrainerCallback):
             self.controller.optimizer = optimizer
         self.controller.step()
 
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        self.controller.note("log", **(logs or {}))
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.controller.record("end")

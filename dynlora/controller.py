@@ -90,6 +90,10 @@ class Controller:
         self.history.append(row)
         return row
 
+    def note(self, event: str, **detail: Any) -> None:
+        """Append a light event (no ranks), e.g. the Trainer's loss logs, to the history."""
+        self.history.append({"step": self.global_step, "event": event, **detail})
+
     def restore_ranks(self, ranks: Mapping[str, int]) -> None:
         """Give each layer the rank it had in a checkpoint, before weights and optimizer are loaded."""
         unknown = set(ranks) - set(self.layers)

@@ -69,8 +69,10 @@ def is_adaptable(module: nn.Module) -> bool:
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Full names of every nn.Linear / Conv1D in the model (adapter bases excluded)."""
-    return [n for n, m in model.named_modules() if is_adaptable(m) and not n.endswith(".base")]
+    """Full names of every nn.Linear / Conv1D in the model; an adapted one goes by its own name."""
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    names = [n for n, m in model.named_modules() if is_adaptable(m)]
+    return [n[: -len(".base")] if n.endswith(".base") and n[: -len(".base")] in wrapped else n for n in names]
 
 
 def head_names(model: nn.Module) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
@@ -44,14 +46,31 @@ def resolve_model(name: str | None) -> str:
     return name
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' weight-loading bar and its report on the (expected) fresh task head."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_classifier(name: str | None, num_labels: int) -> tuple[nn.Module, object]:
     """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     where = resolve_model(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels)
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None

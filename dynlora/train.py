@@ -149,8 +149,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         }
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        logs = [{"event": "log", **row} for row in trainer.state.log_history]
-        _write_jsonl(tmp / "history.jsonl", sorted(controller.history + logs, key=lambda r: r.get("step", 0)))
+        _write_jsonl(tmp / "history.jsonl", controller.history)
         export_peft(model, tmp / "adapter", dropout=opts.dropout)
         run = {"dynlora_version": __version__, "options": asdict(opts), "num_labels": data.num_labels,
                "label_names": list(data.label_names), "finished": datetime.now().isoformat(timespec="seconds")}

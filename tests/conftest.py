@@ -56,3 +56,12 @@ def tokens(batch: int = 2, seq: int = 8, seed: int = 0) -> dict[str, torch.Tenso
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 100, (batch, seq), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("DYNLORA_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end run: set DYNLORA_SLOW=1 (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

