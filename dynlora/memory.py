@@ -64,3 +64,42 @@ class PeakMemory:
     @property
     def delta_mb(self) -> float:
         return self.peak_mb - self.start_mb
+
+
+class SavedTensorBytes:
+    """Context manager counting the bytes autograd saves for backward (the activation memory).
+
+    Storages are counted once; storages of the model's own parameters are not counted (they exist
+    anyway). Deterministic, so it compares methods on a CPU where the allocator peak is not visible.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._seen: set[int] = set()
+        self.bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self._skip and ptr not in self._seen:
+            self._seen.add(ptr)
+            self.bytes += storage.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedTensorBytes":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
+    """Bytes of trainable parameters' gradients plus the optimizer state (what training adds to weights)."""
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    state = 0
+    if optimizer is not None:
+        for entry in optimizer.state.values():
+            state += sum(v.numel() * v.element_size() for v in entry.values() if torch.is_tensor(v))
+    return grads + state
