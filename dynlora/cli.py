@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from dynlora.train import METHODS, TrainOptions
+    from dynlora.recipes import method_names
+    from dynlora.train import TrainOptions
 
     d = TrainOptions.__dataclass_fields__
     p = sub.add_parser("train", help="fine-tune with adapters and write a run folder")
@@ -28,7 +29,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="local .csv/.jsonl file (or a HF datasets name when online)")
     p.add_argument("--text-column", default=d["text_column"].default)
     p.add_argument("--label-column", default=d["label_column"].default)
-    p.add_argument("--method", default="lora", help=f"one of: {', '.join(sorted(METHODS))}")
+    p.add_argument("--method", default="lora", help=f"one of: {', '.join(method_names())}")
     p.add_argument("--rank", type=int, default=d["rank"].default)
     p.add_argument("--alpha", type=float, default=d["alpha"].default)
     p.add_argument("--dropout", type=float, default=d["dropout"].default)

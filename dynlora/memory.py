@@ -6,7 +6,10 @@ import os
 import threading
 import time
 
+from typing import Any
+
 import torch
+from transformers import TrainerCallback
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -87,6 +90,12 @@ class SavedTensorBytes:
             self.bytes += storage.nbytes()
         return t
 
+    def reset(self) -> int:
+        """Start a new count; returns the finished one."""
+        done, self.bytes = self.bytes, 0
+        self._seen.clear()
+        return done
+
     def __enter__(self) -> "SavedTensorBytes":
         self._hooks.__enter__()
         return self
@@ -103,3 +112,38 @@ def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimize
         for entry in optimizer.state.values():
             state += sum(v.numel() * v.element_size() for v in entry.values() if torch.is_tensor(v))
     return grads + state
+
+
+class ActivationMemoryCallback(TrainerCallback):
+    """Peak over micro-batches of the bytes autograd saved for backward, during a Trainer run."""
+
+    def __init__(self) -> None:
+        self.counter: SavedTensorBytes | None = None
+        self.peak_bytes = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.state_bytes = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.counter = SavedTensorBytes(model)
+        self.counter.__enter__()
+
+    def _flush(self) -> None:
+        if self.counter is not None:
+            self.peak_bytes = max(self.peak_bytes, self.counter.reset())
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._flush()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                    **kwargs: Any) -> None:
+        self._flush()
+        if optimizer is not None:
+            from dynlora.surgery import unwrap_optimizer
+
+            self.state_bytes = max(self.state_bytes, training_state_bytes(model, unwrap_optimizer(optimizer)))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._flush()
+        if self.counter is not None:
+            self.counter.__exit__(None, None, None)
+            self.counter = None

@@ -8,10 +8,11 @@ renamed at the end, so an interrupted or failed run leaves nothing half-written.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,23 +20,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from dynlora import __version__
-from dynlora.callback import DynloraCallback
-from dynlora.controller import Controller, Method
 from dynlora.data import load_task, tokenize
 from dynlora.errors import DynloraError
-from dynlora.export import export_peft
-from dynlora.inject import AdapterConfig, adapter_flops_per_token, inject, total_rank, trainable_parameters
-from dynlora.memory import PeakMemory
+from dynlora.inject import AdapterConfig, trainable_parameters
+from dynlora.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.metrics import accuracy, macro_f1
 from dynlora.models import load_classifier
+from dynlora.recipes import method_names, prepare
 
 RUN_MARKER = "run.json"
 
-# method name -> factory(options, controller-less context) building the Method (None = static LoRA).
-METHODS: dict[str, Callable[["TrainOptions"], Method | None]] = {"lora": lambda opts: None}
 
 
 @dataclass(frozen=True)
@@ -63,8 +60,8 @@ class TrainOptions:
     output: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise DynloraError(f"unknown method {self.method!r}; valid: {', '.join(sorted(METHODS))}")
+        if self.method.split(":")[0] not in method_names():
+            raise DynloraError(f"unknown method {self.method!r}; valid: {', '.join(method_names())}")
         checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
                   "epochs": self.epochs > 0, "max_length": self.max_length > 1,
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
@@ -104,18 +101,26 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def training_args(opts: TrainOptions, out: Path, steps_per_epoch: int) -> TrainingArguments:
+def training_args(opts: TrainOptions, out: Path, total_steps: int) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=max(opts.batch_size, 64), learning_rate=opts.lr,
         num_train_epochs=opts.epochs, max_steps=opts.max_steps, warmup_steps=opts.warmup_ratio,
-        seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, steps_per_epoch // 10)),
+        seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=False,
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
 
 
-def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
+    """The optimizer steps the Trainer will take (its own formula), known before training starts."""
+    if opts.max_steps > 0:
+        return opts.max_steps
+    return max(1, math.ceil(opts.epochs * math.ceil(num_examples / opts.batch_size)))
+
+
+def train(opts: TrainOptions, log: Callable[[str], None] = print,
+          extra_callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json."""
     data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
                      train_size=opts.train_size, seed=opts.seed)
@@ -123,15 +128,17 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
     try:
         set_seed(opts.seed)
         model, tokenizer = load_classifier(opts.model, data.num_labels)
-        inject(model, opts.adapter_config(), generator=torch.Generator().manual_seed(opts.seed))
-        controller = Controller(model, METHODS[opts.method](opts), seed=opts.seed)
         train_ds = tokenize(data.train, tokenizer, opts.max_length)
         test_ds = tokenize(data.test, tokenizer, opts.max_length)
-        steps_per_epoch = -(-len(train_ds) // opts.batch_size)
-        trainer = Trainer(model=model, args=training_args(opts, tmp, steps_per_epoch), train_dataset=train_ds,
-                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[DynloraCallback(controller)])
-        log(f"dynlora: {opts.method} rank {opts.rank} on {len(controller.layers)} modules, "
-            f"{trainable_parameters(model):,} trainable parameters, {len(train_ds)} training examples")
+        total_steps = total_optimizer_steps(opts, len(train_ds))
+        prepared = prepare(model, opts, total_steps)
+        memory = ActivationMemoryCallback()
+        trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps),
+                          train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
+                          callbacks=[*prepared.callbacks, memory, *extra_callbacks])
+        log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules, "
+            f"{trainable_parameters(prepared.model):,} trainable parameters, {len(train_ds)} training examples, "
+            f"{total_steps} steps")
         start = time.perf_counter()
         with PeakMemory() as mem:
             result = trainer.train()
@@ -139,18 +146,25 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         pred = trainer.predict(test_ds)
         labels = np.asarray([ex.label for ex in data.test])
         guesses = np.asarray(pred.predictions).argmax(-1)
+        ranks = prepared.ranks()
         metrics = {
-            "task": data.name, "method": opts.method, "accuracy": accuracy(guesses, labels),
-            "f1": macro_f1(guesses, labels, data.num_labels), "trainable_params": trainable_parameters(model),
-            "adapter_flops": adapter_flops_per_token(model), "total_rank": total_rank(model),
-            "train_seconds": round(seconds, 2), "peak_memory_mb": round(mem.peak_mb, 1),
+            "task": data.name, "method": opts.method, "seed": opts.seed, "accuracy": accuracy(guesses, labels),
+            "f1": macro_f1(guesses, labels, data.num_labels), "trainable_params": trainable_parameters(prepared.model),
+            "adapter_flops": prepared.adapter_flops(), "total_rank": sum(ranks.values()), "modules": len(ranks),
+            "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, result.global_step), 4),
+            "peak_memory_mb": round(mem.peak_mb, 1),
+            "activation_mb": round(memory.peak_bytes / 2**20, 2),
+            "grads_optimizer_mb": round(memory.state_bytes / 2**20, 3),
             "train_loss": float(result.training_loss), "steps": int(result.global_step),
             "train_examples": len(train_ds), "test_examples": len(test_ds),
         }
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        _write_jsonl(tmp / "history.jsonl", controller.history)
-        export_peft(model, tmp / "adapter", dropout=opts.dropout)
+        history = prepared.controller.history if prepared.controller is not None else [
+            {"event": "log", **row} for row in trainer.state.log_history]
+        _write_jsonl(tmp / "history.jsonl", history)
+        (tmp / "ranks.json").write_text(json.dumps(ranks, indent=1) + "\n")
+        prepared.save_adapter(tmp / "adapter")
         run = {"dynlora_version": __version__, "options": asdict(opts), "num_labels": data.num_labels,
                "label_names": list(data.label_names), "finished": datetime.now().isoformat(timespec="seconds")}
         (tmp / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")

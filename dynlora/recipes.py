@@ -1,0 +1,158 @@
+"""What a ``--method`` name builds: the adapted model, its Trainer callbacks, and how to save it.
+
+dynlora's own methods go through ``inject`` + ``Controller``; the baselines ``peft-lora`` and
+``peft-adalora`` go through the real ``peft`` package on the same targets, rank and alpha, so that
+``dynlora compare`` sets them side by side on one budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from dynlora.callback import DynloraCallback
+from dynlora.controller import Controller, Method
+from dynlora.export import export_peft
+from dynlora.inject import adapters, inject, match_targets
+
+if TYPE_CHECKING:
+    from dynlora.train import TrainOptions
+
+
+@dataclass
+class Prepared:
+    """An adapted model ready for the Trainer."""
+
+    model: nn.Module
+    callbacks: list[TrainerCallback]
+    save_adapter: Callable[[Path], Any]
+    controller: Controller | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ranks(self) -> dict[str, int]:
+        """Current rank of every adapted module (effective rank for AdaLoRA)."""
+        if self.controller is not None:
+            return self.controller.ranks()
+        return peft_ranks(self.model)
+
+    def adapter_flops(self) -> int:
+        """Forward FLOPs per token of all adapter paths at their current ranks."""
+        if self.controller is not None:
+            return sum(layer.flops_per_token() for layer in adapters(self.model).values())
+        return peft_flops(self.model)
+
+
+# method name -> factory(options, total optimizer steps) -> Method (None: static LoRA)
+MethodFactory = Callable[["TrainOptions", int], Method | None]
+DYNLORA_METHODS: dict[str, MethodFactory] = {"lora": lambda opts, total_steps: None}
+
+
+def prepare_dynlora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
+    inject(model, opts.adapter_config(), generator=torch.Generator().manual_seed(opts.seed))
+    method = DYNLORA_METHODS[opts.method.split(":")[0]](opts, total_steps)
+    controller = Controller(model, method, seed=opts.seed)
+    return Prepared(model, [DynloraCallback(controller)], lambda folder: export_peft(model, folder, opts.dropout),
+                    controller)
+
+
+# ---- PEFT baselines -------------------------------------------------------------------------------
+
+def _peft_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and len(getattr(m, "lora_A")) > 0}
+
+
+def peft_ranks(model: nn.Module) -> dict[str, int]:
+    """Rank per PEFT LoRA / AdaLoRA module; AdaLoRA counts its unmasked (non-zero E) ranks."""
+    ranks = {}
+    for name, module in _peft_layers(model).items():
+        key = next(iter(module.lora_A))
+        if hasattr(module, "lora_E") and key in module.lora_E:
+            ranks[name] = int(torch.count_nonzero(module.lora_E[key]).item())
+        else:
+            ranks[name] = int(module.r[key])
+    return ranks
+
+
+def peft_flops(model: nn.Module) -> int:
+    """Forward FLOPs per token of PEFT adapters as computed: AdaLoRA masks ranks but still multiplies them."""
+    total = 0
+    for module in _peft_layers(model).values():
+        key = next(iter(module.lora_A))
+        a = module.lora_A[key]
+        rank = (a.weight if hasattr(a, "weight") else a).shape[0]
+        if rank:
+            total += 2 * rank * (module.in_features + module.out_features) + module.out_features
+    return total
+
+
+class AdaLoraStep(TrainerCallback):
+    """Calls PEFT AdaLoRA's ``update_and_allocate`` after each optimizer step (a plain Trainer never does)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        model.base_model.update_and_allocate(state.global_step)
+        self.calls += 1
+
+
+def _task_type(model: nn.Module) -> str:
+    return "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else "SEQ_CLS"
+
+
+def prepare_peft_lora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
+    from peft import LoraConfig, get_peft_model
+
+    targets = match_targets(model, opts.targets)
+    config = LoraConfig(task_type=_task_type(model), r=opts.rank, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
+                        target_modules=targets)
+    torch.manual_seed(opts.seed)
+    peft_model = get_peft_model(model, config)
+    return Prepared(peft_model, [], lambda folder: peft_model.save_pretrained(str(folder)))
+
+
+def adalora_schedule(total_steps: int) -> dict[str, int]:
+    """tinit / tfinal / deltaT from the run length: 10% warm-up, 20% final, ~20 allocations between."""
+    tinit, tfinal = int(0.1 * total_steps), int(0.2 * total_steps)
+    return {"tinit": tinit, "tfinal": tfinal, "deltaT": max(1, (total_steps - tinit - tfinal) // 20),
+            "total_step": total_steps}
+
+
+def prepare_peft_adalora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
+    from peft import AdaLoraConfig, get_peft_model
+
+    targets = match_targets(model, opts.targets)
+    init_r = max(opts.rank + 1, round(1.5 * opts.rank))
+    config = AdaLoraConfig(task_type=_task_type(model), init_r=init_r, target_r=opts.rank, lora_alpha=opts.alpha,
+                           lora_dropout=opts.dropout, target_modules=targets, **adalora_schedule(total_steps))
+    torch.manual_seed(opts.seed)
+    peft_model = get_peft_model(model, config)
+    step = AdaLoraStep()
+    return Prepared(peft_model, [step], lambda folder: peft_model.save_pretrained(str(folder)),
+                    extra={"adalora": step})
+
+
+RECIPES: dict[str, Callable[[nn.Module, "TrainOptions", int], Prepared]] = {
+    "lora": prepare_dynlora,
+    "peft-lora": prepare_peft_lora,
+    "peft-adalora": prepare_peft_adalora,
+}
+
+
+def method_names() -> list[str]:
+    return sorted(set(RECIPES) | set(DYNLORA_METHODS))
+
+
+def prepare(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
+    """Build the adapted model for ``opts.method`` (``name`` or ``name:variant``)."""
+    base = opts.method.split(":")[0]
+    recipe = RECIPES.get(base, prepare_dynlora if base in DYNLORA_METHODS else None)
+    if recipe is None:
+        raise KeyError(opts.method)
+    return recipe(model, opts, total_steps)
