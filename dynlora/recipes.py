@@ -34,6 +34,7 @@ class Prepared:
     save_adapter: Callable[[Path], Any]
     controller: Controller | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    budget: int = 0  # the total rank the method is held to (compare requires it equal across methods)
 
     def ranks(self) -> dict[str, int]:
         """Current rank of every adapted module (effective rank for AdaLoRA)."""
@@ -58,7 +59,7 @@ def prepare_dynlora(model: nn.Module, opts: "TrainOptions", total_steps: int) ->
     method = DYNLORA_METHODS[opts.method.split(":")[0]](opts, total_steps)
     controller = Controller(model, method, seed=opts.seed)
     return Prepared(model, [DynloraCallback(controller)], lambda folder: export_peft(model, folder, opts.dropout),
-                    controller)
+                    controller, budget=sum(controller.ranks().values()))
 
 
 # ---- PEFT baselines -------------------------------------------------------------------------------
@@ -114,7 +115,8 @@ def prepare_peft_lora(model: nn.Module, opts: "TrainOptions", total_steps: int) 
                         target_modules=targets)
     torch.manual_seed(opts.seed)
     peft_model = get_peft_model(model, config)
-    return Prepared(peft_model, [], lambda folder: peft_model.save_pretrained(str(folder)))
+    return Prepared(peft_model, [], lambda folder: peft_model.save_pretrained(str(folder)),
+                    budget=opts.rank * len(targets))
 
 
 def adalora_schedule(total_steps: int) -> dict[str, int]:
@@ -135,7 +137,7 @@ def prepare_peft_adalora(model: nn.Module, opts: "TrainOptions", total_steps: in
     peft_model = get_peft_model(model, config)
     step = AdaLoraStep()
     return Prepared(peft_model, [step], lambda folder: peft_model.save_pretrained(str(folder)),
-                    extra={"adalora": step})
+                    extra={"adalora": step}, budget=opts.rank * len(targets))
 
 
 RECIPES: dict[str, Callable[[nn.Module, "TrainOptions", int], Prepared]] = {

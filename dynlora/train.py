@@ -150,7 +150,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         metrics = {
             "task": data.name, "method": opts.method, "seed": opts.seed, "accuracy": accuracy(guesses, labels),
             "f1": macro_f1(guesses, labels, data.num_labels), "trainable_params": trainable_parameters(prepared.model),
-            "adapter_flops": prepared.adapter_flops(), "total_rank": sum(ranks.values()), "modules": len(ranks),
+            "adapter_flops": prepared.adapter_flops(), "total_rank": sum(ranks.values()), "budget": prepared.budget, "modules": len(ranks),
             "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, result.global_step), 4),
             "peak_memory_mb": round(mem.peak_mb, 1),
             "activation_mb": round(memory.peak_bytes / 2**20, 2),
