@@ -51,11 +51,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="new folder for the PEFT adapter")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from dynlora.compare import add_arguments
+
+    add_arguments(sub.add_parser("compare", help="train methods side by side on one task and rank budget"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dynlora", description="Dynamic LoRA fine-tuning that exports plain PEFT LoRA.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_train(sub)
     _add_export(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -90,6 +97,12 @@ def _export(args: argparse.Namespace) -> None:
     print(f"dynlora: PEFT adapter written to {out}")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from dynlora.compare import run_from_args
+
+    run_from_args(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynlora`` command; returns the exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -99,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        {"train": _train, "export": _export}[args.command](args)
+        {"train": _train, "export": _export, "compare": _compare}[args.command](args)
     except DynloraError as err:
         print(f"dynlora: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,354 @@
+"""``dynlora compare``: every method side by side on one task, one rank budget, the same steps.
+
+Each (method, seed) cell is one :func:`dynlora.train.train` run into ``DIR/cells/<method>-s<seed>/``.
+Within a seed every method sees the same training subset in the same order for the same number of
+optimizer steps. ``DIR/results.jsonl`` gets one row per finished cell (appended and flushed at once),
+so re-running the same command resumes; ``DIR/meta.json`` holds the settings (a resume with other
+settings is refused), the command, machine and date; ``DIR/summary.md`` and the plots are rewritten
+at the end of every invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dynlora import __version__
+from dynlora.errors import DynloraError
+from dynlora.inject import parse_targets
+from dynlora.recipes import method_names
+from dynlora.train import TrainOptions, train
+
+BASELINE = "peft-lora"
+STATIC = ("lora", "peft-lora")  # uniform ranks: no heatmap
+DEFAULT_METHODS = ("lora", "peft-lora", "peft-adalora")
+ROW_KEYS = ("accuracy", "f1", "trainable_params", "adapter_flops", "total_rank", "budget", "step_seconds",
+            "activation_mb", "grads_optimizer_mb", "peak_memory_mb", "train_seconds", "steps", "train_loss")
+# summary columns: (row key, header, decimals); a ratio to peft-lora follows the keys in RATIOS
+COLUMNS = (("accuracy", "accuracy", 4), ("f1", "macro-F1", 4), ("trainable_params", "trainable params", 0),
+           ("adapter_flops", "adapter FLOPs/token", 0), ("total_rank", "total rank", 0),
+           ("step_seconds", "step s", 3), ("activation_mb", "activation MB", 1),
+           ("grads_optimizer_mb", "grads+optim MB", 2), ("peak_memory_mb", "peak MB", 0),
+           ("train_seconds", "train s", 1))
+RATIOS = ("step_seconds", "activation_mb")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Training settings shared by every cell (a named preset; CLI flags override single values)."""
+
+    name: str
+    model: str | None = None
+    train_size: int | None = 3000
+    epochs: float = 1.0
+    max_steps: int = -1
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str = "all-linear"
+    batch_size: int = 16
+    lr: float = 1e-3
+    max_length: int = 64
+    seeds: tuple[int, ...] = (0,)
+
+
+PROFILES: dict[str, Profile] = {
+    # 2 CPU cores: 3000 snippets, 1 epoch = 188 steps per cell; lora/peft-lora/peft-adalora x 1 seed ~15 min
+    "quick": Profile("quick"),
+    # a GPU: the whole rt-polarity train split (8,493), 3 epochs = 1,593 steps per cell, 3 seeds
+    "full": Profile("full", train_size=None, epochs=3.0, seeds=(0, 1, 2)),
+}
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """One compare invocation: a profile, the methods and seeds, the data and the output folder."""
+
+    profile: Profile
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: tuple[int, ...] = (0,)
+    output: str = "runs/compare"
+    task: str | None = None
+    dataset: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise DynloraError("methods is empty; give e.g. --methods lora,peft-lora,peft-adalora")
+        for method in self.methods:
+            if method.split(":")[0] not in method_names():
+                raise DynloraError(f"unknown method {method!r}; valid: {', '.join(method_names())}")
+        for name, values in (("method", self.methods), ("seed", self.seeds)):
+            dupes = sorted({str(v) for v in values if values.count(v) > 1})
+            if dupes:
+                raise DynloraError(f"{name} {dupes[0]} is given twice")
+        if not self.seeds or min(self.seeds) < 0:
+            raise DynloraError(f"seeds {list(self.seeds)} must be a non-empty list of integers >= 0")
+        if self.task is None and self.dataset is None:
+            object.__setattr__(self, "task", "rt-polarity")
+        self.cell_options(self.methods[0], self.seeds[0])  # checks the profile values
+
+    def settings(self) -> dict[str, Any]:
+        """What every cell shares; a folder made with other settings is not resumed."""
+        shared = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("name", "seeds")}
+        return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
+                "label_column": self.label_column, "profile": self.profile.name, **shared}
+
+    def cell_options(self, method: str, seed: int) -> TrainOptions:
+        p = self.profile
+        return TrainOptions(model=p.model, task=self.task, dataset=self.dataset, text_column=self.text_column,
+                            label_column=self.label_column, method=method, rank=p.rank, alpha=p.alpha,
+                            targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
+                            train_size=p.train_size, batch_size=p.batch_size, lr=p.lr, max_length=p.max_length,
+                            seed=seed, output=str(cell_dir(Path(self.output), method, seed)))
+
+
+def safe_name(method: str) -> str:
+    """A method name fit for a file name: ``module-alloc:topk`` -> ``module-alloc_topk``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", method)
+
+
+def cell_dir(root: Path, method: str, seed: int) -> Path:
+    """``root/cells/<method>-s<seed>``."""
+    return root / "cells" / f"{safe_name(method)}-s{seed}"
+
+
+def machine() -> dict[str, Any]:
+    """Where this ran: platform, CPU count, library versions and the device."""
+    import peft
+    import transformers
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "dynlora": __version__, "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of results.jsonl; a torn last line (a run killed mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def check_settings(root: Path, settings: dict[str, Any]) -> None:
+    """Refuse a folder that is not a compare folder, or one made with other settings."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    meta = root / "meta.json"
+    if not meta.is_file():
+        raise DynloraError(f"output {str(root)!r} exists and is not a dynlora compare folder; give a new folder")
+    stored = json.loads(meta.read_text()).get("settings", {})
+    diff = [f"{k} {stored.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(set(stored) | set(settings))
+            if stored.get(k) != settings.get(k)]
+    if diff:
+        raise DynloraError(f"output {str(root)!r} was made with other settings ({'; '.join(diff)}); "
+                           "give a new --output or the same settings")
+
+
+def check_budgets(budgets: dict[str, int]) -> None:
+    """Every method must hold the same total rank budget; names the first that differs."""
+    first, expected = next(iter(budgets.items()))
+    for method, budget in budgets.items():
+        if budget != expected:
+            raise DynloraError(f"method {method!r} has a total rank budget of {budget}, but {first!r} has "
+                               f"{expected}; every method in a compare needs the same budget")
+
+
+def preflight_budgets(opts: CompareOptions, methods: list[str]) -> dict[str, int]:
+    """Each method's budget from its recipe on a freshly loaded model, before any training."""
+    from dynlora.data import load_task
+    from dynlora.models import load_classifier
+    from dynlora.recipes import prepare
+    from dynlora.train import total_optimizer_steps
+
+    first = opts.cell_options(methods[0], opts.seeds[0])
+    data = load_task(first.task, first.dataset, text_column=first.text_column, label_column=first.label_column,
+                     train_size=first.train_size, seed=first.seed)
+    steps = total_optimizer_steps(first, len(data.train))
+    budgets = {m: prepare(load_classifier(first.model, data.num_labels)[0], dataclasses.replace(first, method=m),
+                          steps).budget for m in methods}
+    gc.collect()
+    return budgets
+
+
+def run_compare(opts: CompareOptions) -> list[dict[str, Any]]:
+    """Train every missing (method, seed) cell, then write summary.md, meta.json and the plots."""
+    root = Path(opts.output)
+    settings = opts.settings()
+    check_settings(root, settings)
+    root.mkdir(parents=True, exist_ok=True)
+    started = datetime.now().isoformat(timespec="seconds")
+    meta = {"command": opts.command, "date": started, "machine": machine(), "settings": settings,
+            "methods": list(opts.methods), "seeds": list(opts.seeds)}
+    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    results = root / "results.jsonl"
+    rows = read_rows(results)
+    done = {(r["method"], r["seed"]) for r in rows}
+    # seed-major order: a full round of methods finishes before the next seed starts
+    todo = [(m, s) for s in opts.seeds for m in opts.methods if (m, s) not in done]
+    budgets = {r["method"]: r["budget"] for r in rows}
+    unknown = [m for m in opts.methods if m not in budgets and any(m == t[0] for t in todo)]
+    if unknown:
+        budgets.update(preflight_budgets(opts, unknown))
+        check_budgets(budgets)
+    bar = tqdm(todo, desc="compare", unit="cell", position=0, dynamic_ncols=True, disable=not todo)
+    for i, (method, seed) in enumerate(bar, 1):
+        bar.set_description(f"compare {method} seed {seed} ({i}/{len(todo)})")
+        metrics = train(opts.cell_options(method, seed), log=tqdm.write)
+        check_budgets({**budgets, method: metrics["budget"]})
+        row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
+               "cell": str(Path(metrics["output"]).relative_to(root)), "invocation": started,
+               "device": meta["machine"]["device"], "finished": datetime.now().isoformat(timespec="seconds")}
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        rows.append(row)
+        gc.collect()
+    bar.close()
+    wanted = [r for r in rows if r["method"] in opts.methods and r["seed"] in opts.seeds]
+    (root / "summary.md").write_text(summary_markdown(wanted, opts, meta))
+    draw_plots(wanted, opts, root)
+    print(f"dynlora: compare of {len(opts.methods)} methods x {len(opts.seeds)} seeds written to {root}")
+    return wanted
+
+
+def _fmt(values: list[float], decimals: int) -> str:
+    text = f"{statistics.fmean(values):,.{decimals}f}"
+    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):,.{decimals}f}"
+
+
+def _ratio(rows: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> str:
+    denominator = statistics.fmean(r[key] for r in base) if base else 0.0
+    return f"{statistics.fmean(r[key] for r in rows) / denominator:.3f}" if denominator else "n/a"
+
+
+def summary_markdown(rows: list[dict[str, Any]], opts: CompareOptions, meta: dict[str, Any]) -> str:
+    """summary.md: how it was made, then mean ± sample std over seeds per method."""
+    m, s, finished = meta["machine"], meta["settings"], [r["finished"] for r in rows]
+    by_method = {method: [r for r in rows if r["method"] == method] for method in opts.methods}
+    base = by_method.get(BASELINE, [])
+    head = ["method", "seeds"]
+    for key, title, _ in COLUMNS:
+        head += [title] + ([f"{title.split()[0]} × {BASELINE}"] if key in RATIOS and base else [])
+    lines = [f"# compare: {s['task'] or s['dataset']}, profile {s['profile']}", "",
+             f"- command: `{meta['command']}`",
+             f"- machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"transformers {m['transformers']}, peft {m['peft']}, device {m['device']}",
+             f"- date: cells finished {min(finished)} to {max(finished)}" if rows else f"- date: {meta['date']}",
+             "- settings: " + ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("task", "dataset", "profile")
+                                        and v is not None),
+             f"- steps per cell: {sorted({r['steps'] for r in rows})}; total rank budget: "
+             f"{sorted({r['budget'] for r in rows})}", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for method, group in by_method.items():
+        if not group:
+            continue
+        cells = [method, str(len(group))]
+        for key, _, decimals in COLUMNS:
+            cells.append(_fmt([float(r[key]) for r in group], decimals))
+            if key in RATIOS and base:
+                cells.append(_ratio(group, base, key))
+        lines.append("| " + " | ".join(cells) + " |")
+    runs, devices = len({r["invocation"] for r in rows}), sorted({r.get("device", "?") for r in rows})
+    mixed = f" (rows from {runs} invocations on {', '.join(devices)})" if runs > 1 else ""
+    lines += ["", "Mean ± sample standard deviation over seeds (no ± with one seed). Ratios divide by "
+              f"{BASELINE}'s mean from the same folder{mixed}.",
+              "Step s is training wall time / optimizer steps (Trainer, callbacks and data included). Activation MB "
+              "counts the bytes autograd saved for backward; grads+optim MB the gradients and optimizer state; "
+              "peak MB is the CUDA allocator peak on a GPU, and on a CPU the sampled RSS of the whole process "
+              "(earlier cells included). Trainable params count every trainable tensor (AdaLoRA's masked ranks and "
+              "the task head too).", "",
+              "The tasks are stand-ins built from data shipped on PyPI, not GLUE: these numbers are not comparable "
+              "with published GLUE results.", "", "![accuracy vs trainable parameters](accuracy_vs_params.png)"]
+    lines += [f"![final ranks of {m_}](ranks_{safe_name(m_)}.png)"
+              for m_ in opts.methods if m_ not in STATIC and by_method[m_]]
+    return "\n".join(lines) + "\n"
+
+
+def draw_plots(rows: list[dict[str, Any]], opts: CompareOptions, root: Path) -> None:
+    """accuracy_vs_params.png, and ranks_<method>.png from the lowest seed's ranks.json per dynamic method."""
+    from dynlora.plots import metric_vs_params, rank_heatmap
+
+    if rows:
+        metric_vs_params(rows, root / "accuracy_vs_params.png")
+    for method in opts.methods:
+        seeds = sorted(r["seed"] for r in rows if r["method"] == method)
+        if method in STATIC or not seeds:
+            continue
+        ranks = json.loads((cell_dir(root, method, seeds[0]) / "ranks.json").read_text())
+        rank_heatmap(ranks, root / f"ranks_{safe_name(method)}.png",
+                     title=f"{method}, seed {seeds[0]}: final rank per module (total {sum(ranks.values())})")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise DynloraError(f"seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``dynlora compare`` flags; profile values apply where a flag is not given."""
+    p.add_argument("--profile", default="quick", help=f"preset: {', '.join(PROFILES)} (default quick)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated: {', '.join(method_names())}")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default) or trec6")
+    p.add_argument("--dataset", default=None, help="local .csv/.jsonl file instead of a task")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--output", default=None, help="compare folder (default runs/compare-<profile>-<task>)")
+    for flag, kind in (("model", str), ("train-size", int), ("epochs", float), ("max-steps", int), ("rank", int),
+                       ("alpha", float), ("targets", str), ("batch-size", int), ("lr", float), ("max-length", int)):
+        p.add_argument(f"--{flag}", type=kind, default=None, help="overrides the profile" +
+                       ("; 0 = the whole training split" if flag == "train-size" else ""))
+
+
+def _command(args: argparse.Namespace) -> str:
+    if sys.argv[1:2] == ["compare"]:
+        return shlex.join(["dynlora", *sys.argv[1:]])
+    given = [(k, v) for k, v in vars(args).items() if k != "command" and v is not None]
+    return shlex.join(["dynlora", "compare", *[x for k, v in given for x in (f"--{k.replace('_', '-')}", str(v))]])
+
+
+def options_from_args(args: argparse.Namespace) -> CompareOptions:
+    """CompareOptions from parsed ``dynlora compare`` flags."""
+    if args.profile not in PROFILES:
+        raise DynloraError(f"unknown profile {args.profile!r}; valid: {', '.join(PROFILES)}")
+    names = {f.name for f in dataclasses.fields(Profile)}
+    overrides = {k: v for k, v in vars(args).items() if k in names - {"name", "seeds"} and v is not None}
+    if overrides.get("train_size") == 0:
+        overrides["train_size"] = None
+    profile = dataclasses.replace(PROFILES[args.profile], **overrides)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    seeds = profile.seeds if args.seeds is None else parse_seeds(args.seeds)
+    where = args.task or (Path(args.dataset).stem if args.dataset else "rt-polarity")
+    return CompareOptions(profile=profile, methods=methods, seeds=seeds, task=args.task, dataset=args.dataset,
+                          text_column=args.text_column, label_column=args.label_column, command=_command(args),
+                          output=args.output or f"runs/compare-{args.profile}-{where}")
+
+
+def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``dynlora compare``: parse the flags and run."""
+    return run_compare(options_from_args(args))
