@@ -95,14 +95,17 @@ class Controller:
         self.history.append({"step": self.global_step, "event": event, **detail})
 
     def restore_ranks(self, ranks: Mapping[str, int]) -> None:
-        """Give each layer the rank it had in a checkpoint, before weights and optimizer are loaded."""
+        """Give each layer the rank it had in a checkpoint, before weights and optimizer are loaded.
+
+        Goes through ``resize`` so that an optimizer already built on the old parameters follows.
+        """
         unknown = set(ranks) - set(self.layers)
         if unknown:
             raise ValueError(f"checkpoint names adapters this model lacks: {sorted(unknown)[:3]}")
-        for name, rank in ranks.items():
-            layer = self.layers[name]
-            if layer.rank != rank:
-                layer.resize(keep=list(range(min(layer.rank, rank))), grow=max(0, rank - layer.rank))
+        plan = {name: Resize(keep=tuple(range(min(self.layers[name].rank, rank))),
+                             grow=max(0, rank - self.layers[name].rank))
+                for name, rank in ranks.items() if self.layers[name].rank != rank}
+        self.resize(plan)
 
     def state_dict(self) -> dict[str, Any]:
         return {"global_step": self.global_step, "ranks": self.ranks(), "history": list(self.history),

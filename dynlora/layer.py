@@ -7,9 +7,10 @@ that export is a copy. ``c`` is an optional per-rank gate (L1RA). ``scale`` is f
 is created (alpha / initial rank) and never follows the current rank: a resize must not move the
 output.
 
-``resize`` swaps the ``.data`` of the existing Parameter objects instead of creating new ones, so the
-optimizer's param groups (and the HF Trainer / accelerate wrappers holding them) stay valid; the
-returned ``RankChange`` records tell ``surgery.remap_optimizer_state`` how to re-index the moments.
+``resize`` puts new Parameter objects in place (swapping ``.data`` to a new shape is not safe: autograd
+caches the old shape in the parameter's gradient accumulator while any earlier graph is alive). The
+returned ``RankChange`` records name the old and the new parameter, and
+``surgery.remap_optimizer_state`` moves each one's slot and moments in the optimizer to its successor.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from transformers.pytorch_utils import Conv1D
 
 @dataclass(frozen=True)
 class RankChange:
-    """One parameter's rank dimension was re-indexed: ``new = cat(old[keep], grow new slots)``."""
+    """One parameter's rank dimension was re-indexed: ``param = cat(old[keep], grow new slots)``."""
 
+    old: nn.Parameter
     param: nn.Parameter
     dim: int
     keep: torch.Tensor  # (k,) long, indices into the old rank dimension
@@ -154,17 +156,17 @@ class LoraLayer(nn.Module):
         new_a = torch.cat([self.lora_A.index_select(0, keep), self._init_a(grow, generator)], 0)
         b = self.lora_B
         new_b = torch.cat([b.index_select(1, keep), b.new_zeros(self.out_features, grow)], 1)
-        changes = [self._swap(self.lora_A, new_a, 0, keep, grow), self._swap(self.lora_B, new_b, 1, keep, grow)]
+        changes = [self._swap("lora_A", new_a, 0, keep, grow), self._swap("lora_B", new_b, 1, keep, grow)]
         if self.gate is not None:
             new_c = torch.cat([self.gate.index_select(0, keep), self.gate.new_ones(grow)])
-            changes.append(self._swap(self.gate, new_c, 0, keep, grow))
+            changes.append(self._swap("gate", new_c, 0, keep, grow))
         return changes
 
-    @staticmethod
-    def _swap(p: nn.Parameter, new: torch.Tensor, dim: int, keep: torch.Tensor, grow: int) -> RankChange:
-        p.data = new.contiguous()
-        p.grad = None
-        return RankChange(param=p, dim=dim, keep=keep, grow=grow)
+    def _swap(self, attr: str, new: torch.Tensor, dim: int, keep: torch.Tensor, grow: int) -> RankChange:
+        old = getattr(self, attr)
+        param = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+        setattr(self, attr, param)
+        return RankChange(old=old, param=param, dim=dim, keep=keep, grow=grow)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, gate={self.gate is not None}"

@@ -77,7 +77,8 @@ class SavedTensorBytes:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self._skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.model = model
+        self._skip = self._param_storages()
         self._seen: set[int] = set()
         self.bytes = 0
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -90,10 +91,14 @@ class SavedTensorBytes:
             self.bytes += storage.nbytes()
         return t
 
+    def _param_storages(self) -> set[int]:
+        return {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+
     def reset(self) -> int:
-        """Start a new count; returns the finished one."""
+        """Start a new count (parameters may have been resized since); returns the finished one."""
         done, self.bytes = self.bytes, 0
         self._seen.clear()
+        self._skip = self._param_storages()
         return done
 
     def __enter__(self) -> "SavedTensorBytes":

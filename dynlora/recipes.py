@@ -16,10 +16,13 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from dynlora.allocate import even_ranks
 from dynlora.callback import DynloraCallback
 from dynlora.controller import Controller, Method
+from dynlora.errors import DynloraError
 from dynlora.export import export_peft
-from dynlora.inject import adapters, inject, match_targets
+from dynlora.inject import AdapterConfig, adapters, inject, match_targets
+from dynlora.l1ra import L1RA, gate_param_groups
 
 if TYPE_CHECKING:
     from dynlora.train import TrainOptions
@@ -35,6 +38,7 @@ class Prepared:
     controller: Controller | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     budget: int = 0  # the total rank the method is held to (compare requires it equal across methods)
+    param_groups: list[dict[str, Any]] | None = None  # own optimizer groups (L1RA's gate lr), else Trainer's
 
     def ranks(self) -> dict[str, int]:
         """Current rank of every adapted module (effective rank for AdaLoRA)."""
@@ -51,15 +55,36 @@ class Prepared:
 
 # method name -> factory(options, total optimizer steps) -> Method (None: static LoRA)
 MethodFactory = Callable[["TrainOptions", int], Method | None]
-DYNLORA_METHODS: dict[str, MethodFactory] = {"lora": lambda opts, total_steps: None}
+DYNLORA_METHODS: dict[str, MethodFactory] = {
+    "lora": lambda opts, total_steps: None,
+    "l1ra": lambda opts, total_steps: L1RA(opts.l1ra, total_steps),
+}
+GATED = {"l1ra"}  # methods whose adapters carry a per-rank gate
+
+
+def adapter_config(model: nn.Module, opts: "TrainOptions") -> AdapterConfig:
+    """The injection config for ``opts``: gates for gated methods, an even split of ``rank_budget``."""
+    base = opts.method.split(":")[0]
+    pattern: dict[str, int] = {}
+    if opts.rank_budget is not None:
+        names = match_targets(model, opts.targets)
+        try:
+            pattern = even_ranks(names, opts.rank_budget, opts.l1ra.min_rank if base == "l1ra" else 1)
+        except ValueError as err:
+            raise DynloraError(f"rank_budget {opts.rank_budget}: {err}") from None
+    return AdapterConfig(rank=opts.rank, alpha=opts.alpha, dropout=opts.dropout, targets=opts.targets,
+                         use_gate=base in GATED, rank_pattern=pattern)
 
 
 def prepare_dynlora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
-    inject(model, opts.adapter_config(), generator=torch.Generator().manual_seed(opts.seed))
+    inject(model, adapter_config(model, opts), generator=torch.Generator().manual_seed(opts.seed))
     method = DYNLORA_METHODS[opts.method.split(":")[0]](opts, total_steps)
     controller = Controller(model, method, seed=opts.seed)
+    groups = None
+    if any(layer.gate is not None for layer in controller.layers.values()):
+        groups = gate_param_groups(model, opts.lr, opts.l1ra.lr_c)
     return Prepared(model, [DynloraCallback(controller)], lambda folder: export_peft(model, folder, opts.dropout),
-                    controller, budget=sum(controller.ranks().values()))
+                    controller, budget=sum(controller.ranks().values()), param_groups=groups)
 
 
 # ---- PEFT baselines -------------------------------------------------------------------------------
@@ -142,6 +167,7 @@ def prepare_peft_adalora(model: nn.Module, opts: "TrainOptions", total_steps: in
 
 RECIPES: dict[str, Callable[[nn.Module, "TrainOptions", int], Prepared]] = {
     "lora": prepare_dynlora,
+    "l1ra": prepare_dynlora,
     "peft-lora": prepare_peft_lora,
     "peft-adalora": prepare_peft_adalora,
 }

@@ -34,19 +34,26 @@ def _remap(value: torch.Tensor, change: RankChange) -> torch.Tensor:
 
 
 def remap_optimizer_state(optimizer: object | None, changes: Iterable[RankChange]) -> None:
-    """Re-index per-element optimizer state of each changed parameter along its rank dimension.
+    """Hand each old parameter's optimizer slot to its successor and re-index its per-element state.
 
-    A state tensor is per-element when it has the parameter's number of dimensions (Adam's
-    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's ``momentum_buffer``). Anything else
-    (``step``) is left alone.
+    The new parameter takes the old one's place in its param group (same group, same position) and its
+    state. A state tensor is per-element when it has the parameter's number of dimensions (Adam's
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's ``momentum_buffer``); it keeps the surviving
+    ranks' values and gets zeros for new ranks. Anything else (``step``) is carried over as it is.
     """
     if optimizer is None:
         return
-    state = unwrap_optimizer(optimizer).state
+    opt = unwrap_optimizer(optimizer)
+    changes = list(changes)
+    successor = {id(c.old): c.param for c in changes}
+    for group in opt.param_groups:
+        group["params"] = [successor.get(id(p), p) for p in group["params"]]
+    state = opt.state
     for change in changes:
-        entry = state.get(change.param)
+        entry = state.pop(change.old, None)
         if not entry:
             continue
+        state[change.param] = entry
         new_shape = change.param.shape
         for key, value in list(entry.items()):
             if not torch.is_tensor(value) or value.dim() != len(new_shape) or value.dim() == 0:

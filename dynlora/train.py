@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from dynlora import __version__
 from dynlora.data import load_task, tokenize
 from dynlora.errors import DynloraError
-from dynlora.inject import AdapterConfig, trainable_parameters
+from dynlora.inject import trainable_parameters
+from dynlora.l1ra import L1RAConfig
 from dynlora.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.metrics import accuracy, macro_f1
 from dynlora.models import load_classifier
@@ -58,6 +59,8 @@ class TrainOptions:
     max_length: int = 64
     seed: int = 0
     output: str | None = None
+    rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
+    l1ra: L1RAConfig = field(default_factory=L1RAConfig)
 
     def __post_init__(self) -> None:
         if self.method.split(":")[0] not in method_names():
@@ -66,13 +69,11 @@ class TrainOptions:
                   "epochs": self.epochs > 0, "max_length": self.max_length > 1,
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
                   "train_size": self.train_size is None or self.train_size > 0,
+                  "rank_budget": self.rank_budget is None or self.rank_budget > 0,
                   "warmup_ratio": 0 <= self.warmup_ratio < 1}
         for name, ok in checks.items():
             if not ok:
                 raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
-
-    def adapter_config(self) -> AdapterConfig:
-        return AdapterConfig(rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets)
 
 
 def prepare_output(output: str | None) -> tuple[Path, Path]:
@@ -133,9 +134,10 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         total_steps = total_optimizer_steps(opts, len(train_ds))
         prepared = prepare(model, opts, total_steps)
         memory = ActivationMemoryCallback()
+        optimizer = torch.optim.AdamW(prepared.param_groups) if prepared.param_groups else None
         trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps),
                           train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
-                          callbacks=[*prepared.callbacks, memory, *extra_callbacks])
+                          callbacks=[*prepared.callbacks, memory, *extra_callbacks], optimizers=(optimizer, None))
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules, "
             f"{trainable_parameters(prepared.model):,} trainable parameters, {len(train_ds)} training examples, "
             f"{total_steps} steps")

@@ -84,13 +84,22 @@ def test_rank_zero_costs_nothing_and_is_identity():
     torch.testing.assert_close(layer(x), layer.base(x))
 
 
-def test_resize_keeps_parameter_identity_and_reorders():
+def test_resize_reorders_and_names_old_and_new_parameters():
     layer = _layer()
-    a_id, a = id(layer.lora_A), layer.lora_A.detach().clone()
+    old, a = layer.lora_A, layer.lora_A.detach().clone()
     changes = layer.resize(keep=[3, 1])
-    assert id(layer.lora_A) == a_id
-    assert torch.equal(layer.lora_A, a[[3, 1]])
+    assert changes[0].old is old and changes[0].param is layer.lora_A
+    assert torch.equal(layer.lora_A, a[[3, 1]]) and layer.lora_A.requires_grad
     assert [c.dim for c in changes] == [0, 1, 0]
+
+
+def test_backward_works_after_resize_while_an_old_graph_is_alive():
+    layer = _layer()
+    loss = layer(torch.randn(2, 12)).sum()
+    loss.backward()  # `loss` (and its graph) stays alive, as in a user's loop
+    layer.resize(keep=[0, 2], grow=3)
+    layer(torch.randn(2, 12)).sum().backward()
+    assert layer.lora_B.grad.shape == (10, 5)
 
 
 def test_resize_rejects_bad_indices():

@@ -1,0 +1,115 @@
+"""Save and resume a dynamic run: ranks first, then weights, then optimizer state.
+
+A checkpoint folder holds ``controller.json`` (step, every module's rank, history, method state, the
+decision generator), ``adapter_state.safetensors`` (every trainable tensor and adapter buffer at its
+current shape) and ``optimizer.pt`` and ``rng.pt`` (torch's RNG states, for dropout), both loaded with ``weights_only=True``. It is written to a temporary
+folder and renamed, so a kill during a save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dynlora.controller import Controller
+from dynlora.errors import DynloraError
+from dynlora.surgery import unwrap_optimizer
+
+CONTROLLER_FILE = "controller.json"
+WEIGHTS_FILE = "adapter_state.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global RNG states (dropout draws from them), CPU and every CUDA device."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter plus the adapters' buffers (scales), by state-dict name."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+            if k in names or k.endswith(".scale")}
+
+
+def controller_state_json(controller: Controller) -> dict[str, Any]:
+    state = controller.state_dict()
+    state["generator"] = state["generator"].tolist()
+    return state
+
+
+def load_controller_json(controller: Controller, state: dict[str, Any]) -> None:
+    state = dict(state)
+    state["generator"] = torch.tensor(state["generator"], dtype=torch.uint8)
+    controller.load_state_dict(state)
+
+
+def save_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Controller,
+                    optimizer: object | None = None) -> Path:
+    """Write a checkpoint atomically (temporary folder, then rename over any previous one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / CONTROLLER_FILE).write_text(json.dumps(controller_state_json(controller)))
+        save_file(trainable_state(model), str(tmp / WEIGHTS_FILE))
+        if optimizer is not None:
+            torch.save(unwrap_optimizer(optimizer).state_dict(), tmp / OPTIMIZER_FILE)
+        torch.save(rng_state(), tmp / RNG_FILE)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Controller,
+                    optimizer: object | None = None) -> None:
+    """Restore ranks (controller state), then weights, then optimizer state, in that order."""
+    folder = Path(folder)
+    if not (folder / CONTROLLER_FILE).is_file():
+        raise DynloraError(f"{folder} is not a dynlora checkpoint: {CONTROLLER_FILE} is missing")
+    load_controller_json(controller, json.loads((folder / CONTROLLER_FILE).read_text()))
+    weights = load_file(str(folder / WEIGHTS_FILE))
+    missing, unexpected = [], []
+    own = model.state_dict()
+    for key in weights:
+        if key not in own:
+            unexpected.append(key)
+        elif own[key].shape != weights[key].shape:
+            raise DynloraError(f"{folder}: {key} has shape {tuple(weights[key].shape)}, "
+                               f"the model has {tuple(own[key].shape)}")
+    missing = [k for k in trainable_state(model) if k not in weights]
+    if missing or unexpected:
+        raise DynloraError(f"{folder}: checkpoint does not fit the model (missing {missing[:2]}, "
+                           f"unexpected {unexpected[:2]})")
+    model.load_state_dict(weights, strict=False)
+    if optimizer is not None and (folder / OPTIMIZER_FILE).is_file():
+        state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+        unwrap_optimizer(optimizer).load_state_dict(state)
+    if (folder / RNG_FILE).is_file():
+        set_rng_state(torch.load(folder / RNG_FILE, weights_only=True))
