@@ -28,12 +28,18 @@ The tasks (`rt-polarity`, `trec6`) are stand-ins built from data shipped on PyPI
 
 def section(folder: Path, link_base: str) -> str:
     """One results folder as a BENCHMARKS.md section: its summary with headings demoted, links rebased."""
-    text = (folder / "summary.md").read_text()
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
-    text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)  # "# x" -> "## x"
+    text = re.sub(r"^(#+) ", r"#\1 ", (folder / "summary.md").read_text(), flags=re.MULTILINE)  # "# x" -> "## x"
     text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({link_base}/{m.group(1)})", text)
-    where = f"`{link_base}/`" + (f", {meta['date']}" if "date" in meta else "")
-    return text.replace("\n", f"\n\nResults folder: {where}.\n", 1)
+    return text.replace("\n", f"\n\nResults folder: `{link_base}/`.\n", 1)
+
+
+def index_row(folder: Path) -> str:
+    """A line of the index table, from the folder's meta.json."""
+    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+    s, m = meta.get("settings", {}), meta.get("machine", {})
+    cells = [f"`{folder.name}`", str(s.get("task") or s.get("dataset") or "?"), str(s.get("profile", "?")),
+             ", ".join(meta.get("methods", [])), ", ".join(map(str, meta.get("seeds", []))), str(m.get("device", "?"))]
+    return "| " + " | ".join(cells) + " |"
 
 
 def build(results: Path, relative_to: Path) -> str:
@@ -41,7 +47,8 @@ def build(results: Path, relative_to: Path) -> str:
     folders = sorted(p.parent for p in results.glob("*/summary.md"))
     parts = [HEADER]
     if folders:
-        parts.append("Sections: " + ", ".join(f"`{f.name}`" for f in folders) + ".\n")
+        parts.append("| results | task | profile | methods | seeds | device |\n|---|---|---|---|---|---|\n"
+                     + "\n".join(index_row(f) for f in folders) + "\n")
     else:
         parts.append("No results yet: run `dynlora compare --output bench/results/<name>`.\n")
     for folder in folders:

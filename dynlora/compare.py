@@ -67,7 +67,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # 2 CPU cores: 3000 snippets, 1 epoch = 188 steps per cell; lora/peft-lora/peft-adalora x 1 seed ~15 min
+    # 2 CPU cores: 3000 snippets (as `dynlora train`), 1 epoch = 188 steps per cell. Measured for lora, peft-lora,
+    # peft-adalora x 1 seed: 5.5 min wall (about 0.49 s/step + 15 s load/eval per cell, one torch thread on a
+    # shared machine; 0.28 s/step with two idle threads), so later dynamic methods still fit in ~15 min.
     "quick": Profile("quick"),
     # a GPU: the whole rt-polarity train split (8,493), 3 epochs = 1,593 steps per cell, 3 seeds
     "full": Profile("full", train_size=None, epochs=3.0, seeds=(0, 1, 2)),
@@ -253,11 +255,12 @@ def summary_markdown(rows: list[dict[str, Any]], opts: CompareOptions, meta: dic
         head += [title] + ([f"{title.split()[0]} × {BASELINE}"] if key in RATIOS and base else [])
     lines = [f"# compare: {s['task'] or s['dataset']}, profile {s['profile']}", "",
              f"- command: `{meta['command']}`",
-             f"- machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"- machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} (threads: {m['torch_threads']}), "
              f"transformers {m['transformers']}, peft {m['peft']}, device {m['device']}",
              f"- date: cells finished {min(finished)} to {max(finished)}" if rows else f"- date: {meta['date']}",
-             "- settings: " + ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("task", "dataset", "profile")
-                                        and v is not None),
+             f"- settings: model {s['model'] or 'minilm (default)'}, " + ", ".join(
+                 f"{k} {v}" for k, v in s.items() if k not in ("task", "dataset", "profile", "model") and v is not None
+                 and (s["dataset"] or k not in ("text_column", "label_column"))),
              f"- steps per cell: {sorted({r['steps'] for r in rows})}; total rank budget: "
              f"{sorted({r['budget'] for r in rows})}", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -326,10 +329,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> str:
+    """The command line as typed (rebuilt from ``args`` when called in-process), with thread settings."""
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ]
     if sys.argv[1:2] == ["compare"]:
-        return shlex.join(["dynlora", *sys.argv[1:]])
-    given = [(k, v) for k, v in vars(args).items() if k != "command" and v is not None]
-    return shlex.join(["dynlora", "compare", *[x for k, v in given for x in (f"--{k.replace('_', '-')}", str(v))]])
+        return shlex.join([*env, "dynlora", *sys.argv[1:]])
+    given = [x for k, v in vars(args).items() if k != "command" and v is not None
+             for x in (f"--{k.replace('_', '-')}", str(v))]
+    return shlex.join([*env, "dynlora", "compare", *given])
 
 
 def options_from_args(args: argparse.Namespace) -> CompareOptions:

@@ -14,7 +14,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 OTHER = "–"  # heatmap column of modules whose name has no layer index
 
@@ -39,13 +39,13 @@ def metric_vs_params(rows: Iterable[Mapping[str, Any]], path: str | Path, metric
     for i, (method, group) in enumerate(by_method.items()):
         x, xerr = _mean_std([float(r["trainable_params"]) for r in group])
         y, yerr = _mean_std([float(r[metric]) for r in group])
-        ax.errorbar([x], [y], xerr=[xerr], yerr=[yerr], fmt="o", capsize=4, color=f"C{i}",
-                    label=f"{method} (n={len(group)})")
-        ax.annotate(method, (x, y), textcoords="offset points", xytext=(6, 6 + 10 * (i % 2)), fontsize=8)
+        ax.errorbar([x], [y], xerr=[xerr], yerr=[yerr], fmt="os^Dv<>p*h"[i % 10], capsize=4, color=f"C{i % 10}",
+                    markersize=7, label=f"{method} (n={len(group)}): {y:.4f}")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs trainable parameters (mean ± std over seeds)")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k" if abs(v) >= 1e4 else f"{v:,.0f}"))
     ax.margins(x=0.15, y=0.2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -106,7 +106,7 @@ def rank_heatmap(ranks: dict[str, int], path: str | Path, title: str = "") -> No
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=max(1, max(finite)))
     ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set_yticks(range(len(types)), types)
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer" + (f" ({OTHER}: no layer index)" if OTHER in layers else ""))
     if len(types) * len(layers) <= 600:
         top = max(1, max(finite))
         for i, row in enumerate(grid):

@@ -59,8 +59,8 @@ def assets(tmp_path_factory):
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(tokenizer / name, root / "model" / name)
     rnd = random.Random(0)
-    lines = ["text,label"] + [f"the film number {i} was {rnd.choice(['great', 'lovely'] if i % 2 else ['awful', 'dull'])}"
-                              f" overall,{i % 2}" for i in range(120)]
+    words = (["awful", "dull"], ["great", "lovely"])
+    lines = ["text,label"] + [f"the film number {i} was {rnd.choice(words[i % 2])} overall,{i % 2}" for i in range(120)]
     (root / "d.csv").write_text("\n".join(lines) + "\n")
     return str(root / "model"), str(root / "d.csv")
 
