@@ -9,8 +9,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dynlora.errors import DynloraError
+
+if TYPE_CHECKING:
+    from dynlora.l1ra import L1RAConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +47,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=d["max_length"].default)
     p.add_argument("--seed", type=int, default=d["seed"].default)
     p.add_argument("--output", default=None, help="run folder (default runs/<timestamp>)")
+    p.add_argument("--rank-budget", type=int, default=None,
+                   help="total rank over all adapters, split evenly (default: rank x number of adapters)")
+    _add_l1ra(p)
+
+
+def _add_l1ra(p: argparse.ArgumentParser) -> None:
+    from dynlora.l1ra import L1RAConfig
+
+    d = L1RAConfig.__dataclass_fields__
+    g = p.add_argument_group("l1ra", "L1-regularised rank reallocation (--method l1ra)")
+    g.add_argument("--l1ra-lambda", type=float, default=d["lam"].default, help="L1 strength on the gates")
+    g.add_argument("--l1ra-lr", type=float, default=d["lr_c"].default, help="the gates' learning rate lr_c")
+    g.add_argument("--l1ra-threshold", type=float, default=d["threshold"].default, help="prune gates under this")
+    g.add_argument("--l1ra-interval", type=float, default=d["interval_ratio"].default,
+                   help="steps between reallocations: an integer >= 1, or a fraction (< 1) of the run")
+    g.add_argument("--min-rank", type=int, default=d["min_rank"].default)
+    g.add_argument("--max-rank", type=int, default=None)
+
+
+def l1ra_config(args: argparse.Namespace) -> "L1RAConfig":
+    """The ``L1RAConfig`` named by the ``--l1ra-*`` flags."""
+    from dynlora.l1ra import L1RAConfig
+
+    every = args.l1ra_interval
+    if not every > 0 or (every >= 1 and every != int(every)):
+        raise DynloraError(f"--l1ra-interval {every}: give a whole number of steps or a fraction below 1")
+    return L1RAConfig(lam=args.l1ra_lambda, lr_c=args.l1ra_lr, threshold=args.l1ra_threshold,
+                      interval=int(every) if every >= 1 else None,
+                      interval_ratio=every if 0 < every < 1 else L1RAConfig.interval_ratio,
+                      min_rank=args.min_rank, max_rank=args.max_rank)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -57,12 +91,27 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     add_arguments(sub.add_parser("compare", help="train methods side by side on one task and rank budget"))
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="draw a run's rank heatmap, rank per module type over steps, gates")
+    p.add_argument("run", help="a run folder written by dynlora train")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from dynlora.report import gains_table, write_report
+
+    files = write_report(args.run)
+    print(gains_table(args.run))
+    for path in files:
+        print(f"dynlora: wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dynlora", description="Dynamic LoRA fine-tuning that exports plain PEFT LoRA.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_train(sub)
     _add_export(sub)
     _add_compare(sub)
+    _add_report(sub)
     return parser
 
 
@@ -75,7 +124,8 @@ def _train(args: argparse.Namespace) -> None:
         label_column=args.label_column, method=args.method, rank=args.rank, alpha=args.alpha,
         dropout=args.dropout, targets=parse_targets(args.targets), epochs=args.epochs, max_steps=args.max_steps,
         train_size=None if args.train_size == 0 else args.train_size, batch_size=args.batch_size, lr=args.lr,
-        max_length=args.max_length, seed=args.seed, output=args.output)
+        max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
+        l1ra=l1ra_config(args))
     train(opts)
 
 
@@ -112,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        {"train": _train, "export": _export, "compare": _compare}[args.command](args)
+        {"train": _train, "export": _export, "compare": _compare, "report": _report}[args.command](args)
     except DynloraError as err:
         print(f"dynlora: error: {err}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from dynlora.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.metrics import accuracy, macro_f1
 from dynlora.models import load_classifier
 from dynlora.recipes import method_names, prepare
+from dynlora.report import write_report
 
 RUN_MARKER = "run.json"
 
@@ -166,6 +167,11 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
             {"event": "log", **row} for row in trainer.state.log_history]
         _write_jsonl(tmp / "history.jsonl", history)
         (tmp / "ranks.json").write_text(json.dumps(ranks, indent=1) + "\n")
+        if prepared.controller is not None and any(l.gate is not None for l in prepared.controller.layers.values()):
+            gates = {n: layer.gate.detach().tolist() for n, layer in prepared.controller.layers.items()
+                     if layer.gate is not None}
+            (tmp / "gates.json").write_text(json.dumps(gates) + "\n")
+        write_report(tmp)
         prepared.save_adapter(tmp / "adapter")
         run = {"dynlora_version": __version__, "options": asdict(opts), "num_labels": data.num_labels,
                "label_names": list(data.label_names), "finished": datetime.now().isoformat(timespec="seconds")}

@@ -1,0 +1,121 @@
+"""``dynlora report RUN_DIR``: pictures and a table of where the rank went during a run.
+
+Reads the run's ``history.jsonl`` (every controller event carries each module's rank), ``ranks.json``
+and, for gated methods, ``gates.json``; writes PNGs into ``RUN_DIR/report/``:
+``rank_heatmap.png`` (final rank, module type x layer), ``rank_by_type.png`` (total rank per module
+type over steps) and ``gates.png`` (distribution of the final gate values).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from dynlora.errors import DynloraError
+from dynlora.plots import _save, _strip_common, parse_module_name, rank_heatmap
+
+
+def module_type(name: str, names: Sequence[str] | None = None) -> str:
+    """The module's type: what follows its layer index (``attention.output.dense``, ``mlp.down_proj``)."""
+    short = _strip_common(list(names or [name])).get(name, name)
+    return parse_module_name(short)[1]
+
+
+def rank_by_type(ranks: Mapping[str, int]) -> dict[str, int]:
+    """Total rank per module type."""
+    totals: dict[str, int] = {}
+    names = list(ranks)
+    for name, rank in ranks.items():
+        typ = module_type(name, names)
+        totals[typ] = totals.get(typ, 0) + int(rank)
+    return totals
+
+
+def rank_events(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """History rows that carry every module's rank, in step order."""
+    return [row for row in history if isinstance(row.get("ranks"), dict)]
+
+
+def type_gains(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per module type: total rank at the first and at the last rank event, and the change."""
+    events = rank_events(history)
+    if not events:
+        return []
+    first, last = rank_by_type(events[0]["ranks"]), rank_by_type(events[-1]["ranks"])
+    rows = [{"type": t, "start": first.get(t, 0), "end": last.get(t, 0), "change": last.get(t, 0) - first.get(t, 0)}
+            for t in dict.fromkeys([*first, *last])]
+    return sorted(rows, key=lambda r: -r["change"])
+
+
+def plot_rank_by_type(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Total rank per module type against the optimizer step."""
+    events = rank_events(history)
+    steps = [row["step"] for row in events]
+    series: dict[str, list[int]] = {}
+    for row in events:
+        for typ, total in rank_by_type(row["ranks"]).items():
+            series.setdefault(typ, []).append(total)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for typ, values in series.items():
+        ax.plot(steps[: len(values)], values, marker="o", markersize=3, label=typ)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("total rank")
+    ax.set_title("rank per module type")
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def plot_gates(gates: Mapping[str, Sequence[float]], path: str | Path) -> None:
+    """Histogram of the final gate values, stacked by module type."""
+    names = list(gates)
+    by_type: dict[str, list[float]] = {}
+    for name, values in gates.items():
+        by_type.setdefault(module_type(name, names), []).extend(float(v) for v in values)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.hist(list(by_type.values()), bins=20, range=(0, 1), stacked=True, label=list(by_type))
+    ax.set_xlabel("gate value c")
+    ax.set_ylabel("ranks")
+    ax.set_title(f"final gates ({sum(len(v) for v in by_type.values())} ranks)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Draw every picture the run's files allow into ``run_dir/report``; returns the files written."""
+    run = Path(run_dir)
+    if not (run / "history.jsonl").is_file() or not (run / "ranks.json").is_file():
+        raise DynloraError(f"{str(run)!r} is not a dynlora run folder (needs history.jsonl and ranks.json)")
+    out = run / "report"
+    history = _read_jsonl(run / "history.jsonl")
+    ranks = json.loads((run / "ranks.json").read_text())
+    written = []
+    if ranks:
+        rank_heatmap(ranks, out / "rank_heatmap.png", title=f"final rank per module (total {sum(ranks.values())})")
+        written.append(out / "rank_heatmap.png")
+    if rank_events(history):
+        plot_rank_by_type(history, out / "rank_by_type.png")
+        written.append(out / "rank_by_type.png")
+        (out / "rank_by_type.json").write_text(json.dumps(type_gains(history), indent=1) + "\n")
+        written.append(out / "rank_by_type.json")
+    if (run / "gates.json").is_file():
+        plot_gates(json.loads((run / "gates.json").read_text()), out / "gates.png")
+        written.append(out / "gates.png")
+    return written
+
+
+def gains_table(run_dir: str | Path) -> str:
+    """A plain-text table of rank per module type, first vs last event."""
+    rows = type_gains(_read_jsonl(Path(run_dir) / "history.jsonl"))
+    lines = [f"{'module type':32} {'start':>6} {'end':>6} {'change':>7}"]
+    lines += [f"{r['type']:32} {r['start']:6d} {r['end']:6d} {r['change']:+7d}" for r in rows]
+    return "\n".join(lines)
