@@ -94,7 +94,7 @@ class CompareOptions:
         if not self.methods:
             raise DynloraError("methods is empty; give e.g. --methods lora,peft-lora,peft-adalora")
         for method in self.methods:
-            if method.split(":")[0] not in method_names():
+            if split_method(method)[0].split(":")[0] not in method_names():
                 raise DynloraError(f"unknown method {method!r}; valid: {', '.join(method_names())}")
         for name, values in (("method", self.methods), ("seed", self.seeds)):
             dupes = sorted({str(v) for v in values if values.count(v) > 1})
@@ -110,15 +110,37 @@ class CompareOptions:
         """What every cell shares; a folder made with other settings is not resumed."""
         shared = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("name", "seeds")}
         return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
-                "label_column": self.label_column, "profile": self.profile.name, **shared}
+                "label_column": self.label_column, "profile": self.profile.name, **shared,
+                "l1ra": dataclasses.asdict(self.cell_options(self.methods[0], 0).l1ra)}
 
     def cell_options(self, method: str, seed: int) -> TrainOptions:
         p = self.profile
+        name, own = split_method(method)
         return TrainOptions(model=p.model, task=self.task, dataset=self.dataset, text_column=self.text_column,
-                            label_column=self.label_column, method=method, rank=p.rank, alpha=p.alpha,
+                            label_column=self.label_column, method=name, rank=p.rank, alpha=p.alpha,
                             targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
-                            train_size=p.train_size, batch_size=p.batch_size, lr=p.lr, max_length=p.max_length,
-                            seed=seed, output=str(cell_dir(Path(self.output), method, seed)))
+                            train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
+                            max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)))
+
+
+def split_method(spec: str) -> tuple[str, dict[str, float]]:
+    """``peft-adalora@lr=0.02`` -> ``("peft-adalora", {"lr": 0.02})``: a method with its own learning rate.
+
+    Only ``lr`` can differ per method; data, steps, rank budget and every other setting stay shared.
+    """
+    name, _, rest = spec.partition("@")
+    own: dict[str, float] = {}
+    for item in filter(None, rest.split("@")):
+        key, _, value = item.partition("=")
+        if key != "lr":
+            raise DynloraError(f"method option {item!r} in {spec!r}: only lr=<float> may be set per method")
+        try:
+            own["lr"] = float(value)
+        except ValueError:
+            raise DynloraError(f"method option {item!r} in {spec!r}: lr must be a number") from None
+        if not own["lr"] > 0:
+            raise DynloraError(f"method option {item!r} in {spec!r}: lr must be > 0")
+    return name, own
 
 
 def safe_name(method: str) -> str:
@@ -188,7 +210,7 @@ def preflight_budgets(opts: CompareOptions, methods: list[str]) -> dict[str, int
     data = load_task(first.task, first.dataset, text_column=first.text_column, label_column=first.label_column,
                      train_size=first.train_size, seed=first.seed)
     steps = total_optimizer_steps(first, len(data.train))
-    budgets = {m: prepare(load_classifier(first.model, data.num_labels)[0], dataclasses.replace(first, method=m),
+    budgets = {m: prepare(load_classifier(first.model, data.num_labels)[0], opts.cell_options(m, opts.seeds[0]),
                           steps).budget for m in methods}
     gc.collect()
     return budgets

@@ -34,13 +34,15 @@ if TYPE_CHECKING:
 class L1RAConfig:
     """L1RA's knobs. ``interval`` (steps) wins over ``interval_ratio`` (fraction of the run's steps).
 
-    Defaults: ``lam`` 0.5 (strong enough that unneeded gates reach 0 within a few hundred steps of
-    Adam at ``lr_c`` 1e-2); ``threshold`` 1e-6 (only gates the proximal step drove to 0 are cut, so
-    pruning does not move the output); reallocation every 10% of the run, as in the paper.
+    Defaults: ``lam`` 0.5 with ``lr_c`` 2e-2, chosen on MiniLM / rt-polarity (188 steps): at 0.5 / 1e-2
+    no gate reached 0 (nothing moved), at 1 / 2e-2 and 2 / 5e-2 ranks moved but accuracy fell (81.5%,
+    73.1%), at 0.5 / 2e-2 about 47 ranks moved at 83.0%. Longer runs can use a smaller ``lam``.
+    ``threshold`` 1e-6: only gates the proximal step drove to 0 are cut, so pruning does not move the
+    output. Reallocation every 10% of the run, as in the paper.
     """
 
     lam: float = 0.5
-    lr_c: float = 1e-2
+    lr_c: float = 2e-2
     threshold: float = 1e-6
     interval: int | None = None
     interval_ratio: float = 0.1

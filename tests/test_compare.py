@@ -242,3 +242,14 @@ def test_benchmarks_md_collects_summaries(first_run, tmp_path):
     assert "not GLUE" in text and "python bench/benchmarks_md.py" in text
     assert all(f"| {m} | {len(SEEDS)} |" in text for m in METHODS)
     assert "](bench/results/tiny/accuracy_vs_params.png)" in text
+
+
+def test_method_with_its_own_learning_rate():
+    from dynlora.compare import split_method
+    from dynlora.errors import DynloraError
+
+    assert split_method("peft-adalora@lr=0.02") == ("peft-adalora", {"lr": 0.02})
+    assert split_method("lora") == ("lora", {})
+    for bad in ("lora@lr=x", "lora@lr=-1", "lora@rank=4"):
+        with pytest.raises(DynloraError):
+            split_method(bad)
