@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from dynlora.checkpoint import CONTROLLER_FILE, controller_state_json, load_controller_json
 from dynlora.controller import Controller
+from dynlora.errors import DynloraError
 
 
 class DynloraCallback(TrainerCallback):
     """Hands the Trainer's optimizer to the controller and steps it once per optimizer step.
 
     ``on_optimizer_step`` runs after ``optimizer.step()`` and before ``zero_grad()``, so methods can
-    still read gradients; it fires once per optimizer step, never per micro-batch.
+    still read gradients; it fires once per optimizer step, never per micro-batch. Every Trainer
+    checkpoint gets the controller's state (ranks, history, method state); ``restore`` reads it back
+    before ``trainer.train(resume_from_checkpoint=...)`` so the model has the checkpoint's ranks when
+    the Trainer loads weights and optimizer state.
     """
 
     def __init__(self, controller: Controller) -> None:
@@ -30,5 +38,24 @@ class DynloraCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         self.controller.note("log", **(logs or {}))
 
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{CONTROLLER_FILE}.tmp"
+        tmp.write_text(json.dumps(controller_state_json(self.controller)))
+        os.replace(tmp, folder / CONTROLLER_FILE)
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.controller.record("end")
+
+    def restore(self, checkpoint: str | os.PathLike) -> None:
+        """Load the controller state saved in a Trainer checkpoint (restores every module's rank).
+
+        If you hand the Trainer your own optimizer, give it to the controller too
+        (``Controller(..., optimizer=opt)``) so that the restored ranks replace its parameters; an
+        optimizer the Trainer builds itself is built after this, from the restored parameters.
+        """
+        path = Path(checkpoint) / CONTROLLER_FILE
+        if not path.is_file():
+            raise DynloraError(f"{checkpoint} has no {CONTROLLER_FILE}: not a checkpoint of a dynlora run")
+        load_controller_json(self.controller, json.loads(path.read_text()))

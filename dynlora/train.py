@@ -136,6 +136,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         prepared = prepare(model, opts, total_steps)
         memory = ActivationMemoryCallback()
         optimizer = torch.optim.AdamW(prepared.param_groups) if prepared.param_groups else None
+        if prepared.controller is not None:
+            prepared.controller.optimizer = optimizer  # rank restores on resume must follow this optimizer
         trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps),
                           train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
                           callbacks=[*prepared.callbacks, memory, *extra_callbacks], optimizers=(optimizer, None))

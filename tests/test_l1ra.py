@@ -151,3 +151,35 @@ def test_config_errors():
             L1RAConfig(**kwargs)
     with pytest.raises(DynloraError, match="longer than the run"):
         L1RAConfig(interval=50).interval_steps(20)
+
+
+def test_trainer_checkpoint_after_reallocation_resumes_like_straight_through(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from dynlora.callback import DynloraCallback
+
+    data = [{"input_ids": _batch(i)[0][0], "labels": int(_batch(i)[1][0])} for i in range(64)]
+
+    def run(out, steps_to_save=None, resume=None):
+        model = tiny_bert()
+        inject(model, AdapterConfig(rank=4, alpha=8, use_gate=True), generator=torch.Generator().manual_seed(0))
+        opt = torch.optim.AdamW(gate_param_groups(model, lr=1e-2, lr_c=CFG.lr_c))
+        controller = Controller(model, L1RA(CFG, total_steps=STEPS), optimizer=opt, seed=0)  # restore follows it
+        callback = DynloraCallback(controller)
+        args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=STEPS, lr_scheduler_type="constant",
+                                 learning_rate=1e-2, report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+                                 logging_steps=1, save_strategy="steps" if steps_to_save else "no",
+                                 save_steps=steps_to_save or 500)
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback], optimizers=(opt, None))
+        if resume:
+            callback.restore(resume)
+        trainer.train(resume_from_checkpoint=resume)
+        losses = {row["step"]: row["loss"] for row in trainer.state.log_history if "loss" in row}
+        return losses, controller
+
+    straight, c1 = run(tmp_path / "a")
+    _, c2 = run(tmp_path / "b", steps_to_save=14)
+    resumed, c3 = run(tmp_path / "c", resume=str(tmp_path / "b" / "checkpoint-14"))
+    assert any(row["event"] == "realloc" and row["moved"] for row in c1.history)
+    assert c3.ranks() == c1.ranks()
+    assert [resumed[s] for s in range(15, STEPS + 1)] == [straight[s] for s in range(15, STEPS + 1)]
