@@ -97,3 +97,26 @@ def test_plain_pytorch_loop_and_export(tmp_path):
 def test_default_run_reaches_80_percent_on_rt_polarity(tmp_path):
     metrics = train(TrainOptions(output=str(tmp_path / "run")))
     assert metrics["accuracy"] >= 0.80
+
+
+def test_l1ra_run_moves_ranks_keeps_budget_and_exports_for_peft(tmp_path):
+    from dynlora.l1ra import L1RAConfig
+
+    out = tmp_path / "run"
+    metrics = train(TrainOptions(method="l1ra", dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40,
+                                 batch_size=8, lr=3e-3, train_size=None, output=str(out),
+                                 l1ra=L1RAConfig(lam=2.0, lr_c=0.05, interval=10)), log=lambda s: None)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert sum(ranks.values()) == metrics["budget"] == metrics["total_rank"] == 4 * len(ranks)
+    assert len(set(ranks.values())) > 1  # ranks moved between modules
+    events = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "realloc"] == [10, 20, 30]
+    assert {p.name for p in (out / "report").iterdir()} >= {"rank_heatmap.png", "rank_by_type.png", "gates.png"}
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    exported = {n: cfg["rank_pattern"].get(n, cfg["r"]) for n in cfg["target_modules"]}
+    assert exported == {n: r for n, r in ranks.items() if r > 0}
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(None), num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    loaded = {n.split("base_model.model.")[1]: m.r["default"] for n, m in peft_model.named_modules()
+              if hasattr(m, "lora_A") and "default" in getattr(m, "r", {})}
+    assert loaded == exported
