@@ -15,6 +15,7 @@ from dynlora.errors import DynloraError
 
 if TYPE_CHECKING:
     from dynlora.l1ra import L1RAConfig
+    from dynlora.module_alloc import ModuleAllocConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +51,30 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank-budget", type=int, default=None,
                    help="total rank over all adapters, split evenly (default: rank x number of adapters)")
     _add_l1ra(p)
+    _add_module_alloc(p)
+
+
+def _add_module_alloc(p: argparse.ArgumentParser) -> None:
+    from dynlora.module_alloc import ModuleAllocConfig
+
+    d = ModuleAllocConfig.__dataclass_fields__
+    g = p.add_argument_group("module-alloc", "train only the most important adapters (--method module-alloc)")
+    g.add_argument("--score", default=d["score"].default, help="activation | gradient")
+    g.add_argument("--strategy", default=d["strategy"].default, help="topk | topp | multinomial | discounted | uniform")
+    g.add_argument("--schedule", default=d["schedule"].default,
+                   help="once:N or every:N; N in steps, or a fraction below 1 of the run")
+    g.add_argument("--k", type=float, default=d["k"].default, help="adapters that train: a count or a fraction")
+    g.add_argument("--threshold", type=float, default=d["threshold"].default, help="cumulative share for topp")
+    g.add_argument("--decay", type=float, default=None, help="EMA factor for the scores (default: accumulate)")
+    g.add_argument("--warmup", type=int, default=d["warmup"].default, help="extra steps with every adapter active")
+
+
+def module_alloc_config(args: argparse.Namespace) -> "ModuleAllocConfig":
+    """The ``ModuleAllocConfig`` named by the module-alloc flags."""
+    from dynlora.module_alloc import ModuleAllocConfig
+
+    return ModuleAllocConfig(score=args.score, strategy=args.strategy, schedule=args.schedule, k=args.k,
+                             threshold=args.threshold, decay=args.decay, warmup=args.warmup)
 
 
 def _add_l1ra(p: argparse.ArgumentParser) -> None:
@@ -125,7 +150,7 @@ def _train(args: argparse.Namespace) -> None:
         dropout=args.dropout, targets=parse_targets(args.targets), epochs=args.epochs, max_steps=args.max_steps,
         train_size=None if args.train_size == 0 else args.train_size, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
-        l1ra=l1ra_config(args))
+        l1ra=l1ra_config(args), module_alloc=module_alloc_config(args))
     train(opts)
 
 

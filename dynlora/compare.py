@@ -111,7 +111,8 @@ class CompareOptions:
         shared = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("name", "seeds")}
         return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
                 "label_column": self.label_column, "profile": self.profile.name, **shared,
-                "l1ra": dataclasses.asdict(self.cell_options(self.methods[0], 0).l1ra)}
+                "l1ra": dataclasses.asdict(self.cell_options(self.methods[0], 0).l1ra),
+                "module_alloc": dataclasses.asdict(self.cell_options(self.methods[0], 0).module_alloc)}
 
     def cell_options(self, method: str, seed: int) -> TrainOptions:
         p = self.profile

@@ -39,7 +39,11 @@ class Method(Protocol):
     name: str
 
     def on_step(self, controller: "Controller") -> None:
-        """Called once per optimizer step; may call ``controller.resize`` and ``controller.record``."""
+        """Called once per optimizer step; may call ``controller.resize`` and ``controller.record``.
+
+        Optional hooks: ``attach(controller)`` when the controller is built, ``restore(controller)``
+        after its state is loaded.
+        """
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -60,6 +64,8 @@ class Controller:
         self.global_step = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[dict[str, Any]] = []
+        if hasattr(method, "attach"):
+            method.attach(self)  # e.g. importance trackers hook the adapters
         self.record("init")
 
     @property
@@ -119,3 +125,5 @@ class Controller:
         self.generator.set_state(state["generator"])
         if self.method is not None:
             self.method.load_state_dict(state["method"])
+            if hasattr(self.method, "restore"):
+                self.method.restore(self)  # e.g. which adapters are switched off

@@ -120,12 +120,18 @@ def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 
 class ActivationMemoryCallback(TrainerCallback):
-    """Peak over micro-batches of the bytes autograd saved for backward, during a Trainer run."""
+    """Bytes autograd saved for backward during a Trainer run: the peak, and the steady state.
+
+    ``peak_bytes`` is the largest micro-batch of the run; ``steady_bytes`` the median, over the second
+    half of the optimizer steps, of each step's largest micro-batch (what a method that switches
+    adapters off after a warm-up costs once it has settled).
+    """
 
     def __init__(self) -> None:
         self.counter: SavedTensorBytes | None = None
         self.peak_bytes = 0
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.per_step: list[int] = []
+        self._step_peak = 0
         self.state_bytes = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -134,7 +140,14 @@ class ActivationMemoryCallback(TrainerCallback):
 
     def _flush(self) -> None:
         if self.counter is not None:
-            self.peak_bytes = max(self.peak_bytes, self.counter.reset())
+            done = self.counter.reset()
+            self.peak_bytes = max(self.peak_bytes, done)
+            self._step_peak = max(self._step_peak, done)
+
+    @property
+    def steady_bytes(self) -> int:
+        half = self.per_step[len(self.per_step) // 2:]
+        return int(sorted(half)[len(half) // 2]) if half else self.peak_bytes
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._flush()
@@ -142,6 +155,8 @@ class ActivationMemoryCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                     **kwargs: Any) -> None:
         self._flush()
+        self.per_step.append(self._step_peak)
+        self._step_peak = 0
         if optimizer is not None:
             from dynlora.surgery import unwrap_optimizer
 

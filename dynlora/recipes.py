@@ -23,6 +23,7 @@ from dynlora.errors import DynloraError
 from dynlora.export import export_peft
 from dynlora.inject import AdapterConfig, adapters, inject, match_targets
 from dynlora.l1ra import L1RA, gate_param_groups
+from dynlora.module_alloc import ModuleAlloc, ModuleAllocConfig, parse_variant
 
 if TYPE_CHECKING:
     from dynlora.train import TrainOptions
@@ -58,7 +59,14 @@ MethodFactory = Callable[["TrainOptions", int], Method | None]
 DYNLORA_METHODS: dict[str, MethodFactory] = {
     "lora": lambda opts, total_steps: None,
     "l1ra": lambda opts, total_steps: L1RA(opts.l1ra, total_steps),
+    "module-alloc": lambda opts, total_steps: ModuleAlloc(_module_alloc_config(opts), total_steps),
 }
+
+
+def _module_alloc_config(opts: "TrainOptions") -> ModuleAllocConfig:
+    """``--method module-alloc:<strategy>[-<score>]`` overrides the strategy / score of ``opts.module_alloc``."""
+    _, _, variant = opts.method.partition(":")
+    return parse_variant(variant, opts.module_alloc) if variant else opts.module_alloc
 GATED = {"l1ra"}  # methods whose adapters carry a per-rank gate
 
 
@@ -168,6 +176,7 @@ def prepare_peft_adalora(model: nn.Module, opts: "TrainOptions", total_steps: in
 RECIPES: dict[str, Callable[[nn.Module, "TrainOptions", int], Prepared]] = {
     "lora": prepare_dynlora,
     "l1ra": prepare_dynlora,
+    "module-alloc": prepare_dynlora,
     "peft-lora": prepare_peft_lora,
     "peft-adalora": prepare_peft_adalora,
 }

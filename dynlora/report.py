@@ -3,7 +3,8 @@
 Reads the run's ``history.jsonl`` (every controller event carries each module's rank), ``ranks.json``
 and, for gated methods, ``gates.json``; writes PNGs into ``RUN_DIR/report/``:
 ``rank_heatmap.png`` (final rank, module type x layer), ``rank_by_type.png`` (total rank per module
-type over steps) and ``gates.png`` (distribution of the final gate values).
+type over steps), ``gates.png`` (distribution of the final gate values) and, for module-alloc,
+``activity.png`` (adapters x selection events, and how often each was selected).
 """
 
 from __future__ import annotations
@@ -86,6 +87,31 @@ def plot_gates(gates: Mapping[str, Sequence[float]], path: str | Path) -> None:
     _save(fig, path)
 
 
+def select_events(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """History rows of module-alloc selections (each names the active adapters)."""
+    return [row for row in history if isinstance(row.get("active"), list)]
+
+
+def plot_activity(history: Sequence[Mapping[str, Any]], names: Sequence[str], path: str | Path) -> None:
+    """Activity map: adapters (rows) x selection events (columns), dark = trained; plus counts per adapter."""
+    events = select_events(history)
+    grid = [[1.0 if name in set(row["active"]) else 0.0 for row in events] for name in names]  # (modules, events)
+    counts = [sum(r) for r in grid]
+    short = _strip_common(list(names))
+    labels = [short[n] for n in names]
+    fig = Figure(figsize=(8 + 0.2 * len(events), max(3.0, 0.22 * len(names) + 1.2)))
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(2, len(events)), 2]}, sharey=True)
+    ax.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(range(len(events)), [str(row["step"]) for row in events], fontsize=7)
+    ax.set_yticks(range(len(names)), labels, fontsize=6)
+    ax.set_xlabel("selection at step")
+    ax.set_title("adapters that train (dark)", fontsize=9)
+    bx.barh(range(len(names)), counts, color="0.3")
+    bx.set_xlabel("times selected")
+    bx.set_title("selection counts", fontsize=9)
+    _save(fig, path)
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -107,6 +133,9 @@ def write_report(run_dir: str | Path) -> list[Path]:
         written.append(out / "rank_by_type.png")
         (out / "rank_by_type.json").write_text(json.dumps(type_gains(history), indent=1) + "\n")
         written.append(out / "rank_by_type.json")
+    if select_events(history):
+        plot_activity(history, list(ranks), out / "activity.png")
+        written.append(out / "activity.png")
     if (run / "gates.json").is_file():
         plot_gates(json.loads((run / "gates.json").read_text()), out / "gates.png")
         written.append(out / "gates.png")

@@ -27,6 +27,7 @@ from dynlora.data import load_task, tokenize
 from dynlora.errors import DynloraError
 from dynlora.inject import trainable_parameters
 from dynlora.l1ra import L1RAConfig
+from dynlora.module_alloc import ModuleAllocConfig
 from dynlora.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.metrics import accuracy, macro_f1
 from dynlora.models import load_classifier
@@ -62,10 +63,18 @@ class TrainOptions:
     output: str | None = None
     rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
     l1ra: L1RAConfig = field(default_factory=L1RAConfig)
+    module_alloc: ModuleAllocConfig = field(default_factory=ModuleAllocConfig)
 
     def __post_init__(self) -> None:
-        if self.method.split(":")[0] not in method_names():
+        base, _, variant = self.method.partition(":")
+        if base not in method_names():
             raise DynloraError(f"unknown method {self.method!r}; valid: {', '.join(method_names())}")
+        if variant and base != "module-alloc":
+            raise DynloraError(f"method {self.method!r}: only module-alloc takes a variant (module-alloc:topk)")
+        if variant:
+            from dynlora.module_alloc import parse_variant
+
+            parse_variant(variant, self.module_alloc)  # names a bad strategy or score
         checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
                   "epochs": self.epochs > 0, "max_length": self.max_length > 1,
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
@@ -159,6 +168,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
             "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, result.global_step), 4),
             "peak_memory_mb": round(mem.peak_mb, 1),
             "activation_mb": round(memory.peak_bytes / 2**20, 2),
+            "activation_steady_mb": round(memory.steady_bytes / 2**20, 2),
             "grads_optimizer_mb": round(memory.state_bytes / 2**20, 3),
             "train_loss": float(result.training_loss), "steps": int(result.global_step),
             "train_examples": len(train_ds), "test_examples": len(test_ds),

@@ -51,3 +51,13 @@ def test_bad_l1ra_flags(flag, value, tmp_path, capsys):
     code = main(["train", "--method", "l1ra", flag, value, "--max-steps", "1", "--output", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_activity_map_for_module_alloc(tmp_path):
+    history = [{"step": 0, "event": "init", "ranks": {n: 4 for n in NAMES}},
+               {"step": 3, "event": "select", "active": NAMES[:2], "ranks": {n: 4 for n in NAMES}},
+               {"step": 6, "event": "select", "active": NAMES[1:3], "ranks": {n: 4 for n in NAMES}}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    (tmp_path / "ranks.json").write_text(json.dumps({n: 4 for n in NAMES}))
+    files = {p.name for p in write_report(tmp_path)}
+    assert "activity.png" in files and (tmp_path / "report" / "activity.png").stat().st_size > 1000

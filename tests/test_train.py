@@ -120,3 +120,20 @@ def test_l1ra_run_moves_ranks_keeps_budget_and_exports_for_peft(tmp_path):
     loaded = {n.split("base_model.model.")[1]: m.r["default"] for n, m in peft_model.named_modules()
               if hasattr(m, "lora_A") and "default" in getattr(m, "r", {})}
     assert loaded == exported
+
+
+def test_module_alloc_run_trains_half_the_adapters_with_less_memory(tmp_path):
+    from dynlora.module_alloc import ModuleAllocConfig
+
+    common = dict(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=30, batch_size=8, lr=3e-3,
+                  train_size=None)
+    lora = train(TrainOptions(**common, output=str(tmp_path / "lora")), log=lambda s: None)
+    alloc = train(TrainOptions(**common, method="module-alloc:topk", output=str(tmp_path / "alloc"),
+                               module_alloc=ModuleAllocConfig(schedule="once:5", k=0.5)), log=lambda s: None)
+    assert alloc["trainable_params"] < 0.75 * lora["trainable_params"]
+    assert alloc["activation_steady_mb"] < lora["activation_steady_mb"]
+    assert alloc["accuracy"] >= 0.9
+    events = [json.loads(line) for line in (tmp_path / "alloc" / "history.jsonl").read_text().splitlines()]
+    selects = [e for e in events if e["event"] == "select"]
+    assert [e["step"] for e in selects] == [5] and len(selects[0]["active"]) == round(0.5 * alloc["modules"])
+    assert (tmp_path / "alloc" / "report" / "activity.png").is_file()
