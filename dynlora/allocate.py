@@ -94,3 +94,76 @@ def even_ranks(names: Sequence[str], budget: int, min_rank: int = 1) -> dict[str
         raise ValueError(f"budget {budget} is smaller than {len(names)} modules x min_rank {min_rank}")
     base, extra = divmod(budget, len(names))
     return {name: base + (1 if i < extra else 0) for i, name in enumerate(names)}
+
+
+def proportional_targets(scores: Mapping[str, float], budget: int, min_rank: int = 1,
+                         max_rank: int | None = None) -> dict[str, int]:
+    """Divide ``budget`` ranks in proportion to ``scores``, each within [min_rank, max_rank].
+
+    Shares are ``clamp(lam * score, min_rank, max_rank)`` with ``lam`` found by bisection so that they
+    sum to the budget (water filling); they are then floored and the rounding remainder goes, one rank
+    each, to the most important modules that still have room. The result sums to ``budget`` exactly.
+    """
+    names = list(scores)
+    n = len(names)
+    cap = max_rank if max_rank is not None else budget
+    if not n:
+        return {}
+    if budget < n * min_rank or budget > n * cap:
+        raise ValueError(f"budget {budget} cannot be split over {n} modules within [{min_rank}, {cap}]")
+    weights = {k: max(0.0, float(v)) for k, v in scores.items()}
+    top = max(weights.values())
+    if top <= 0:
+        weights = {k: 1.0 for k in names}
+    else:  # a zero score still gets its min_rank, and a share of what nobody else can take
+        weights = {k: w / top if w / top > 1e-9 else 1e-9 for k, w in weights.items()}
+
+    def filled(lam: float) -> dict[str, float]:
+        return {k: min(cap, max(min_rank, lam * weights[k])) for k in names}
+
+    lo_lam, hi_lam = 0.0, 1.0
+    while sum(filled(hi_lam).values()) < budget:  # f(lam) grows with lam: find a bracket, then bisect
+        hi_lam *= 2
+    for _ in range(200):
+        mid = (lo_lam + hi_lam) / 2
+        if sum(filled(mid).values()) < budget:
+            lo_lam = mid
+        else:
+            hi_lam = mid
+    exact = filled(hi_lam)
+    targets = {k: int(exact[k] // 1) for k in names}
+    order = sorted(names, key=lambda k: (-weights[k], names.index(k)))
+    remainder = budget - sum(targets.values())
+    while remainder > 0:
+        for k in order:
+            if remainder == 0:
+                break
+            if targets[k] < cap:
+                targets[k] += 1
+                remainder -= 1
+    return targets
+
+
+def limit_moves(current: Mapping[str, int], targets: Mapping[str, int], max_moves: int | None,
+                priority: Mapping[str, float] | None = None) -> dict[str, int]:
+    """Move at most ``max_moves`` ranks from ``current`` toward ``targets``, one rank at a time.
+
+    Each move takes a rank from the module furthest above its target and gives it to the module
+    furthest below (ties: higher ``priority`` receives first, lower gives first). The total is kept.
+    """
+    if sum(current.values()) != sum(targets.values()):
+        raise ValueError("current and target ranks must have the same total")
+    result = dict(current)
+    moves = sum(max(0, targets[k] - current[k]) for k in current)
+    if max_moves is None or moves <= max_moves:
+        return dict(targets)
+    priority = priority or {}
+    names = list(current)
+    for _ in range(max_moves):
+        giver = max(names, key=lambda k: (result[k] - targets[k], -priority.get(k, 0.0), -names.index(k)))
+        taker = max(names, key=lambda k: (targets[k] - result[k], priority.get(k, 0.0), -names.index(k)))
+        if result[giver] - targets[giver] <= 0 or targets[taker] - result[taker] <= 0:
+            break
+        result[giver] -= 1
+        result[taker] += 1
+    return result

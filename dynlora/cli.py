@@ -16,6 +16,7 @@ from dynlora.errors import DynloraError
 if TYPE_CHECKING:
     from dynlora.l1ra import L1RAConfig
     from dynlora.module_alloc import ModuleAllocConfig
+    from dynlora.adaptive import AdaptiveConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +53,38 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="total rank over all adapters, split evenly (default: rank x number of adapters)")
     _add_l1ra(p)
     _add_module_alloc(p)
+    _add_adaptive(p)
+
+
+def _add_adaptive(p: argparse.ArgumentParser) -> None:
+    from dynlora.adaptive import SCORES, AdaptiveConfig
+
+    d = AdaptiveConfig.__dataclass_fields__
+    g = p.add_argument_group("adaptive", "importance-driven rank reallocation + input gate (--method adaptive)")
+    g.add_argument("--input-gate", action=argparse.BooleanOptionalAction, default=d["input_gate"].default,
+                   help="per-token gate g(x) = sigmoid(w.x + b) on each adapter's output")
+    g.add_argument("--importance", default=d["score"].default, help=" | ".join(SCORES))
+    g.add_argument("--uncertainty", action="store_true", help="multiply sensitivity by its uncertainty (AdaLoRA)")
+    g.add_argument("--realloc-interval", type=float, default=d["interval_ratio"].default,
+                   help="steps between reallocations: a whole number, or a fraction (< 1) of the run")
+    g.add_argument("--realloc-warmup", type=float, default=d["warmup_ratio"].default,
+                   help="fraction of the run before the first reallocation")
+    g.add_argument("--max-moves", type=float, default=d["max_moves_ratio"].default,
+                   help="most ranks moved per event, as a fraction of the budget")
+
+
+def adaptive_config(args: argparse.Namespace) -> "AdaptiveConfig":
+    """The ``AdaptiveConfig`` named by the adaptive flags (``--min-rank`` / ``--max-rank`` are shared)."""
+    from dynlora.adaptive import AdaptiveConfig
+
+    every = args.realloc_interval
+    if not every > 0 or (every >= 1 and every != int(every)):
+        raise DynloraError(f"--realloc-interval {every}: give a whole number of steps or a fraction below 1")
+    return AdaptiveConfig(score=args.importance, uncertainty=args.uncertainty,
+                          interval=int(every) if every >= 1 else None,
+                          interval_ratio=every if every < 1 else AdaptiveConfig.interval_ratio,
+                          warmup_ratio=args.realloc_warmup, min_rank=args.min_rank, max_rank=args.max_rank,
+                          max_moves_ratio=args.max_moves, input_gate=args.input_gate)
 
 
 def _add_module_alloc(p: argparse.ArgumentParser) -> None:
@@ -150,7 +183,7 @@ def _train(args: argparse.Namespace) -> None:
         dropout=args.dropout, targets=parse_targets(args.targets), epochs=args.epochs, max_steps=args.max_steps,
         train_size=None if args.train_size == 0 else args.train_size, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
-        l1ra=l1ra_config(args), module_alloc=module_alloc_config(args))
+        l1ra=l1ra_config(args), module_alloc=module_alloc_config(args), adaptive=adaptive_config(args))
     train(opts)
 
 

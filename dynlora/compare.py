@@ -112,7 +112,8 @@ class CompareOptions:
         return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
                 "label_column": self.label_column, "profile": self.profile.name, **shared,
                 "l1ra": dataclasses.asdict(self.cell_options(self.methods[0], 0).l1ra),
-                "module_alloc": dataclasses.asdict(self.cell_options(self.methods[0], 0).module_alloc)}
+                "module_alloc": dataclasses.asdict(self.cell_options(self.methods[0], 0).module_alloc),
+                "adaptive": dataclasses.asdict(self.cell_options(self.methods[0], 0).adaptive)}
 
     def cell_options(self, method: str, seed: int) -> TrainOptions:
         p = self.profile

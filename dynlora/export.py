@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -40,16 +42,71 @@ def _base_name(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """PEFT-named tensors: folded lora_A / lora_B of every non-empty adapter plus the task head."""
+def input_gated(model: nn.Module) -> list[str]:
+    """Adapters with an input-feature gate g(x), which plain PEFT LoRA cannot express."""
+    return [name for name, layer in adapters(model).items() if layer.has_input_gate and layer.rank]
+
+
+@torch.no_grad()
+def calibrate_input_gates(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean of each adapter's g(x) over every token position of the calibration batches."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name, layer in adapters(model).items():
+        if layer.has_input_gate:
+            def hook(module, args, output, name=name):
+                g = module.input_gate_values(args[0])
+                sums[name] = sums.get(name, 0.0) + float(g.sum())
+                counts[name] = counts.get(name, 0) + g.numel()
+            handles.append(layer.register_forward_hook(hook))
+    try:
+        was_training = model.training
+        model.eval()
+        for batch in batches:
+            model(**batch)
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+@contextmanager
+def constant_input_gates(model: nn.Module, means: Mapping[str, float]) -> Iterator[None]:
+    """Run the model with each g(x) replaced by its calibration mean: what the PEFT export computes."""
+    layers = adapters(model)
+    try:
+        for name, value in means.items():
+            layers[name].input_gate_constant = value
+        yield
+    finally:
+        for name in means:
+            layers[name].input_gate_constant = None
+
+
+def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """PEFT-named tensors: folded lora_A / lora_B of every non-empty adapter plus the task head.
+
+    An input-gated adapter needs ``gate_means`` (``calibrate_input_gates``): its mean gate is folded
+    into B, an approximation (the PEFT adapter then applies the average gate to every token).
+    """
+    gated = input_gated(model)
+    if gated and (gate_means is None or set(gated) - set(gate_means)):
+        raise DynloraError(f"{len(gated)} adapters have an input-dependent gate g(x), which standard PEFT LoRA "
+                           "cannot express; export with a calibration set to fold each gate's mean into B "
+                           "(an approximation, its logits error is reported), or keep dynlora's exact save")
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in adapters(model).items():
         if layer.rank == 0:
             continue
         if layer.merged:
             raise DynloraError(f"adapter {name} is merged; unmerge before exporting")
+        b = layer.folded_b().detach()
+        if layer.has_input_gate:
+            b = b * gate_means[name]  # type: ignore[index]
         tensors[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
-        tensors[f"{_PREFIX}{name}.lora_B.weight"] = layer.folded_b().detach()
+        tensors[f"{_PREFIX}{name}.lora_B.weight"] = b
     for head in head_names(model):
         for pname, p in model.get_submodule(head).named_parameters():
             tensors[f"{_PREFIX}{head}.{pname}"] = p.detach()
@@ -79,16 +136,21 @@ def peft_config(model: nn.Module, dropout: float = 0.0) -> LoraConfig:
     )
 
 
-def export_peft(model: nn.Module, folder: str | os.PathLike, dropout: float = 0.0) -> Path:
-    """Write a plain PEFT LoRA adapter folder; written to a temporary folder, then renamed."""
+def export_peft(model: nn.Module, folder: str | os.PathLike, dropout: float = 0.0,
+                gate_means: Mapping[str, float] | None = None) -> Path:
+    """Write a plain PEFT LoRA adapter folder; written to a temporary folder, then renamed.
+
+    Input-gated adapters need ``gate_means`` (see ``export_state_dict``); without them this refuses.
+    """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise DynloraError(f"export folder {folder} exists and is not empty; choose a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
+    tensors = export_state_dict(model, gate_means)  # refuses before anything is written
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         peft_config(model, dropout).save_pretrained(str(tmp))
-        save_file(export_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if folder.exists():
             folder.rmdir()
         tmp.rename(folder)

@@ -120,3 +120,81 @@ class GradientNorm(_Scores):
 
 
 TRACKERS = {"activation": ActivationNorm, "gradient": GradientNorm}
+
+
+class Sensitivity:
+    """Per-rank sensitivity ``|theta * grad|`` of each adapter, smoothed by an EMA (as AdaLoRA does).
+
+    For rank i of a module: ``sum |A[i] * dA[i]| + sum |B[:, i] * dB[:, i]|`` (+ ``|c_i * dc_i|`` with a
+    gate), read once per optimizer step. ``I <- beta * I + (1 - beta) * s``; with ``uncertainty`` also
+    ``U <- beta_u * U + (1 - beta_u) * |s - I|`` and the score is ``I * U``. A module's score is the
+    sum over its ranks. ``remap`` follows a resize: kept ranks keep their history, new ranks start at
+    the mean of the kept ones (so a fresh rank, whose B is zero, is not the first one pruned).
+    """
+
+    def __init__(self, beta: float = 0.85, uncertainty: bool = False, beta_u: float = 0.85) -> None:
+        for name, value in (("beta", beta), ("beta_u", beta_u)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        self.beta, self.beta_u, self.uncertainty = beta, beta_u, uncertainty
+        self.ema: dict[str, torch.Tensor] = {}
+        self.unc: dict[str, torch.Tensor] = {}
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None:
+        for name, layer in layers.items():
+            self.ema.setdefault(name, torch.zeros(layer.rank))
+            self.unc.setdefault(name, torch.zeros(layer.rank))
+
+    @torch.no_grad()
+    def step(self, layers: Mapping[str, LoraLayer]) -> None:
+        for name, layer in layers.items():
+            a, b = layer.lora_A, layer.lora_B
+            if a.grad is None or b.grad is None or layer.rank == 0:
+                continue
+            s = (a * a.grad).abs().sum(1) + (b * b.grad).abs().sum(0)  # (r,)
+            if layer.gate is not None and layer.gate.grad is not None:
+                s = s + (layer.gate * layer.gate.grad).abs()
+            s = s.detach().float().cpu()
+            old = self.ema[name]
+            self.ema[name] = self.beta * old + (1 - self.beta) * s
+            self.unc[name] = self.beta_u * self.unc[name] + (1 - self.beta_u) * (s - self.ema[name]).abs()
+
+    def rank_scores(self, name: str) -> torch.Tensor:
+        """(r,) importance of each rank of one module."""
+        return self.ema[name] * self.unc[name] if self.uncertainty else self.ema[name]
+
+    def scores(self) -> dict[str, float]:
+        raw = {n: float(self.rank_scores(n).sum()) for n in self.ema}
+        total = sum(raw.values())
+        return {n: (v / total if total > 0 else 1.0 / len(raw)) for n, v in raw.items()}
+
+    def remap(self, name: str, keep: torch.Tensor | list[int], grow: int) -> None:
+        keep = torch.as_tensor(keep, dtype=torch.long)
+        for table in (self.ema, self.unc):
+            kept = table[name].index_select(0, keep)
+            fill = kept.mean() if kept.numel() else torch.tensor(0.0)
+            table[name] = torch.cat([kept, fill.expand(grow)])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": {n: t.tolist() for n, t in self.ema.items()}, "unc": {n: t.tolist() for n, t in self.unc.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.ema = {n: torch.tensor(v, dtype=torch.float32) for n, v in state["ema"].items()}
+        self.unc = {n: torch.tensor(v, dtype=torch.float32) for n, v in state["unc"].items()}
+
+    def detach(self) -> None:
+        pass
+
+
+class GateMagnitude(_Scores):
+    """Sum of each module's per-rank gates |c| (needs gated adapters); the current value, not a history."""
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None:
+        if any(layer.gate is None for layer in layers.values()):
+            raise ValueError("the gate score needs adapters with per-rank gates")
+
+    def step(self, layers: Mapping[str, LoraLayer]) -> None:
+        self.raw = {n: float(layer.gate.detach().abs().sum()) for n, layer in layers.items()}
+
+    def detach(self) -> None:
+        pass

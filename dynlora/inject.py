@@ -26,7 +26,8 @@ class AdapterConfig:
     matched against full module names (as PEFT does with a string), or a sequence of names that
     match a module when equal to its full name or to a dotted suffix of it (as PEFT does with a list).
     ``rank_pattern`` maps full module names to a rank other than ``rank`` (used to load adapters with
-    unequal ranks); ``scale_pattern`` likewise overrides ``alpha / rank``.
+    unequal ranks); ``scale_pattern`` likewise overrides ``alpha / rank``. ``input_gate`` adds the
+    per-token gate ``g(x) = sigmoid(w . x + b)`` on each adapter's output (w = 0, b = ``input_gate_bias``).
     """
 
     rank: int = 8
@@ -34,6 +35,8 @@ class AdapterConfig:
     dropout: float = 0.0
     targets: str | tuple[str, ...] = ALL_LINEAR
     use_gate: bool = False
+    input_gate: bool = False
+    input_gate_bias: float = 4.0
     train_head: bool = True
     rank_pattern: Mapping[str, int] = field(default_factory=dict)
     scale_pattern: Mapping[str, float] = field(default_factory=dict)
@@ -124,7 +127,8 @@ def inject(model: nn.Module, config: AdapterConfig, generator: torch.Generator |
         parent = model.get_submodule(parent_name) if parent_name else model
         rank = config.rank_pattern.get(name, config.rank)
         layer = LoraLayer(getattr(parent, child), rank=rank, alpha=config.alpha, dropout=config.dropout,
-                          use_gate=config.use_gate, generator=generator)
+                          use_gate=config.use_gate, generator=generator, input_gate=config.input_gate,
+                          input_gate_bias=config.input_gate_bias)
         if name in config.scale_pattern:
             layer.scale.fill_(config.scale_pattern[name])
         elif name in config.rank_pattern:

@@ -55,6 +55,8 @@ class LoraLayer(nn.Module):
         dropout: float = 0.0,
         use_gate: bool = False,
         generator: torch.Generator | None = None,
+        input_gate: bool = False,
+        input_gate_bias: float = 4.0,
     ) -> None:
         super().__init__()
         if rank < 0:
@@ -66,9 +68,15 @@ class LoraLayer(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=weight.dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=weight.dtype, device=weight.device))
         self.gate = nn.Parameter(torch.ones(rank, dtype=weight.dtype, device=weight.device)) if use_gate else None
+        # input-feature gate g(x) = sigmoid(w . x + b): w = 0 and b = 4 give g = 0.982 for every token
+        self.gate_w = nn.Parameter(torch.zeros(self.in_features, dtype=weight.dtype, device=weight.device)) \
+            if input_gate else None
+        self.gate_b = nn.Parameter(torch.full((1,), input_gate_bias, dtype=weight.dtype, device=weight.device)) \
+            if input_gate else None
         self.register_buffer("scale", torch.tensor(alpha / max(rank, 1), dtype=torch.float32))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.input_gate_constant: float | None = None  # set: g(x) replaced by this (export approximation)
         with torch.no_grad():
             self.lora_A.copy_(self._init_a(rank, generator))
 
@@ -77,16 +85,36 @@ class LoraLayer(nn.Module):
     def rank(self) -> int:
         return self.lora_A.shape[0]
 
+    @property
+    def has_input_gate(self) -> bool:
+        return self.gate_w is not None
+
     def num_parameters(self) -> int:
-        """Trainable adapter parameters at the current rank (A, B and the gate)."""
-        return self.rank * (self.in_features + self.out_features) + (self.rank if self.gate is not None else 0)
+        """Trainable adapter parameters at the current rank (A, B, the rank gate, the input gate)."""
+        gate = self.rank if self.gate is not None else 0
+        return self.rank * (self.in_features + self.out_features) + gate + self.input_gate_parameters()
+
+    def input_gate_parameters(self) -> int:
+        return self.in_features + 1 if self.has_input_gate else 0
 
     def flops_per_token(self) -> int:
-        """Forward FLOPs per token of the adapter path (2 per multiply-add), zero at rank 0."""
+        """Forward FLOPs per token of the adapter path (2 per multiply-add), zero at rank 0.
+
+        The input gate costs a dot product with x (2 * in), the sigmoid (counted as 4) and the scaling
+        of the adapter output (out).
+        """
         if self.rank == 0:
             return 0
         gate = self.rank if self.gate is not None else 0
-        return 2 * self.rank * (self.in_features + self.out_features) + gate + self.out_features
+        return 2 * self.rank * (self.in_features + self.out_features) + gate + self.out_features + self.input_gate_flops()
+
+    def input_gate_flops(self) -> int:
+        return 2 * self.in_features + 4 + self.out_features if self.has_input_gate and self.rank else 0
+
+    def input_gate_values(self, x: torch.Tensor) -> torch.Tensor:
+        """g(x) per token: (..., 1)."""
+        assert self.gate_w is not None and self.gate_b is not None
+        return torch.sigmoid(F.linear(x.to(self.gate_w.dtype), self.gate_w.unsqueeze(0), self.gate_b))
 
     # ---- forward / merge -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +124,11 @@ class LoraLayer(nn.Module):
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
         if self.gate is not None:
             h = h * self.gate
-        return out + F.linear(h, self.lora_B).to(out.dtype) * self.scale  # (..., out)
+        delta = F.linear(h, self.lora_B)  # (..., out)
+        if self.gate_w is not None:
+            g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
+            delta = delta * g  # (..., out) * (..., 1)
+        return out + delta.to(out.dtype) * self.scale
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B diag(c) A, shaped like ``nn.Linear.weight``: (out, in)."""
@@ -113,6 +145,8 @@ class LoraLayer(nn.Module):
         """Add the adapter into the base weight; forward then skips the adapter path."""
         if self.merged:
             return
+        if self.has_input_gate:
+            raise RuntimeError("an input-gated adapter depends on x and cannot be merged into the weight")
         self._add_to_base(self.delta_weight())
         self.merged = True
 

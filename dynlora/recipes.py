@@ -8,7 +8,7 @@ dynlora's own methods go through ``inject`` + ``Controller``; the baselines ``pe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from dynlora.adaptive import Adaptive, AdaptiveConfig
 from dynlora.allocate import even_ranks
 from dynlora.callback import DynloraCallback
 from dynlora.controller import Controller, Method
@@ -35,7 +36,7 @@ class Prepared:
 
     model: nn.Module
     callbacks: list[TrainerCallback]
-    save_adapter: Callable[[Path], Any]
+    save_adapter: Callable[..., Any]  # (folder, gate_means=None) -> writes a PEFT adapter folder
     controller: Controller | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     budget: int = 0  # the total rank the method is held to (compare requires it equal across methods)
@@ -60,7 +61,18 @@ DYNLORA_METHODS: dict[str, MethodFactory] = {
     "lora": lambda opts, total_steps: None,
     "l1ra": lambda opts, total_steps: L1RA(opts.l1ra, total_steps),
     "module-alloc": lambda opts, total_steps: ModuleAlloc(_module_alloc_config(opts), total_steps),
+    "adaptive": lambda opts, total_steps: Adaptive(adaptive_config(opts), total_steps),
 }
+
+
+def adaptive_config(opts: "TrainOptions") -> AdaptiveConfig:
+    """``adaptive:no-gate`` / ``adaptive:gate`` switch the input gate of ``opts.adaptive``."""
+    _, _, variant = opts.method.partition(":")
+    if variant in ("gate", "no-gate"):
+        return replace(opts.adaptive, input_gate=variant == "gate")
+    if variant:
+        raise DynloraError(f"method {opts.method!r}: adaptive variants are adaptive:gate and adaptive:no-gate")
+    return opts.adaptive
 
 
 def _module_alloc_config(opts: "TrainOptions") -> ModuleAllocConfig:
@@ -70,6 +82,10 @@ def _module_alloc_config(opts: "TrainOptions") -> ModuleAllocConfig:
 GATED = {"l1ra"}  # methods whose adapters carry a per-rank gate
 
 
+def _min_rank(opts: "TrainOptions", base: str) -> int:
+    return {"l1ra": opts.l1ra.min_rank, "adaptive": opts.adaptive.min_rank}.get(base, 1)
+
+
 def adapter_config(model: nn.Module, opts: "TrainOptions") -> AdapterConfig:
     """The injection config for ``opts``: gates for gated methods, an even split of ``rank_budget``."""
     base = opts.method.split(":")[0]
@@ -77,11 +93,14 @@ def adapter_config(model: nn.Module, opts: "TrainOptions") -> AdapterConfig:
     if opts.rank_budget is not None:
         names = match_targets(model, opts.targets)
         try:
-            pattern = even_ranks(names, opts.rank_budget, opts.l1ra.min_rank if base == "l1ra" else 1)
+            pattern = even_ranks(names, opts.rank_budget, _min_rank(opts, base))
         except ValueError as err:
             raise DynloraError(f"rank_budget {opts.rank_budget}: {err}") from None
+    adaptive = adaptive_config(opts) if base == "adaptive" else None
     return AdapterConfig(rank=opts.rank, alpha=opts.alpha, dropout=opts.dropout, targets=opts.targets,
-                         use_gate=base in GATED, rank_pattern=pattern)
+                         use_gate=base in GATED or (adaptive is not None and adaptive.score == "gate"),
+                         rank_pattern=pattern, input_gate=adaptive is not None and adaptive.input_gate,
+                         input_gate_bias=opts.adaptive.input_gate_bias)
 
 
 def prepare_dynlora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
@@ -89,10 +108,14 @@ def prepare_dynlora(model: nn.Module, opts: "TrainOptions", total_steps: int) ->
     method = DYNLORA_METHODS[opts.method.split(":")[0]](opts, total_steps)
     controller = Controller(model, method, seed=opts.seed)
     groups = None
-    if any(layer.gate is not None for layer in controller.layers.values()):
+    if opts.method.split(":")[0] == "l1ra":
         groups = gate_param_groups(model, opts.lr, opts.l1ra.lr_c)
-    return Prepared(model, [DynloraCallback(controller)], lambda folder: export_peft(model, folder, opts.dropout),
-                    controller, budget=sum(controller.ranks().values()), param_groups=groups)
+
+    def save(folder: Path, gate_means: Any = None) -> Path:
+        return export_peft(model, folder, opts.dropout, gate_means=gate_means)
+
+    return Prepared(model, [DynloraCallback(controller)], save, controller, budget=sum(controller.ranks().values()),
+                    param_groups=groups)
 
 
 # ---- PEFT baselines -------------------------------------------------------------------------------
@@ -148,7 +171,7 @@ def prepare_peft_lora(model: nn.Module, opts: "TrainOptions", total_steps: int) 
                         target_modules=targets)
     torch.manual_seed(opts.seed)
     peft_model = get_peft_model(model, config)
-    return Prepared(peft_model, [], lambda folder: peft_model.save_pretrained(str(folder)),
+    return Prepared(peft_model, [], lambda folder, gate_means=None: peft_model.save_pretrained(str(folder)),
                     budget=opts.rank * len(targets))
 
 
@@ -169,7 +192,7 @@ def prepare_peft_adalora(model: nn.Module, opts: "TrainOptions", total_steps: in
     torch.manual_seed(opts.seed)
     peft_model = get_peft_model(model, config)
     step = AdaLoraStep()
-    return Prepared(peft_model, [step], lambda folder: peft_model.save_pretrained(str(folder)),
+    return Prepared(peft_model, [step], lambda folder, gate_means=None: peft_model.save_pretrained(str(folder)),
                     extra={"adalora": step}, budget=opts.rank * len(targets))
 
 
@@ -177,6 +200,7 @@ RECIPES: dict[str, Callable[[nn.Module, "TrainOptions", int], Prepared]] = {
     "lora": prepare_dynlora,
     "l1ra": prepare_dynlora,
     "module-alloc": prepare_dynlora,
+    "adaptive": prepare_dynlora,
     "peft-lora": prepare_peft_lora,
     "peft-adalora": prepare_peft_adalora,
 }

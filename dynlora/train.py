@@ -23,9 +23,12 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from dynlora import __version__
+from dynlora.checkpoint import save_checkpoint
 from dynlora.data import load_task, tokenize
+from dynlora.export import calibrate_input_gates, constant_input_gates, input_gated
 from dynlora.errors import DynloraError
 from dynlora.inject import trainable_parameters
+from dynlora.adaptive import AdaptiveConfig
 from dynlora.l1ra import L1RAConfig
 from dynlora.module_alloc import ModuleAllocConfig
 from dynlora.memory import ActivationMemoryCallback, PeakMemory
@@ -64,17 +67,21 @@ class TrainOptions:
     rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
     l1ra: L1RAConfig = field(default_factory=L1RAConfig)
     module_alloc: ModuleAllocConfig = field(default_factory=ModuleAllocConfig)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
     def __post_init__(self) -> None:
         base, _, variant = self.method.partition(":")
         if base not in method_names():
             raise DynloraError(f"unknown method {self.method!r}; valid: {', '.join(method_names())}")
-        if variant and base != "module-alloc":
-            raise DynloraError(f"method {self.method!r}: only module-alloc takes a variant (module-alloc:topk)")
-        if variant:
+        if variant and base not in ("module-alloc", "adaptive"):
+            raise DynloraError(f"method {self.method!r}: only module-alloc (module-alloc:topk) and adaptive "
+                               "(adaptive:no-gate) take a variant")
+        if variant and base == "module-alloc":
             from dynlora.module_alloc import parse_variant
 
             parse_variant(variant, self.module_alloc)  # names a bad strategy or score
+        if variant and base == "adaptive" and variant not in ("gate", "no-gate"):
+            raise DynloraError(f"method {self.method!r}: adaptive variants are adaptive:gate and adaptive:no-gate")
         checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
                   "epochs": self.epochs > 0, "max_length": self.max_length > 1,
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
@@ -130,6 +137,37 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
     return max(1, math.ceil(opts.epochs * math.ceil(num_examples / opts.batch_size)))
 
 
+def evaluate(trainer: Trainer, dataset: Any, examples: Sequence[Any], num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of the trainer's model on a tokenized split."""
+    labels = np.asarray([ex.label for ex in examples])
+    guesses = np.asarray(trainer.predict(dataset).predictions).argmax(-1)
+    return {"accuracy": accuracy(guesses, labels), "f1": macro_f1(guesses, labels, num_labels)}
+
+
+def input_gate_export(trainer: Trainer, prepared: Any, calibration: Any, test: tuple[Any, Sequence[Any], int],
+                      tokenizer: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """Gate means over a calibration split, and what folding them into B costs (logits error, accuracy)."""
+    collate = DataCollatorWithPadding(tokenizer)
+    device = next(prepared.model.parameters()).device
+    batches = []
+    for start in range(0, min(len(calibration), 256), 64):
+        batch = collate([calibration[i] for i in range(start, min(start + 64, len(calibration), 256))])
+        batches.append({k: v.to(device) for k, v in batch.items() if k != "labels"})
+    means = calibrate_input_gates(prepared.model, batches)
+    prepared.model.eval()
+    with torch.no_grad():
+        exact = [prepared.model(**b).logits for b in batches]
+        with constant_input_gates(prepared.model, means):
+            folded = [prepared.model(**b).logits for b in batches]
+            approx = evaluate(trainer, *test)
+    error = max(float((e - f).abs().max()) for e, f in zip(exact, folded))
+    gate_flops = sum(layer.input_gate_flops() for layer in prepared.controller.layers.values())
+    forward_flops = 2 * sum(p.numel() for p in prepared.model.parameters())  # per token, dense estimate
+    return means, {"input_gate_mean": round(sum(means.values()) / len(means), 4),
+                   "export_logits_max_error": round(error, 6), "export_accuracy": approx["accuracy"],
+                   "input_gate_flops": gate_flops, "input_gate_flops_share": round(gate_flops / forward_flops, 6)}
+
+
 def train(opts: TrainOptions, log: Callable[[str], None] = print,
           extra_callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json."""
@@ -157,37 +195,29 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         with PeakMemory() as mem:
             result = trainer.train()
         seconds = time.perf_counter() - start
-        pred = trainer.predict(test_ds)
-        labels = np.asarray([ex.label for ex in data.test])
-        guesses = np.asarray(pred.predictions).argmax(-1)
         ranks = prepared.ranks()
         metrics = {
-            "task": data.name, "method": opts.method, "seed": opts.seed, "accuracy": accuracy(guesses, labels),
-            "f1": macro_f1(guesses, labels, data.num_labels), "trainable_params": trainable_parameters(prepared.model),
-            "adapter_flops": prepared.adapter_flops(), "total_rank": sum(ranks.values()), "budget": prepared.budget, "modules": len(ranks),
+            "task": data.name, "method": opts.method, "seed": opts.seed,
+            **evaluate(trainer, test_ds, data.test, data.num_labels),
+            "trainable_params": trainable_parameters(prepared.model), "adapter_flops": prepared.adapter_flops(),
+            "total_rank": sum(ranks.values()), "budget": prepared.budget, "modules": len(ranks),
             "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, result.global_step), 4),
-            "peak_memory_mb": round(mem.peak_mb, 1),
-            "activation_mb": round(memory.peak_bytes / 2**20, 2),
+            "peak_memory_mb": round(mem.peak_mb, 1), "activation_mb": round(memory.peak_bytes / 2**20, 2),
             "activation_steady_mb": round(memory.steady_bytes / 2**20, 2),
             "grads_optimizer_mb": round(memory.state_bytes / 2**20, 3),
             "train_loss": float(result.training_loss), "steps": int(result.global_step),
             "train_examples": len(train_ds), "test_examples": len(test_ds),
         }
+        gate_means = None
+        if input_gated(prepared.model):
+            calibration = tokenize(data.validation, tokenizer, opts.max_length)
+            gate_means, gate_metrics = input_gate_export(trainer, prepared, calibration,
+                                                         (test_ds, data.test, data.num_labels), tokenizer)
+            metrics.update(gate_metrics)
+            save_checkpoint(tmp / "dynlora_state", prepared.model, prepared.controller)  # exact, gate and all
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        history = prepared.controller.history if prepared.controller is not None else [
-            {"event": "log", **row} for row in trainer.state.log_history]
-        _write_jsonl(tmp / "history.jsonl", history)
-        (tmp / "ranks.json").write_text(json.dumps(ranks, indent=1) + "\n")
-        if prepared.controller is not None and any(l.gate is not None for l in prepared.controller.layers.values()):
-            gates = {n: layer.gate.detach().tolist() for n, layer in prepared.controller.layers.items()
-                     if layer.gate is not None}
-            (tmp / "gates.json").write_text(json.dumps(gates) + "\n")
-        write_report(tmp)
-        prepared.save_adapter(tmp / "adapter")
-        run = {"dynlora_version": __version__, "options": asdict(opts), "num_labels": data.num_labels,
-               "label_names": list(data.label_names), "finished": datetime.now().isoformat(timespec="seconds")}
-        (tmp / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")
+        write_run_files(tmp, opts, data, metrics, prepared, trainer)
+        prepared.save_adapter(tmp / "adapter", gate_means=gate_means)
         finish_output(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,3 +226,21 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         f"({metrics['train_seconds']:.0f} s); run written to {final}")
     metrics["output"] = str(final)
     return metrics
+
+
+def write_run_files(tmp: Path, opts: TrainOptions, data: Any, metrics: dict[str, Any], prepared: Any,
+                    trainer: Trainer) -> None:
+    """metrics.json, history.jsonl, ranks.json, gates.json (gated methods), report/ and run.json."""
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    controller = prepared.controller
+    history = controller.history if controller is not None else [
+        {"event": "log", **row} for row in trainer.state.log_history]
+    _write_jsonl(tmp / "history.jsonl", history)
+    (tmp / "ranks.json").write_text(json.dumps(prepared.ranks(), indent=1) + "\n")
+    if controller is not None and any(layer.gate is not None for layer in controller.layers.values()):
+        gates = {n: layer.gate.detach().tolist() for n, layer in controller.layers.items() if layer.gate is not None}
+        (tmp / "gates.json").write_text(json.dumps(gates) + "\n")
+    write_report(tmp)
+    run = {"dynlora_version": __version__, "options": asdict(opts), "num_labels": data.num_labels,
+           "label_names": list(data.label_names), "finished": datetime.now().isoformat(timespec="seconds")}
+    (tmp / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")

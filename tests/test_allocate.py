@@ -79,3 +79,40 @@ def test_even_ranks():
     assert even_ranks(["a", "b", "c"], 8) == {"a": 3, "b": 3, "c": 2}
     with pytest.raises(ValueError):
         even_ranks(["a", "b", "c"], 2)
+
+
+from dynlora.allocate import limit_moves, proportional_targets  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0, allow_nan=False), min_size=1, max_size=40),
+       st.integers(0, 3), st.one_of(st.none(), st.integers(4, 24)), st.integers(0, 10_000))
+def test_proportional_targets_sum_to_budget_within_bounds(scores, min_rank, max_rank, seed):
+    names = {f"m{i}": s for i, s in enumerate(scores)}
+    cap = max_rank if max_rank is not None else 10**6
+    lo, hi = len(names) * min_rank, len(names) * min(cap, 30)
+    budget = lo + (seed % (hi - lo + 1))
+    targets = proportional_targets(names, budget, min_rank, max_rank)
+    assert sum(targets.values()) == budget
+    assert all(min_rank <= t <= cap for t in targets.values())
+    ranked = sorted(names, key=lambda k: -names[k])
+    for a, b in zip(ranked, ranked[1:]):  # more important never gets less, up to one rank of rounding
+        if names[a] > names[b]:
+            assert targets[a] + 1 >= targets[b] or targets[a] == cap or targets[b] == min_rank
+
+
+def test_proportional_targets_examples():
+    assert proportional_targets({"a": 3.0, "b": 1.0}, 8) == {"a": 6, "b": 2}
+    assert proportional_targets({"a": 1.0, "b": 1.0, "c": 1.0}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert proportional_targets({"a": 100.0, "b": 1.0, "c": 1.0}, 12, min_rank=2, max_rank=6) == {"a": 6, "b": 3, "c": 3}
+    with pytest.raises(ValueError):
+        proportional_targets({"a": 1.0, "b": 1.0}, 3, min_rank=2)
+
+
+def test_limit_moves_keeps_the_total_and_the_cap():
+    current = {"a": 4, "b": 4, "c": 4}
+    targets = {"a": 8, "b": 2, "c": 2}
+    assert limit_moves(current, targets, None) == targets
+    limited = limit_moves(current, targets, 2)
+    assert sum(limited.values()) == 12 and limited["a"] == 6
+    assert sum(max(0, limited[k] - current[k]) for k in current) == 2
