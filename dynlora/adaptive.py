@@ -4,14 +4,16 @@
    EMA-smoothed (optionally times AdaLoRA's uncertainty term); alternatives: output norm, gate size.
 2. Every ``interval`` steps after a warm-up, the fixed budget (sum of ranks) is re-divided in
    proportion to importance within [min_rank, max_rank] (``allocate.proportional_targets``); at most
-   ``max_moves`` ranks move per event (``allocate.limit_moves``). A module above its target drops its
-   least important ranks; a module below grows fresh ranks (zero B: the output does not move). Both go
-   through the controller's one resize path, so surviving ranks keep their optimizer moments.
+   ``max_moves`` ranks move per event (``allocate.limit_moves``). A module above its target gives up
+   its least important ranks; a module below grows fresh ranks (zero B). Both go through the
+   controller's one resize path, so surviving ranks keep their optimizer moments.
 3. Optionally an input-feature gate ``g(x) = sigmoid(w . x + b)`` per adapter (``LoraLayer``).
 
-Dropping a live rank does change the output a little; each event records the share of the adapters'
-update that the dropped ranks carried (``dropped_delta``), which stays small because the least
-important ranks go first.
+So that no event moves the output, a rank is never cut while it still contributes: at an event the
+surplus ranks (least important first) start to fade (``LoraLayer.fade`` falls by 1/interval per
+step, the other ranks can take over meanwhile), and at the next event the faded ranks (now exactly 0)
+are removed and the receivers grow the same number of fresh ranks (zero B). The total rank is the
+budget at every moment; each move takes one interval to complete.
 """
 
 from __future__ import annotations
@@ -92,10 +94,13 @@ class Adaptive:
         else:
             self.tracker = GateMagnitude()
         self.budget = 0
+        self.pending: dict[str, int] = {}  # ranks owed to modules, granted when the fading ranks are gone
 
     def attach(self, controller: "Controller") -> None:
         self.tracker.attach(controller.layers)
         self.budget = sum(controller.ranks().values())
+        for layer in controller.layers.values():
+            layer.enable_fade()
 
     def fires(self, step: int) -> bool:
         return self.warmup < step < self.total_steps and (step - self.warmup) % self.interval == 0
@@ -105,50 +110,72 @@ class Adaptive:
             return self.tracker.rank_scores(name)
         return rank_magnitude(layer).float().cpu()
 
+    @torch.no_grad()
+    def _fade(self, layers: Mapping[str, LoraLayer]) -> None:
+        """Ranks on their way out lose 1/interval of their weight per step, reaching 0 at the next event."""
+        for layer in layers.values():
+            fading = layer.fade < 1
+            if bool(fading.any()):
+                layer.fade[fading] = (layer.fade[fading] - 1.0 / self.interval).clamp_(min=0.0)
+                layer.fade[layer.fade < 1e-6] = 0.0
+
     def on_step(self, controller: "Controller") -> None:
         self.tracker.step(controller.layers)
+        self._fade(controller.layers)
         if not self.fires(controller.global_step):
             return
-        scores = self.tracker.scores()
-        current = controller.ranks()
-        cap = self.config.max_rank if self.config.max_rank is not None else self.budget
-        targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
-        max_moves = max(1, int(self.config.max_moves_ratio * self.budget))
-        targets = limit_moves(current, targets, max_moves, priority=scores)
-        plan, dropped, total = {}, 0.0, 0.0
+        removed, grown = self._finish(controller)
+        detail: dict[str, Any] = {"removed": removed, "grown": grown, "moved": 0}
+        if controller.global_step + self.interval < self.total_steps:  # a fade started now can finish
+            detail.update(self._decide(controller))
+        controller.record("realloc", **detail)
+
+    def _finish(self, controller: "Controller") -> tuple[int, int]:
+        """Drop the ranks whose fade reached 0 and grow the modules owed them: the output does not move."""
+        plan = {}
+        removed = 0
         for name, layer in controller.layers.items():
-            change = targets[name] - current[name]
-            total += float(layer.delta_weight().norm()) if layer.rank else 0.0
-            if change == 0:
-                continue
-            order = self._rank_order(name, layer)
-            if change < 0:
-                keep = sorted(torch.argsort(order, descending=True)[: targets[name]].tolist())
-                gone = sorted(set(range(layer.rank)) - set(keep))
-                dropped += float(_partial_delta(layer, gone).norm())
-                plan[name] = Resize(keep=tuple(keep), grow=0)
-            else:
-                plan[name] = Resize(keep=tuple(range(layer.rank)), grow=change)
+            dead = int((layer.fade <= 0).sum())
+            grow = self.pending.get(name, 0)
+            if dead or grow:
+                keep = tuple(i for i in range(layer.rank) if float(layer.fade[i]) > 0)
+                plan[name] = Resize(keep=keep, grow=grow)
+                removed += dead
+        grown = sum(self.pending.values())
+        if removed != grown:
+            raise RuntimeError(f"adaptive: {removed} faded ranks but {grown} owed: the budget would change")
         controller.resize(plan)
         if isinstance(self.tracker, Sensitivity):
             for name, resize in plan.items():
                 self.tracker.remap(name, list(resize.keep), resize.grow)
-        moved = sum(max(0, targets[n] - current[n]) for n in current)
-        controller.record("realloc", moved=moved, importance={n: round(s, 6) for n, s in scores.items()},
-                          dropped_delta=round(dropped / total, 6) if total else 0.0)
+        self.pending = {}
+        return removed, grown
+
+    def _decide(self, controller: "Controller") -> dict[str, Any]:
+        """New targets by importance; the surplus ranks start fading, the receivers are owed them."""
+        scores = self.tracker.scores()
+        current = controller.ranks()
+        cap = self.config.max_rank if self.config.max_rank is not None else self.budget
+        targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
+        targets = limit_moves(current, targets, max(1, int(self.config.max_moves_ratio * self.budget)),
+                              priority=scores)
+        fading = 0
+        with torch.no_grad():
+            for name, layer in controller.layers.items():
+                change = targets[name] - current[name]
+                if change > 0:
+                    self.pending[name] = change
+                elif change < 0:
+                    order = self._rank_order(name, layer)
+                    for i in torch.argsort(order)[: -change].tolist():  # least important first
+                        layer.fade[i] = 1.0 - 1.0 / self.interval
+                    fading += -change
+        return {"moved": fading, "targets": targets, "importance": {n: round(s, 6) for n, s in scores.items()}}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tracker": self.tracker.state_dict(), "budget": self.budget}
+        return {"tracker": self.tracker.state_dict(), "budget": self.budget, "pending": dict(self.pending)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.tracker.load_state_dict(state["tracker"])
         self.budget = int(state["budget"])
-
-
-def _partial_delta(layer: LoraLayer, ranks: list[int]) -> torch.Tensor:
-    """The part of ``scale * B diag(c) A`` carried by the given ranks: (out, in)."""
-    idx = torch.tensor(ranks, dtype=torch.long, device=layer.lora_A.device)
-    b = layer.lora_B.detach().index_select(1, idx)
-    if layer.gate is not None:
-        b = b * layer.gate.detach().index_select(0, idx)
-    return (b @ layer.lora_A.detach().index_select(0, idx)) * layer.scale
+        self.pending = {k: int(v) for k, v in state.get("pending", {}).items()}

@@ -47,7 +47,7 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every trainable parameter plus the adapters' buffers (scales), by state-dict name."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-            if k in names or k.endswith(".scale")}
+            if k in names or k.endswith((".scale", ".fade"))}
 
 
 def controller_state_json(controller: Controller) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class LoraLayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.input_gate_constant: float | None = None  # set: g(x) replaced by this (export approximation)
+        self.register_buffer("fade", None)  # optional per-rank multiplier set by a method (not trained)
         with torch.no_grad():
             self.lora_A.copy_(self._init_a(rank, generator))
 
@@ -124,21 +125,30 @@ class LoraLayer(nn.Module):
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
         if self.gate is not None:
             h = h * self.gate
+        if self.fade is not None:
+            h = h * self.fade
         delta = F.linear(h, self.lora_B)  # (..., out)
         if self.gate_w is not None:
             g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
             delta = delta * g  # (..., out) * (..., 1)
         return out + delta.to(out.dtype) * self.scale
 
-    def delta_weight(self) -> torch.Tensor:
-        """scale * B diag(c) A, shaped like ``nn.Linear.weight``: (out, in)."""
+    def _gated_b(self) -> torch.Tensor:
         b = self.lora_B if self.gate is None else self.lora_B * self.gate
-        return (b @ self.lora_A) * self.scale
+        return b if self.fade is None else b * self.fade
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale * B diag(c * fade) A, shaped like ``nn.Linear.weight``: (out, in)."""
+        return (self._gated_b() @ self.lora_A) * self.scale
 
     def folded_b(self) -> torch.Tensor:
-        """B with gate and scale folded in: (out, r); with it, plain LoRA at scale 1 is exact."""
-        b = self.lora_B if self.gate is None else self.lora_B * self.gate
-        return b * self.scale
+        """B with gate, fade and scale folded in: (out, r); with it, plain LoRA at scale 1 is exact."""
+        return self._gated_b() * self.scale
+
+    def enable_fade(self) -> None:
+        """Add the per-rank ``fade`` buffer (all ones): a method can then switch ranks off smoothly."""
+        if self.fade is None:
+            self.fade = torch.ones(self.rank, dtype=self.lora_A.dtype, device=self.lora_A.device)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -194,6 +204,8 @@ class LoraLayer(nn.Module):
         if self.gate is not None:
             new_c = torch.cat([self.gate.index_select(0, keep), self.gate.new_ones(grow)])
             changes.append(self._swap("gate", new_c, 0, keep, grow))
+        if self.fade is not None:
+            self.fade = torch.cat([self.fade.index_select(0, keep), self.fade.new_ones(grow)])
         return changes
 
     def _swap(self, attr: str, new: torch.Tensor, dim: int, keep: torch.Tensor, grow: int) -> RankChange:

@@ -55,7 +55,8 @@ def test_budget_conserved_at_every_event_and_ranks_follow_importance():
     assert all(r["moved"] <= max(1, int(0.25 * budget)) for r in events)
     assert sum(r["moved"] for r in events) > 0
     final = controller.ranks()
-    last = events[-1]["importance"]
+    assert "importance" not in events[-1]  # no fade can finish after the last event: it only completes
+    last = events[-2]["importance"]
     top, bottom = max(last, key=last.get), min(last, key=last.get)
     assert final[top] >= final[bottom]
 
@@ -143,3 +144,27 @@ def test_config_errors():
             AdaptiveConfig(**kwargs)
     with pytest.raises(DynloraError, match="leave no"):
         Adaptive(AdaptiveConfig(interval=30), total_steps=20)
+
+
+def test_no_resize_moves_the_output_and_faded_ranks_are_the_ones_cut():
+    model, opt, controller = _setup()
+    ids, _ = _batch(77)
+    resize = controller.resize
+    changes = []
+
+    def checked(plan):
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            before = model(input_ids=ids).logits
+            result = resize(plan)
+            after = model(input_ids=ids).logits
+        model.train(was)
+        changes.append(float((after - before).abs().max()))
+        return result
+
+    controller.resize = checked
+    _train(model, opt, controller, STEPS)
+    events = [r for r in controller.history if r["event"] == "realloc"]
+    assert len(changes) == len(events) and max(changes) < 1e-5
+    assert sum(r["removed"] for r in events) > 0 and all(r["removed"] == r["grown"] for r in events)
