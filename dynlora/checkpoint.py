@@ -62,6 +62,18 @@ def load_controller_json(controller: Controller, state: dict[str, Any]) -> None:
     controller.load_state_dict(state)
 
 
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place by rename, replacing what was there (never half of either)."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old.rmdir()
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
 def save_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Controller,
                     optimizer: object | None = None) -> Path:
     """Write a checkpoint atomically (temporary folder, then rename over any previous one)."""
@@ -74,13 +86,7 @@ def save_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Con
         if optimizer is not None:
             torch.save(unwrap_optimizer(optimizer).state_dict(), tmp / OPTIMIZER_FILE)
         torch.save(rng_state(), tmp / RNG_FILE)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
+        replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

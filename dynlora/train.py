@@ -23,7 +23,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from dynlora import __version__
-from dynlora.checkpoint import save_checkpoint
+from dynlora.checkpoint import replace_folder, save_checkpoint
 from dynlora.data import load_task, tokenize
 from dynlora.export import calibrate_input_gates, constant_input_gates, input_gated
 from dynlora.errors import DynloraError
@@ -100,17 +100,6 @@ def prepare_output(output: str | None) -> tuple[Path, Path]:
         raise DynloraError(f"output {str(final)!r} exists and is not a dynlora run folder; give a new or empty folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     return final, Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def finish_output(tmp: Path, final: Path) -> None:
-    """Move the finished run into place, replacing an earlier dynlora run of the same name."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{int(time.time())}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -218,7 +207,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
         write_run_files(tmp, opts, data, metrics, prepared, trainer)
         prepared.save_adapter(tmp / "adapter", gate_means=gate_means)
-        finish_output(tmp, final)
+        replace_folder(tmp, final)  # replaces an earlier dynlora run of the same name
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -65,3 +65,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def train_steps(model, optimizer, controller, until: int, batch) -> list[float]:
+    """A plain PyTorch loop up to optimizer step ``until``; ``batch(step)`` gives (input_ids, labels)."""
+    losses = []
+    model.train()
+    while controller.global_step < until:
+        ids, labels = batch(controller.global_step)
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits, labels)
+        loss.backward()
+        optimizer.step()
+        controller.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses

@@ -12,7 +12,7 @@ from dynlora.controller import Controller
 from dynlora.errors import DynloraError
 from dynlora.export import calibrate_input_gates, constant_input_gates, export_peft
 from dynlora.inject import AdapterConfig, adapters, inject
-from tests.conftest import tiny_bert
+from tests.conftest import tiny_bert, train_steps
 
 STEPS = 24
 CFG = AdaptiveConfig(interval=4, warmup_ratio=0.2, max_moves_ratio=0.25)
@@ -32,17 +32,7 @@ def _setup(cfg: AdaptiveConfig = CFG, gate: bool = True):
 
 
 def _train(model, opt, controller, until):
-    losses = []
-    model.train()
-    while controller.global_step < until:
-        ids, labels = _batch(controller.global_step)
-        loss = nn.functional.cross_entropy(model(input_ids=ids).logits, labels)
-        loss.backward()
-        opt.step()
-        controller.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
+    return train_steps(model, opt, controller, until, _batch)
 
 
 def test_budget_conserved_at_every_event_and_ranks_follow_importance():

@@ -13,7 +13,7 @@ from dynlora.export import export_peft
 from dynlora.inject import AdapterConfig, inject
 from dynlora.l1ra import L1RA, L1RAConfig, gate_param_groups
 from dynlora.layer import LoraLayer
-from tests.conftest import tiny_bert
+from tests.conftest import tiny_bert, train_steps
 
 STEPS = 24
 CFG = L1RAConfig(lam=1.5, lr_c=0.05, interval=6)  # strong enough to prune within a tiny run
@@ -32,18 +32,8 @@ def _setup(cfg: L1RAConfig = CFG, seed: int = 0):
     return model, opt, controller
 
 
-def _train(model, opt, controller, until: int) -> list[float]:
-    losses = []
-    model.train()
-    while controller.global_step < until:
-        ids, labels = _batch(controller.global_step)
-        loss = nn.functional.cross_entropy(model(input_ids=ids).logits, labels)
-        loss.backward()
-        opt.step()
-        controller.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
+def _train(model, opt, controller, until):
+    return train_steps(model, opt, controller, until, _batch)
 
 
 def test_proximal_step_shrinks_by_exactly_lr_times_lambda_and_zeroes_crossers():

