@@ -38,14 +38,16 @@ BASELINE = "peft-lora"
 STATIC = ("lora", "peft-lora")  # uniform ranks: no heatmap
 DEFAULT_METHODS = ("lora", "peft-lora", "peft-adalora")
 ROW_KEYS = ("accuracy", "f1", "trainable_params", "adapter_flops", "total_rank", "budget", "step_seconds",
-            "activation_mb", "grads_optimizer_mb", "peak_memory_mb", "train_seconds", "steps", "train_loss")
+            "activation_mb", "activation_steady_mb", "grads_optimizer_mb", "peak_memory_mb", "train_seconds", "steps",
+            "train_loss")
 # summary columns: (row key, header, decimals); a ratio to peft-lora follows the keys in RATIOS
 COLUMNS = (("accuracy", "accuracy", 4), ("f1", "macro-F1", 4), ("trainable_params", "trainable params", 0),
            ("adapter_flops", "adapter FLOPs/token", 0), ("total_rank", "total rank", 0),
            ("step_seconds", "step s", 3), ("activation_mb", "activation MB", 1),
+           ("activation_steady_mb", "steady activation MB", 1),
            ("grads_optimizer_mb", "grads+optim MB", 2), ("peak_memory_mb", "peak MB", 0),
            ("train_seconds", "train s", 1))
-RATIOS = ("step_seconds", "activation_mb")
+RATIOS = ("step_seconds", "activation_mb", "activation_steady_mb")
 
 
 @dataclass(frozen=True)
@@ -293,16 +295,19 @@ def summary_markdown(rows: list[dict[str, Any]], opts: CompareOptions, meta: dic
             continue
         cells = [method, str(len(group))]
         for key, _, decimals in COLUMNS:
-            cells.append(_fmt([float(r[key]) for r in group], decimals))
+            values = [float(r[key]) for r in group if key in r]  # rows of older versions may lack a key
+            cells.append(_fmt(values, decimals) if values else "–")
             if key in RATIOS and base:
-                cells.append(_ratio(group, base, key))
+                cells.append(_ratio(group, base, key) if values and all(key in r for r in base) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     runs, devices = len({r["invocation"] for r in rows}), sorted({r.get("device", "?") for r in rows})
     mixed = f" (rows from {runs} invocations on {', '.join(devices)})" if runs > 1 else ""
     lines += ["", "Mean ± sample standard deviation over seeds (no ± with one seed). Ratios divide by "
               f"{BASELINE}'s mean from the same folder{mixed}.",
               "Step s is training wall time / optimizer steps (Trainer, callbacks and data included). Activation MB "
-              "counts the bytes autograd saved for backward; grads+optim MB the gradients and optimizer state; "
+              "counts the bytes autograd saved for backward (largest micro-batch of the run; steady: median of the "
+              "second half of the steps, after a method has switched adapters off); grads+optim MB the gradients "
+              "and optimizer state; "
               "peak MB is the CUDA allocator peak on a GPU, and on a CPU the sampled RSS of the whole process "
               "(earlier cells included). Trainable params count every trainable tensor (AdaLoRA's masked ranks and "
               "the task head too).", "",
