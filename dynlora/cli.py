@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from dynlora.errors import DynloraError
 
 if TYPE_CHECKING:
+    from dynlora.adaptive import AdaptiveConfig
     from dynlora.l1ra import L1RAConfig
     from dynlora.module_alloc import ModuleAllocConfig
-    from dynlora.adaptive import AdaptiveConfig
 
 
 class _Parser(argparse.ArgumentParser):

@@ -121,7 +121,7 @@ def prepare_dynlora(model: nn.Module, opts: "TrainOptions", total_steps: int) ->
 # ---- PEFT baselines -------------------------------------------------------------------------------
 
 def _peft_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and len(getattr(m, "lora_A")) > 0}
+    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A) > 0}
 
 
 def peft_ranks(model: nn.Module) -> dict[str, int]:

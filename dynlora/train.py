@@ -23,17 +23,17 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from dynlora import __version__
+from dynlora.adaptive import AdaptiveConfig
 from dynlora.checkpoint import replace_folder, save_checkpoint
 from dynlora.data import load_task, tokenize
-from dynlora.export import calibrate_input_gates, constant_input_gates, input_gated
 from dynlora.errors import DynloraError
+from dynlora.export import calibrate_input_gates, constant_input_gates, input_gated
 from dynlora.inject import trainable_parameters
-from dynlora.adaptive import AdaptiveConfig
 from dynlora.l1ra import L1RAConfig
-from dynlora.module_alloc import ModuleAllocConfig
 from dynlora.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.metrics import accuracy, macro_f1
 from dynlora.models import load_classifier
+from dynlora.module_alloc import ModuleAllocConfig
 from dynlora.recipes import method_names, prepare
 from dynlora.report import write_report
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from peft import PeftModel
-from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from dynlora.adaptive import Adaptive, AdaptiveConfig

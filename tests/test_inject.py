@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -89,7 +91,7 @@ def test_bad_config_values():
 
 def test_config_is_frozen():
     cfg = AdapterConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.rank = 3
 
 
