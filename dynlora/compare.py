@@ -40,6 +40,8 @@ DEFAULT_METHODS = ("lora", "peft-lora", "peft-adalora")
 ROW_KEYS = ("accuracy", "f1", "trainable_params", "adapter_flops", "total_rank", "budget", "step_seconds",
             "activation_mb", "activation_steady_mb", "grads_optimizer_mb", "peak_memory_mb", "train_seconds", "steps",
             "train_loss")
+# recorded when a method reports them (adaptive with the input gate)
+OPTIONAL_KEYS = ("input_gate_flops", "input_gate_flops_share", "export_logits_max_error", "export_accuracy")
 # summary columns: (row key, header, decimals); a ratio to peft-lora follows the keys in RATIOS
 COLUMNS = (("accuracy", "accuracy", 4), ("f1", "macro-F1", 4), ("trainable_params", "trainable params", 0),
            ("adapter_flops", "adapter FLOPs/token", 0), ("total_rank", "total rank", 0),
@@ -246,6 +248,7 @@ def run_compare(opts: CompareOptions) -> list[dict[str, Any]]:
         metrics = train(opts.cell_options(method, seed), log=tqdm.write)
         check_budgets({**budgets, method: metrics["budget"]})
         row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
+               **{k: metrics[k] for k in OPTIONAL_KEYS if k in metrics},
                "cell": str(Path(metrics["output"]).relative_to(root)), "invocation": started,
                "device": meta["machine"]["device"], "finished": datetime.now().isoformat(timespec="seconds")}
         with results.open("a") as f:
@@ -300,6 +303,14 @@ def summary_markdown(rows: list[dict[str, Any]], opts: CompareOptions, meta: dic
             if key in RATIOS and base:
                 cells.append(_ratio(group, base, key) if values and all(key in r for r in base) else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    for method, group in by_method.items():
+        gated = [r for r in group if "input_gate_flops_share" in r]
+        if gated:
+            lines += ["", f"- {method}: input gate FLOPs {_fmt([100 * r['input_gate_flops_share'] for r in gated], 3)}% "
+                      "of the model's forward FLOPs per token; PEFT export with each gate's calibration mean folded "
+                      f"into B: max logits error {_fmt([r['export_logits_max_error'] for r in gated], 4)}, test "
+                      f"accuracy {_fmt([r['export_accuracy'] for r in gated], 4)} (exact model: "
+                      f"{_fmt([r['accuracy'] for r in gated], 4)})"]
     runs, devices = len({r["invocation"] for r in rows}), sorted({r.get("device", "?") for r in rows})
     mixed = f" (rows from {runs} invocations on {', '.join(devices)})" if runs > 1 else ""
     lines += ["", "Mean ± sample standard deviation over seeds (no ± with one seed). Ratios divide by "
