@@ -4,6 +4,10 @@ Both models (MiniLM-L6, the same targets, rank and alpha) live in one process; t
 alternate between them (ABBA order) so machine noise hits both alike. Prints a table and the ratios.
 
     python bench/overhead.py [--rounds 10] [--steps 5] [--batch-size 16] [--seq-len 64] [--rank 8]
+                             [--variant lora|gated|input-gate|faded]
+
+``--variant`` picks dynlora's layer: plain LoRA (default), with L1RA's per-rank gates, with the
+adaptive method's input-feature gate, or with adaptive's per-rank fade multiplier plus the input gate.
 """
 
 from __future__ import annotations
@@ -29,13 +33,21 @@ from dynlora.memory import PeakMemory, SavedTensorBytes, training_state_bytes
 from dynlora.models import quiet_loading, resolve_model
 
 
-def build(kind: str, folder: str, rank: int, targets: list[str] | None) -> tuple[nn.Module, list[str]]:
+VARIANTS = {"lora": {}, "gated": {"use_gate": True}, "input-gate": {"input_gate": True},
+            "faded": {"input_gate": True}}
+
+
+def build(kind: str, folder: str, rank: int, targets: list[str] | None,
+          variant: str = "lora") -> tuple[nn.Module, list[str]]:
     torch.manual_seed(0)
     with quiet_loading():
         model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
     if kind == "dynlora":
-        names = list(inject(model, AdapterConfig(rank=rank, alpha=2 * rank)))
-        return model, names
+        layers = inject(model, AdapterConfig(rank=rank, alpha=2 * rank, **VARIANTS[variant]))
+        if variant == "faded":
+            for layer in layers.values():
+                layer.enable_fade()
+        return model, list(layers)
     cfg = LoraConfig(task_type="SEQ_CLS", r=rank, lora_alpha=2 * rank, target_modules=targets)
     return get_peft_model(model, cfg), targets or []
 
@@ -84,12 +96,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--variant", default="lora", choices=sorted(VARIANTS), help="dynlora's layer variant")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
     folder = resolve_model("minilm")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ours, names = build("dynlora", folder, args.rank, None)
+    ours, names = build("dynlora", folder, args.rank, None, args.variant)
     theirs, _ = build("peft", folder, args.rank, names)
     batch = {k: v.to(device) for k, v in make_batch(folder, args.batch_size, args.seq_len).items()}
     runs = {}
@@ -114,7 +127,7 @@ def main() -> None:
     d, p = result["dynlora"], result["peft"]
     result["step_time_ratio"] = d["step_ms_median"] / p["step_ms_median"]
     result["activation_ratio"] = d["activations_mb"] / p["activations_mb"]
-    print(f"MiniLM-L6, {len(names)} modules, rank {args.rank}, batch {args.batch_size}x{args.seq_len}, {device}, "
+    print(f"MiniLM-L6, dynlora {args.variant}, {len(names)} modules, rank {args.rank}, batch {args.batch_size}x{args.seq_len}, {device}, "
           f"{args.rounds} alternating rounds x {args.steps} steps")
     print(f"{'':8} {'step ms (median)':>17} {'step ms (min)':>14} {'trainable':>10} {'activations MB':>15} "
           f"{'grads+opt MB':>13}")

@@ -102,7 +102,7 @@ class LoraLayer(nn.Module):
         """Forward FLOPs per token of the adapter path (2 per multiply-add), zero at rank 0.
 
         The input gate costs a dot product with x (2 * in), the sigmoid (counted as 4) and the scaling
-        of the adapter output (out).
+        of the rank-space activations (r).
         """
         if self.rank == 0:
             return 0
@@ -110,7 +110,7 @@ class LoraLayer(nn.Module):
         return 2 * self.rank * (self.in_features + self.out_features) + gate + self.out_features + self.input_gate_flops()
 
     def input_gate_flops(self) -> int:
-        return 2 * self.in_features + 4 + self.out_features if self.has_input_gate and self.rank else 0
+        return 2 * self.in_features + 4 + self.rank if self.has_input_gate and self.rank else 0
 
     def input_gate_values(self, x: torch.Tensor) -> torch.Tensor:
         """g(x) per token: (..., 1)."""
@@ -122,20 +122,34 @@ class LoraLayer(nn.Module):
         out = self.base(x)
         if self.merged or self.rank == 0:
             return out
-        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
-        if self.gate is not None:
-            h = h * self.gate
-        if self.fade is not None:
-            h = h * self.fade
-        delta = F.linear(h, self.lora_B)  # (..., out)
-        if self.gate_w is not None:
-            g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
-            delta = delta * g  # (..., out) * (..., 1)
-        return out + delta.to(out.dtype) * self.scale
+        xd = self.dropout(x).to(self.lora_A.dtype)
+        g = None
+        if self.gate_w is not None and self.input_gate_constant is None and xd is x:
+            # one matmul for A and the gate's w: (..., r + 1)
+            hx = F.linear(xd, torch.cat([self.lora_A, self.gate_w.unsqueeze(0)]))
+            h, g = hx[..., : self.rank], torch.sigmoid(hx[..., self.rank:] + self.gate_b)  # (..., r), (..., 1)
+        else:
+            h = F.linear(xd, self.lora_A)  # (..., r)
+            if self.gate_w is not None:
+                g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
+        per_rank = self._rank_multiplier()
+        if per_rank is not None:
+            h = h * per_rank
+        if g is not None:
+            # g(x) is one scalar per token, so scaling h (rank space) equals scaling the output, and
+            # autograd then keeps (..., r) for backward instead of (..., out)
+            h = h * g
+        return out + F.linear(h, self.lora_B).to(out.dtype) * self.scale  # (..., out)
+
+    def _rank_multiplier(self) -> torch.Tensor | None:
+        """(r,) gate * fade, or None when the layer has neither."""
+        if self.gate is None:
+            return self.fade
+        return self.gate if self.fade is None else self.gate * self.fade
 
     def _gated_b(self) -> torch.Tensor:
-        b = self.lora_B if self.gate is None else self.lora_B * self.gate
-        return b if self.fade is None else b * self.fade
+        per_rank = self._rank_multiplier()
+        return self.lora_B if per_rank is None else self.lora_B * per_rank
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B diag(c * fade) A, shaped like ``nn.Linear.weight``: (out, in)."""

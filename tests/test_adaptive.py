@@ -77,7 +77,7 @@ def test_input_gate_starts_near_one_so_the_first_forward_matches_plain_lora():
     assert torch.allclose(y_gated, y_plain, atol=0.05 * float((y_plain - ref).abs().max()) + 1e-6)
     layer = next(iter(adapters(gated).values()))
     assert float(layer.input_gate_values(torch.randn(3, layer.in_features)).min()) > 0.98
-    assert layer.input_gate_flops() == 2 * layer.in_features + 4 + layer.out_features
+    assert layer.input_gate_flops() == 2 * layer.in_features + 4 + layer.rank
 
 
 def test_export_refuses_then_approximates_with_a_calibration_set(tmp_path):
