@@ -134,3 +134,20 @@ def gguf_folder(alias: str, log: Any = print) -> Path:
     if spec is None or spec.origin is None:
         raise DynloraError(f"model {alias!r} needs its package: {install}")
     return convert_gguf(Path(spec.origin).parent, filename, cache_root() / alias, log)
+
+
+def load_causal_lm(name: str | None, log: Any = print) -> tuple[nn.Module, object]:
+    """(model, tokenizer) for a causal LM: ``smollm2`` (embedded, converted once), a folder or hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = str(gguf_folder(name, log)) if name in GGUF_MODELS else resolve_model(name)
+    try:
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where)
+    except (OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DynloraError(f"cannot load causal LM {name!r}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -160,6 +160,10 @@ def input_gate_export(trainer: Trainer, prepared: Any, calibration: Any, test: t
 def train(opts: TrainOptions, log: Callable[[str], None] = print,
           extra_callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json."""
+    from dynlora.train_lm import is_instruct, train_lm
+
+    if is_instruct(opts.task, opts.dataset):
+        return train_lm(opts, log)
     data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
                      train_size=opts.train_size, seed=opts.seed)
     final, tmp = prepare_output(opts.output)

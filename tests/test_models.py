@@ -18,7 +18,7 @@ def test_converted_folder_is_reused_without_touching_the_source(tmp_path):
 
 
 def test_failed_conversion_leaves_nothing(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):
         convert_gguf(tmp_path / "no-such-source", "model.gguf", tmp_path / "out", log=lambda s: None)
     assert list(tmp_path.iterdir()) == []
 

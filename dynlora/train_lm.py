@@ -1,0 +1,114 @@
+"""``dynlora train`` for causal LMs: instruction tuning with the loss on the response tokens only.
+
+Same run folder as classification (``train.py``); metrics are eval loss, perplexity and, where the
+responses form a closed set (``*-instruct`` tasks), exact match of the greedy answer.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers import Trainer, set_seed
+
+from dynlora.checkpoint import replace_folder
+from dynlora.inject import trainable_parameters
+from dynlora.instruct import InstructDataset, InstructExample, InstructSplit, load_instruct, pad_batch
+from dynlora.memory import ActivationMemoryCallback
+from dynlora.models import load_causal_lm
+from dynlora.recipes import prepare
+
+
+def is_instruct(task: str | None, dataset: str | None) -> bool:
+    """Whether a run is instruction tuning (a ``*-instruct`` task or a prompt/response JSONL file)."""
+    if task and task.endswith("-instruct"):
+        return True
+    if dataset and dataset.endswith((".jsonl", ".json")):
+        try:
+            import json
+
+            with open(dataset, encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
+            return "prompt" in json.loads(first) and "response" in json.loads(first)
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+@torch.no_grad()
+def exact_match(model: Any, tokenizer: Any, examples: Sequence[InstructExample], answers: Sequence[str],
+                limit: int = 200) -> float:
+    """Share of greedy answers (a few new tokens) that equal the reference response."""
+    model.eval()
+    hits = 0
+    chosen = list(examples)[:limit]
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
+    for ex in chosen:
+        item = InstructSplit([InstructExample(ex.prompt, "")], tokenizer, 512)[0]
+        prompt = [t for t, label in zip(item["input_ids"], item["labels"]) if label == -100]
+        ids = torch.tensor([prompt], device=next(model.parameters()).device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=longest,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip().lower()
+        hits += int(text.split()[0].strip(".,!") == ex.response.lower() if text else False)
+    return hits / max(1, len(chosen))
+
+
+def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Instruction-tune a causal LM described by ``opts`` (a ``TrainOptions``); returns the metrics."""
+    from dynlora.train import prepare_output, total_optimizer_steps, training_args, write_run_files
+
+    data: InstructDataset = load_instruct(opts.dataset or opts.task, train_size=opts.train_size, seed=opts.seed)
+    final, tmp = prepare_output(opts.output)
+    try:
+        set_seed(opts.seed)
+        model, tokenizer = load_causal_lm(opts.model, log)
+        train_ds = InstructSplit(data.train, tokenizer, opts.max_length)
+        eval_ds = InstructSplit(data.test, tokenizer, opts.max_length)
+        total_steps = total_optimizer_steps(opts, len(train_ds))
+        prepared = prepare(model, opts, total_steps)
+        memory = ActivationMemoryCallback()
+        optimizer = torch.optim.AdamW(prepared.param_groups) if prepared.param_groups else None
+        if prepared.controller is not None:
+            prepared.controller.optimizer = optimizer
+        trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps), train_dataset=train_ds,
+                          data_collator=lambda items: pad_batch(items, tokenizer.pad_token_id),
+                          callbacks=[*prepared.callbacks, memory], optimizers=(optimizer, None))
+        log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules of a causal LM, "
+            f"{len(train_ds)} instruction pairs, {total_steps} steps")
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+        eval_loss = float(trainer.evaluate(eval_ds)["eval_loss"])
+        ranks = prepared.ranks()
+        metrics = {"task": data.name, "method": opts.method, "seed": opts.seed, "eval_loss": eval_loss,
+                   "perplexity": math.exp(min(eval_loss, 50.0)),
+                   "trainable_params": trainable_parameters(prepared.model),
+                   "adapter_flops": prepared.adapter_flops(), "total_rank": sum(ranks.values()),
+                   "budget": prepared.budget, "modules": len(ranks), "train_seconds": round(seconds, 2),
+                   "step_seconds": round(seconds / max(1, result.global_step), 4),
+                   "activation_mb": round(memory.peak_bytes / 2**20, 2), "steps": int(result.global_step),
+                   "train_loss": float(result.training_loss)}
+        if data.answers:
+            metrics["exact_match"] = exact_match(prepared.model, tokenizer, data.test, data.answers)
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+        write_run_files(tmp, opts, _Labels(), metrics, prepared, trainer)
+        prepared.save_adapter(tmp / "adapter")
+        replace_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"dynlora: eval loss {eval_loss:.4f} (perplexity {metrics['perplexity']:.2f}); run written to {final}")
+    metrics["output"] = str(final)
+    return metrics
+
+
+class _Labels:
+    """What ``write_run_files`` records about labels: a causal LM has none."""
+
+    num_labels = 0
+    label_names: tuple[str, ...] = ()
