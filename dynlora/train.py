@@ -126,6 +126,20 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
     return max(1, math.ceil(opts.epochs * math.ceil(num_examples / opts.batch_size)))
 
 
+def build_trainer(model: Any, opts: TrainOptions, tmp: Path, total_steps: int, train_ds: Any, collator: Any,
+                  extra_callbacks: Sequence[TrainerCallback] = ()) -> tuple[Any, Trainer, ActivationMemoryCallback]:
+    """The method's adapted model, an HF Trainer around it, and the activation-memory recorder."""
+    prepared = prepare(model, opts, total_steps)
+    memory = ActivationMemoryCallback()
+    optimizer = torch.optim.AdamW(prepared.param_groups) if prepared.param_groups else None
+    if prepared.controller is not None:
+        prepared.controller.optimizer = optimizer  # rank restores on resume must follow this optimizer
+    trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps), train_dataset=train_ds,
+                      data_collator=collator, callbacks=[*prepared.callbacks, memory, *extra_callbacks],
+                      optimizers=(optimizer, None))
+    return prepared, trainer, memory
+
+
 def evaluate(trainer: Trainer, dataset: Any, examples: Sequence[Any], num_labels: int) -> dict[str, float]:
     """Accuracy and macro-F1 of the trainer's model on a tokenized split."""
     labels = np.asarray([ex.label for ex in examples])
@@ -173,14 +187,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         train_ds = tokenize(data.train, tokenizer, opts.max_length)
         test_ds = tokenize(data.test, tokenizer, opts.max_length)
         total_steps = total_optimizer_steps(opts, len(train_ds))
-        prepared = prepare(model, opts, total_steps)
-        memory = ActivationMemoryCallback()
-        optimizer = torch.optim.AdamW(prepared.param_groups) if prepared.param_groups else None
-        if prepared.controller is not None:
-            prepared.controller.optimizer = optimizer  # rank restores on resume must follow this optimizer
-        trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps),
-                          train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
-                          callbacks=[*prepared.callbacks, memory, *extra_callbacks], optimizers=(optimizer, None))
+        prepared, trainer, memory = build_trainer(model, opts, tmp, total_steps, train_ds,
+                                                  DataCollatorWithPadding(tokenizer), extra_callbacks)
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules, "
             f"{trainable_parameters(prepared.model):,} trainable parameters, {len(train_ds)} training examples, "
             f"{total_steps} steps")

@@ -13,14 +13,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from dynlora.checkpoint import replace_folder
 from dynlora.inject import trainable_parameters
 from dynlora.instruct import InstructDataset, InstructExample, InstructSplit, load_instruct, pad_batch
-from dynlora.memory import ActivationMemoryCallback
 from dynlora.models import load_causal_lm
-from dynlora.recipes import prepare
 
 
 def is_instruct(task: str | None, dataset: str | None) -> bool:
@@ -60,7 +58,7 @@ def exact_match(model: Any, tokenizer: Any, examples: Sequence[InstructExample],
 
 def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Instruction-tune a causal LM described by ``opts`` (a ``TrainOptions``); returns the metrics."""
-    from dynlora.train import prepare_output, total_optimizer_steps, training_args, write_run_files
+    from dynlora.train import build_trainer, prepare_output, total_optimizer_steps, write_run_files
 
     data: InstructDataset = load_instruct(opts.dataset or opts.task, train_size=opts.train_size, seed=opts.seed)
     final, tmp = prepare_output(opts.output)
@@ -70,14 +68,8 @@ def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
         train_ds = InstructSplit(data.train, tokenizer, opts.max_length)
         eval_ds = InstructSplit(data.test, tokenizer, opts.max_length)
         total_steps = total_optimizer_steps(opts, len(train_ds))
-        prepared = prepare(model, opts, total_steps)
-        memory = ActivationMemoryCallback()
-        optimizer = torch.optim.AdamW(prepared.param_groups) if prepared.param_groups else None
-        if prepared.controller is not None:
-            prepared.controller.optimizer = optimizer
-        trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps), train_dataset=train_ds,
-                          data_collator=lambda items: pad_batch(items, tokenizer.pad_token_id),
-                          callbacks=[*prepared.callbacks, memory], optimizers=(optimizer, None))
+        prepared, trainer, memory = build_trainer(model, opts, tmp, total_steps, train_ds,
+                                                  lambda items: pad_batch(items, tokenizer.pad_token_id))
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules of a causal LM, "
             f"{len(train_ds)} instruction pairs, {total_steps} steps")
         start = time.perf_counter()
