@@ -32,7 +32,6 @@ from dynlora.inject import AdapterConfig, inject
 from dynlora.memory import PeakMemory, SavedTensorBytes, training_state_bytes
 from dynlora.models import quiet_loading, resolve_model
 
-
 VARIANTS = {"lora": {}, "gated": {"use_gate": True}, "input-gate": {"input_gate": True},
             "faded": {"input_gate": True}}
 

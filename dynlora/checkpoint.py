@@ -101,7 +101,7 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Con
         raise DynloraError(f"{folder} is not a dynlora checkpoint: {CONTROLLER_FILE} is missing")
     load_controller_json(controller, json.loads((folder / CONTROLLER_FILE).read_text()))
     weights = load_file(str(folder / WEIGHTS_FILE))
-    missing, unexpected = [], []
+    unexpected = []
     own = model.state_dict()
     for key in weights:
         if key not in own:

@@ -30,7 +30,8 @@ CONFIG_NAME = "adapter_config.json"
 _PREFIX = "base_model.model."
 
 
-def _task_type(model: nn.Module) -> str | None:
+def peft_task_type(model: nn.Module) -> str | None:
+    """PEFT's task type for a model: SEQ_CLS with a classifier head, CAUSAL_LM with an LM head."""
     if head_names(model):
         return "SEQ_CLS"
     if hasattr(model, "lm_head") or type(model).__name__.endswith("ForCausalLM"):
@@ -121,7 +122,7 @@ def peft_config(model: nn.Module, dropout: float = 0.0) -> LoraConfig:
     values = list(ranks.values())
     default_r = max(set(values), key=values.count)
     pattern = {n: r for n, r in ranks.items() if r != default_r}
-    task = _task_type(model)
+    task = peft_task_type(model)
     return LoraConfig(
         task_type=task,
         r=default_r,

@@ -154,10 +154,10 @@ class Sensitivity:
             s = (a * a.grad).abs().sum(1) + (b * b.grad).abs().sum(0)  # (r,)
             if layer.gate is not None and layer.gate.grad is not None:
                 s = s + (layer.gate * layer.gate.grad).abs()
-            s = s.detach().float().cpu()
-            old = self.ema[name]
+            s = s.detach().float()  # stays on the device: no host sync per module and step
+            old, unc = self.ema[name].to(s.device), self.unc[name].to(s.device)
             self.ema[name] = self.beta * old + (1 - self.beta) * s
-            self.unc[name] = self.beta_u * self.unc[name] + (1 - self.beta_u) * (s - self.ema[name]).abs()
+            self.unc[name] = self.beta_u * unc + (1 - self.beta_u) * (s - self.ema[name]).abs()
 
     def rank_scores(self, name: str) -> torch.Tensor:
         """(r,) importance of each rank of one module."""
@@ -169,14 +169,15 @@ class Sensitivity:
         return {n: (v / total if total > 0 else 1.0 / len(raw)) for n, v in raw.items()}
 
     def remap(self, name: str, keep: torch.Tensor | list[int], grow: int) -> None:
-        keep = torch.as_tensor(keep, dtype=torch.long)
         for table in (self.ema, self.unc):
-            kept = table[name].index_select(0, keep)
-            fill = kept.mean() if kept.numel() else torch.tensor(0.0)
+            index = torch.as_tensor(keep, dtype=torch.long, device=table[name].device)
+            kept = table[name].index_select(0, index)
+            fill = kept.mean() if kept.numel() else kept.new_zeros(())
             table[name] = torch.cat([kept, fill.expand(grow)])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": {n: t.tolist() for n, t in self.ema.items()}, "unc": {n: t.tolist() for n, t in self.unc.items()}}
+        return {"ema": {n: t.cpu().tolist() for n, t in self.ema.items()},
+                "unc": {n: t.cpu().tolist() for n, t in self.unc.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.ema = {n: torch.tensor(v, dtype=torch.float32) for n, v in state["ema"].items()}

@@ -172,10 +172,6 @@ def remove(model: nn.Module, merge_first: bool = False) -> nn.Module:
     return model
 
 
-def total_rank(model: nn.Module) -> int:
-    return sum(layer.rank for layer in adapters(model).values())
-
-
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

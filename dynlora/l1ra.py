@@ -23,6 +23,7 @@ from torch import nn
 
 from dynlora.allocate import l1ra_plan
 from dynlora.errors import DynloraError
+from dynlora.inject import adapters
 from dynlora.layer import LoraLayer
 from dynlora.surgery import unwrap_optimizer
 
@@ -76,15 +77,11 @@ class L1RAConfig:
 
 def gate_param_groups(model: nn.Module, lr: float, lr_c: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
     """Optimizer param groups: gates at ``lr_c`` without weight decay, every other trainable at ``lr``."""
-    gates = [layer.gate for layer in _layers(model).values() if layer.gate is not None]
+    gates = [layer.gate for layer in adapters(model).values() if layer.gate is not None]
     gate_ids = {id(g) for g in gates}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
     return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
             {"params": gates, "lr": lr_c, "weight_decay": 0.0}]
-
-
-def _layers(model: nn.Module) -> dict[str, LoraLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
 def gate_stats(layers: Mapping[str, LoraLayer]) -> dict[str, dict[str, float]]:

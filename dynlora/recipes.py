@@ -21,8 +21,8 @@ from dynlora.allocate import even_ranks
 from dynlora.callback import DynloraCallback
 from dynlora.controller import Controller, Method
 from dynlora.errors import DynloraError
-from dynlora.export import export_peft
-from dynlora.inject import AdapterConfig, adapters, inject, match_targets
+from dynlora.export import export_peft, peft_task_type
+from dynlora.inject import AdapterConfig, adapter_flops_per_token, inject, match_targets
 from dynlora.l1ra import L1RA, gate_param_groups
 from dynlora.module_alloc import ModuleAlloc, ModuleAllocConfig, parse_variant
 
@@ -51,7 +51,7 @@ class Prepared:
     def adapter_flops(self) -> int:
         """Forward FLOPs per token of all adapter paths at their current ranks."""
         if self.controller is not None:
-            return sum(layer.flops_per_token() for layer in adapters(self.model).values())
+            return adapter_flops_per_token(self.model)
         return peft_flops(self.model)
 
 
@@ -79,6 +79,11 @@ def _module_alloc_config(opts: "TrainOptions") -> ModuleAllocConfig:
     """``--method module-alloc:<strategy>[-<score>]`` overrides the strategy / score of ``opts.module_alloc``."""
     _, _, variant = opts.method.partition(":")
     return parse_variant(variant, opts.module_alloc) if variant else opts.module_alloc
+
+
+VARIANTS = {"module-alloc": _module_alloc_config, "adaptive": adaptive_config}  # methods that take name:variant
+
+
 GATED = {"l1ra"}  # methods whose adapters carry a per-rank gate
 
 
@@ -160,7 +165,7 @@ class AdaLoraStep(TrainerCallback):
 
 
 def _task_type(model: nn.Module) -> str:
-    return "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else "SEQ_CLS"
+    return peft_task_type(model) or "SEQ_CLS"
 
 
 def prepare_peft_lora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
@@ -208,6 +213,18 @@ RECIPES: dict[str, Callable[[nn.Module, "TrainOptions", int], Prepared]] = {
 
 def method_names() -> list[str]:
     return sorted(set(RECIPES) | set(DYNLORA_METHODS))
+
+
+def check_method(opts: "TrainOptions") -> None:
+    """An error naming ``opts.method`` if it is unknown or carries a variant its method does not take."""
+    base, _, variant = opts.method.partition(":")
+    if base not in method_names():
+        raise DynloraError(f"unknown method {opts.method!r}; valid: {', '.join(method_names())}")
+    if variant and base not in VARIANTS:
+        raise DynloraError(f"method {opts.method!r}: only module-alloc (module-alloc:topk) and adaptive "
+                           "(adaptive:no-gate) take a variant")
+    if variant:
+        VARIANTS[base](opts)  # the same parser the method uses names a bad strategy, score or gate
 
 
 def prepare(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:

@@ -8,7 +8,7 @@ same scores and the same generator state chooses the same set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -92,7 +92,6 @@ def uniform(scores: Mapping[str, float], k: int, generator: torch.Generator) -> 
     return _ordered(scores, {names[i] for i in picked})
 
 
-Selector = Callable[..., tuple[str, ...]]
 STRATEGIES: tuple[str, ...] = ("topk", "topp", "multinomial", "discounted", "uniform")
 
 

@@ -34,7 +34,7 @@ from dynlora.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.metrics import accuracy, macro_f1
 from dynlora.models import load_classifier
 from dynlora.module_alloc import ModuleAllocConfig
-from dynlora.recipes import method_names, prepare
+from dynlora.recipes import check_method, prepare
 from dynlora.report import write_report
 
 RUN_MARKER = "run.json"
@@ -70,18 +70,7 @@ class TrainOptions:
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
     def __post_init__(self) -> None:
-        base, _, variant = self.method.partition(":")
-        if base not in method_names():
-            raise DynloraError(f"unknown method {self.method!r}; valid: {', '.join(method_names())}")
-        if variant and base not in ("module-alloc", "adaptive"):
-            raise DynloraError(f"method {self.method!r}: only module-alloc (module-alloc:topk) and adaptive "
-                               "(adaptive:no-gate) take a variant")
-        if variant and base == "module-alloc":
-            from dynlora.module_alloc import parse_variant
-
-            parse_variant(variant, self.module_alloc)  # names a bad strategy or score
-        if variant and base == "adaptive" and variant not in ("gate", "no-gate"):
-            raise DynloraError(f"method {self.method!r}: adaptive variants are adaptive:gate and adaptive:no-gate")
+        check_method(self)
         checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
                   "epochs": self.epochs > 0, "max_length": self.max_length > 1,
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
