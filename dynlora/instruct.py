@@ -3,11 +3,16 @@
 A pair becomes ``chat_template(user: prompt, generation prompt) + response + eos``; the labels are
 -100 on every prompt token (and on padding), so the loss counts exactly the response tokens. The
 built-in classification tasks can be phrased as instructions (``trec6-instruct``,
-``rt-polarity-instruct``): the response is the label's name, scored by exact match.
+``rt-polarity-instruct``): the response is the label's name, scored by exact match. ``chatterbot``
+is open question answering: the consecutive turns of the ``chatterbot-corpus`` package's English
+conversations (2,393 pairs), split 80/10/10 by the SHA-1 of the prompt, so a question with several
+answers never sits in two splits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +21,7 @@ from typing import Any
 
 import torch
 
-from dynlora.data import TextExample, load_task
+from dynlora.data import TextExample, load_task, subsample
 from dynlora.errors import DynloraError
 
 IGNORE = -100
@@ -50,8 +55,18 @@ def phrase(examples: Sequence[TextExample], task: str) -> tuple[InstructExample,
     return tuple(InstructExample(template.format(text=ex.text), names[ex.label]) for ex in examples)
 
 
+INSTRUCT_TASKS = ("chatterbot", *(f"{t}-instruct" for t in PROMPTS))
+
+
 def load_instruct(name: str, train_size: int | None = None, seed: int = 0) -> InstructDataset:
-    """``rt-polarity-instruct``, ``trec6-instruct``, or a local JSONL file with prompt/response fields."""
+    """``chatterbot``, ``rt-polarity-instruct``, ``trec6-instruct``, or a local prompt/response JSONL file."""
+    if name == "chatterbot":
+        data = load_chatterbot()
+        if train_size is not None:  # the same seeded subset rule as the classification tasks
+            keyed = {TextExample(f"{ex.prompt}\n{ex.response}", 0): ex for ex in data.train}
+            kept = subsample(list(keyed), train_size, seed)
+            data = InstructDataset(data.name, tuple(keyed[k] for k in kept), data.validation, data.test)
+        return data
     base = name.removesuffix("-instruct")
     if name.endswith("-instruct") and base in PROMPTS:
         data = load_task(base, train_size=train_size, seed=seed)
@@ -60,8 +75,29 @@ def load_instruct(name: str, train_size: int | None = None, seed: int = 0) -> In
     path = Path(name)
     if path.suffix in (".jsonl", ".json") and path.is_file():
         return _from_jsonl(path)
-    valid = ", ".join(f"{t}-instruct" for t in PROMPTS)
+    valid = ", ".join(INSTRUCT_TASKS)
     raise DynloraError(f"unknown instruction task {name!r}; valid: {valid}, or a local .jsonl with prompt/response")
+
+
+def load_chatterbot() -> InstructDataset:
+    """Every consecutive (statement, reply) turn of chatterbot-corpus's English conversations."""
+    import yaml  # a dependency of transformers
+
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or spec.origin is None:
+        raise DynloraError("task 'chatterbot' needs the chatterbot-corpus package: "
+                           "pip install --no-deps chatterbot-corpus")
+    folder = Path(spec.origin).parent / "data" / "english"
+    pairs: dict[tuple[str, str], None] = {}  # ordered set: exact duplicate pairs count once
+    for path in sorted(folder.glob("*.yml")):
+        for turns in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            texts = [str(t).strip() for t in turns]
+            pairs.update({(a, b): None for a, b in zip(texts, texts[1:]) if a and b})
+    splits: list[list[InstructExample]] = [[], [], []]
+    for digest, prompt, response in sorted((hashlib.sha1(p.encode()).hexdigest(), p, r) for p, r in pairs):
+        bucket = int(digest, 16) % 10
+        splits[0 if bucket < 8 else bucket - 7].append(InstructExample(prompt, response))
+    return InstructDataset("chatterbot", *(tuple(s) for s in splits))
 
 
 def _from_jsonl(path: Path) -> InstructDataset:
@@ -83,22 +119,27 @@ def _from_jsonl(path: Path) -> InstructDataset:
                            tuple(pairs[-n_test:]))
 
 
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The tokens a response follows: the chat template's user turn and generation prompt."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                            add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return list(tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"])
+
+
 def encode(example: InstructExample, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
     """input_ids / attention_mask / labels for one pair; labels are -100 on the prompt."""
-    if getattr(tokenizer, "chat_template", None):
-        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt}],
-                                                   add_generation_prompt=True, tokenize=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
-            prompt_ids = prompt_ids["input_ids"]
-    else:
-        prompt_ids = tokenizer(example.prompt + "\n", add_special_tokens=True)["input_ids"]
+    prompt = prompt_ids(tokenizer, example.prompt)
     response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
     keep_prompt = max(0, max_length - len(response_ids))  # cut the prompt's start, never the answer
-    prompt_ids = list(prompt_ids)[-keep_prompt:] if keep_prompt else []
-    ids = (prompt_ids + response_ids)[:max_length]
-    labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_length]
+    prompt = prompt[-keep_prompt:] if keep_prompt else []
+    ids = (prompt + response_ids)[:max_length]
+    labels = ([IGNORE] * len(prompt) + response_ids)[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 

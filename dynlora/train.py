@@ -136,10 +136,13 @@ def evaluate(trainer: Trainer, dataset: Any, examples: Sequence[Any], num_labels
     return {"accuracy": accuracy(guesses, labels), "f1": macro_f1(guesses, labels, num_labels)}
 
 
-def input_gate_export(trainer: Trainer, prepared: Any, calibration: Any, test: tuple[Any, Sequence[Any], int],
-                      tokenizer: Any) -> tuple[dict[str, float], dict[str, Any]]:
-    """Gate means over a calibration split, and what folding them into B costs (logits error, accuracy)."""
-    collate = DataCollatorWithPadding(tokenizer)
+def input_gate_export(prepared: Any, calibration: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+                      score: Callable[[], dict[str, float]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Gate means over a calibration split, and what folding them into B costs.
+
+    ``score()`` evaluates the model on the test split; it runs with the gates held at their means, and its
+    results are returned as ``export_<name>`` (the logits error is measured on the calibration batches).
+    """
     device = next(prepared.model.parameters()).device
     batches = []
     for start in range(0, min(len(calibration), 256), 64):
@@ -151,12 +154,12 @@ def input_gate_export(trainer: Trainer, prepared: Any, calibration: Any, test: t
         exact = [prepared.model(**b).logits for b in batches]
         with constant_input_gates(prepared.model, means):
             folded = [prepared.model(**b).logits for b in batches]
-            approx = evaluate(trainer, *test)
+            approx = score()
     error = max(float((e - f).abs().max()) for e, f in zip(exact, folded))
     gate_flops = sum(layer.input_gate_flops() for layer in prepared.controller.layers.values())
     forward_flops = 2 * sum(p.numel() for p in prepared.model.parameters())  # per token, dense estimate
     return means, {"input_gate_mean": round(sum(means.values()) / len(means), 4),
-                   "export_logits_max_error": round(error, 6), "export_accuracy": approx["accuracy"],
+                   "export_logits_max_error": round(error, 6), **{f"export_{k}": v for k, v in approx.items()},
                    "input_gate_flops": gate_flops, "input_gate_flops_share": round(gate_flops / forward_flops, 6)}
 
 
@@ -185,24 +188,16 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         with PeakMemory() as mem:
             result = trainer.train()
         seconds = time.perf_counter() - start
-        ranks = prepared.ranks()
-        metrics = {
-            "task": data.name, "method": opts.method, "seed": opts.seed,
-            **evaluate(trainer, test_ds, data.test, data.num_labels),
-            "trainable_params": trainable_parameters(prepared.model), "adapter_flops": prepared.adapter_flops(),
-            "total_rank": sum(ranks.values()), "budget": prepared.budget, "modules": len(ranks),
-            "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, result.global_step), 4),
-            "peak_memory_mb": round(mem.peak_mb, 1), "activation_mb": round(memory.peak_bytes / 2**20, 2),
-            "activation_steady_mb": round(memory.steady_bytes / 2**20, 2),
-            "grads_optimizer_mb": round(memory.state_bytes / 2**20, 3),
-            "train_loss": float(result.training_loss), "steps": int(result.global_step),
-            "train_examples": len(train_ds), "test_examples": len(test_ds),
-        }
+        metrics = {"task": data.name, "method": opts.method, "seed": opts.seed,
+                   **evaluate(trainer, test_ds, data.test, data.num_labels),
+                   **run_metrics(prepared, result, seconds, memory, mem),
+                   "train_examples": len(train_ds), "test_examples": len(test_ds)}
         gate_means = None
         if input_gated(prepared.model):
             calibration = tokenize(data.validation, tokenizer, opts.max_length)
-            gate_means, gate_metrics = input_gate_export(trainer, prepared, calibration,
-                                                         (test_ds, data.test, data.num_labels), tokenizer)
+            gate_means, gate_metrics = input_gate_export(
+                prepared, calibration, DataCollatorWithPadding(tokenizer),
+                lambda: {"accuracy": evaluate(trainer, test_ds, data.test, data.num_labels)["accuracy"]})
             metrics.update(gate_metrics)
             save_checkpoint(tmp / "dynlora_state", prepared.model, prepared.controller)  # exact, gate and all
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
@@ -216,6 +211,19 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         f"({metrics['train_seconds']:.0f} s); run written to {final}")
     metrics["output"] = str(final)
     return metrics
+
+
+def run_metrics(prepared: Any, result: Any, seconds: float, memory: ActivationMemoryCallback,
+                mem: PeakMemory) -> dict[str, Any]:
+    """What every run records besides its task metrics: size, cost, speed and memory."""
+    ranks = prepared.ranks()
+    return {"trainable_params": trainable_parameters(prepared.model), "adapter_flops": prepared.adapter_flops(),
+            "total_rank": sum(ranks.values()), "budget": prepared.budget, "modules": len(ranks),
+            "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, result.global_step), 4),
+            "peak_memory_mb": round(mem.peak_mb, 1), "activation_mb": round(memory.peak_bytes / 2**20, 2),
+            "activation_steady_mb": round(memory.steady_bytes / 2**20, 2),
+            "grads_optimizer_mb": round(memory.state_bytes / 2**20, 3),
+            "train_loss": float(result.training_loss), "steps": int(result.global_step)}
 
 
 def write_run_files(tmp: Path, opts: TrainOptions, data: Any, metrics: dict[str, Any], prepared: Any,

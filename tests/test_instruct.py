@@ -78,3 +78,19 @@ def test_classification_tasks_as_instructions_and_jsonl(tmp_path):
     for name in (str(bad), "sst2-instruct", str(tmp_path / "missing.jsonl")):
         with pytest.raises(DynloraError):
             load_instruct(name)
+
+
+def test_chatterbot_pairs_split_by_prompt():
+    pytest.importorskip("chatterbot_corpus")
+    data = load_instruct("chatterbot")
+    splits = (data.train, data.validation, data.test)
+    assert data.name == "chatterbot" and not data.answers  # open answers: no exact match
+    pairs = [(ex.prompt, ex.response) for split in splits for ex in split]
+    assert len(pairs) == len(set(pairs)) > 1000  # consecutive turns, exact duplicates once
+    prompts = [{ex.prompt for ex in split} for split in splits]
+    assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
+    assert 0.7 < len(data.train) / len(pairs) < 0.9
+    assert load_instruct("chatterbot") == data  # the split never moves
+    small = load_instruct("chatterbot", train_size=100, seed=1)
+    assert len(small.train) == 100 and set(small.train) <= set(data.train) and small.test == data.test
+    assert set(load_instruct("chatterbot", train_size=50, seed=1).train) <= set(small.train)  # nested

