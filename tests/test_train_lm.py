@@ -1,14 +1,13 @@
 """Instruction tuning of a tiny random Llama through the Trainer (no download)."""
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from dynlora.train import TrainOptions, train
+
 
 @pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:topk", "adaptive:no-gate", "adaptive", "peft-lora",
                                     "peft-adalora"])
