@@ -39,6 +39,8 @@ class DynloraCallback(TrainerCallback):
         self.controller.note("log", **(logs or {}))
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:  # every process holds the same state; one writes it
+            return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{CONTROLLER_FILE}.tmp"

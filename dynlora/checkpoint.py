@@ -2,8 +2,10 @@
 
 A checkpoint folder holds ``controller.json`` (step, every module's rank, history, method state, the
 decision generator), ``adapter_state.safetensors`` (every trainable tensor and adapter buffer at its
-current shape) and ``optimizer.pt`` and ``rng.pt`` (torch's RNG states, for dropout), both loaded with ``weights_only=True``. It is written to a temporary
-folder and renamed, so a kill during a save leaves the previous checkpoint intact.
+current shape) and ``optimizer.pt`` and ``rng.pt`` (torch's RNG states, for dropout), both loaded
+with ``weights_only=True``. It is written to a temporary folder and renamed, so a kill during a save
+leaves the previous checkpoint intact. (``dynlora train`` checkpoints through the HF Trainer instead:
+see ``trainer.py``; they share ``adapter_state.safetensors`` and ``controller.json``.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from dynlora.controller import Controller
 from dynlora.errors import DynloraError
+from dynlora.inject import adapters
 from dynlora.surgery import unwrap_optimizer
 
 CONTROLLER_FILE = "controller.json"
@@ -44,10 +47,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every trainable parameter plus the adapters' buffers (scales), by state-dict name."""
+    """Every trainable parameter plus every adapter tensor (switched-off adapters and buffers too)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-            if k in names or k.endswith((".scale", ".fade"))}
+    names |= {f"{name}.{key}" for name, layer in adapters(model).items() for key in layer.state_dict()
+              if not key.startswith("base.")}
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
 def controller_state_json(controller: Controller) -> dict[str, Any]:
@@ -100,6 +104,17 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Con
     if not (folder / CONTROLLER_FILE).is_file():
         raise DynloraError(f"{folder} is not a dynlora checkpoint: {CONTROLLER_FILE} is missing")
     load_controller_json(controller, json.loads((folder / CONTROLLER_FILE).read_text()))
+    load_trainable_state(model, folder)
+    if optimizer is not None and (folder / OPTIMIZER_FILE).is_file():
+        state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+        unwrap_optimizer(optimizer).load_state_dict(state)
+    if (folder / RNG_FILE).is_file():
+        set_rng_state(torch.load(folder / RNG_FILE, weights_only=True))
+
+
+def load_trainable_state(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Load ``trainable_state`` back from ``folder/adapter_state.safetensors``; every key and shape must fit."""
+    folder = Path(folder)
     weights = load_file(str(folder / WEIGHTS_FILE))
     unexpected = []
     own = model.state_dict()
@@ -114,8 +129,3 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Con
         raise DynloraError(f"{folder}: checkpoint does not fit the model (missing {missing[:2]}, "
                            f"unexpected {unexpected[:2]})")
     model.load_state_dict(weights, strict=False)
-    if optimizer is not None and (folder / OPTIMIZER_FILE).is_file():
-        state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
-        unwrap_optimizer(optimizer).load_state_dict(state)
-    if (folder / RNG_FILE).is_file():
-        set_rng_state(torch.load(folder / RNG_FILE, weights_only=True))

@@ -52,6 +52,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="run folder (default runs/<timestamp>)")
     p.add_argument("--rank-budget", type=int, default=None,
                    help="total rank over all adapters, split evenly (default: rank x number of adapters)")
+    p.add_argument("--save-every", type=float, default=d["save_every"].default,
+                   help="checkpoint every N steps, or that fraction (< 1) of the run; 0 = never")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the unfinished (killed) run RUN from its last complete checkpoint, with the "
+                        "options it was started with (other flags are ignored)")
     _add_l1ra(p)
     _add_module_alloc(p)
     _add_adaptive(p)
@@ -196,14 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> None:
     from dynlora.inject import parse_targets
+    from dynlora.run_folder import options_from_dict, stored_options
     from dynlora.train import TrainOptions, train
 
+    if args.resume is not None:
+        train(options_from_dict(TrainOptions, {**stored_options(args.resume), "output": args.resume}), resume=True)
+        return
     opts = TrainOptions(
         model=args.model, task=args.task, dataset=args.dataset, text_column=args.text_column,
         label_column=args.label_column, method=args.method, rank=args.rank, alpha=args.alpha,
         dropout=args.dropout, targets=parse_targets(args.targets), epochs=args.epochs, max_steps=args.max_steps,
         train_size=None if args.train_size == 0 else args.train_size, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
+        save_every=args.save_every,
         l1ra=l1ra_config(args), module_alloc=module_alloc_config(args), adaptive=adaptive_config(args))
     train(opts)
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from dynlora.distributed import check_replicas, world_size
 from dynlora.inject import adapters
 from dynlora.layer import LoraLayer, RankChange
 from dynlora.surgery import remap_optimizer_state
@@ -79,7 +80,13 @@ class Controller:
         """Advance one optimizer step and let the method act."""
         self.global_step += 1
         if self.method is not None:
+            before = len(self.history)
             self.method.on_step(self)
+            events = [row for row in self.history[before:] if "ranks" in row]
+            if events and world_size() > 1:  # every process must have decided and applied the same
+                trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+                check_replicas({**trainable, **{f"rank:{n}": r for n, r in self.ranks().items()}}, self.global_step)
+                events[-1]["replicas_agree"] = world_size()
 
     def resize(self, plan: Mapping[str, Resize]) -> list[RankChange]:
         """The one apply path for rank changes: resize layers, then fix the optimizer state."""

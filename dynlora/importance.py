@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from dynlora.distributed import mean_across_processes
 from dynlora.layer import LoraLayer
 
 
@@ -87,8 +88,9 @@ class ActivationNorm(_Scores):
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
         if self._pending:
-            names = list(self._pending)
-            values = torch.stack([self._pending[n] for n in names]).tolist()  # one sync per step
+            names = sorted(self._pending)
+            # each process saw its own micro-batches: average over processes so that every one decides alike
+            values = mean_across_processes(torch.stack([self._pending[n] for n in names])).tolist()  # one sync
             self.fold(dict(zip(names, values)))
         self._pending.clear()
 

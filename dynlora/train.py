@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,8 +23,10 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 
 from dynlora import __version__
 from dynlora.adaptive import AdaptiveConfig
+from dynlora.callback import DynloraCallback
 from dynlora.checkpoint import replace_folder, save_checkpoint
 from dynlora.data import load_task, tokenize
+from dynlora.distributed import is_main_process
 from dynlora.errors import DynloraError
 from dynlora.export import calibrate_input_gates, constant_input_gates, input_gated
 from dynlora.inject import trainable_parameters
@@ -36,9 +37,8 @@ from dynlora.models import load_classifier
 from dynlora.module_alloc import ModuleAllocConfig
 from dynlora.recipes import check_method, prepare
 from dynlora.report import write_report
-
-RUN_MARKER = "run.json"
-
+from dynlora.run_folder import RUN_MARKER, abandon, start_run
+from dynlora.trainer import CheckpointDone, DynloraTrainer, last_complete_checkpoint, save_interval
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class TrainOptions:
     seed: int = 0
     output: str | None = None
     rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
+    save_every: float = 0.1  # checkpoint every N steps, or that fraction (< 1) of the run; 0 = never
     l1ra: L1RAConfig = field(default_factory=L1RAConfig)
     module_alloc: ModuleAllocConfig = field(default_factory=ModuleAllocConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
@@ -76,19 +77,11 @@ class TrainOptions:
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
                   "train_size": self.train_size is None or self.train_size > 0,
                   "rank_budget": self.rank_budget is None or self.rank_budget > 0,
-                  "warmup_ratio": 0 <= self.warmup_ratio < 1}
+                  "warmup_ratio": 0 <= self.warmup_ratio < 1,
+                  "save_every": 0 <= self.save_every < 1 or self.save_every == int(self.save_every)}
         for name, ok in checks.items():
             if not ok:
                 raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
-
-
-def prepare_output(output: str | None) -> tuple[Path, Path]:
-    """(final folder, temporary folder to write into). Refuses a folder that is not a dynlora run."""
-    final = Path(output) if output else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / RUN_MARKER).is_file())):
-        raise DynloraError(f"output {str(final)!r} exists and is not a dynlora run folder; give a new or empty folder")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return final, Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -98,12 +91,19 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def training_args(opts: TrainOptions, out: Path, total_steps: int) -> TrainingArguments:
+    from dynlora.train_lm import is_instruct
+
+    every = save_interval(opts.save_every, total_steps)
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=opts.batch_size,
+        # the Trainer scales each process's loss by the number of processes, which is right only for a loss
+        # that divides by the global token count (causal LMs); a classifier's mean loss would count double
+        average_tokens_across_devices=is_instruct(opts.task, opts.dataset),
+        output_dir=str(out / "checkpoints"), save_strategy="steps" if every else "no", save_steps=every or 500,
+        save_total_limit=2, per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=max(opts.batch_size, 64), learning_rate=opts.lr,
         num_train_epochs=opts.epochs, max_steps=opts.max_steps, warmup_steps=opts.warmup_ratio,
         seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
-        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=False,
+        eval_strategy="no", report_to="none", disable_tqdm=False,
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
     )
 
@@ -116,17 +116,41 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
 
 
 def build_trainer(model: Any, opts: TrainOptions, tmp: Path, total_steps: int, train_ds: Any, collator: Any,
-                  extra_callbacks: Sequence[TrainerCallback] = ()) -> tuple[Any, Trainer, ActivationMemoryCallback]:
+                  extra_callbacks: Sequence[TrainerCallback] = ()
+                  ) -> tuple[Any, DynloraTrainer, ActivationMemoryCallback]:
     """The method's adapted model, an HF Trainer around it, and the activation-memory recorder."""
     prepared = prepare(model, opts, total_steps)
     memory = ActivationMemoryCallback()
-    optimizer = torch.optim.AdamW(prepared.param_groups) if prepared.param_groups else None
+    groups = prepared.param_groups
+    if groups is None and prepared.controller is not None:
+        # built here, over every adapter, so that a resume (which may restore switched-off adapters before the
+        # Trainer would build its optimizer) gets the same parameter groups as the original run
+        groups = [{"params": [p for p in prepared.model.parameters() if p.requires_grad], "lr": opts.lr,
+                   "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups) if groups else None
     if prepared.controller is not None:
         prepared.controller.optimizer = optimizer  # rank restores on resume must follow this optimizer
-    trainer = Trainer(model=prepared.model, args=training_args(opts, tmp, total_steps), train_dataset=train_ds,
-                      data_collator=collator, callbacks=[*prepared.callbacks, memory, *extra_callbacks],
-                      optimizers=(optimizer, None))
+    trainer = DynloraTrainer(model=prepared.model, args=training_args(opts, tmp, total_steps), train_dataset=train_ds,
+                             data_collator=collator, optimizers=(optimizer, None),
+                             callbacks=[*prepared.callbacks, memory, *extra_callbacks, CheckpointDone()])
     return prepared, trainer, memory
+
+
+def fit(trainer: Trainer, prepared: Any, work: Path, resume: bool,
+        log: Callable[[str], None]) -> tuple[Any, float, PeakMemory]:
+    """``trainer.train()``, from the last complete checkpoint when resuming: (result, seconds, memory)."""
+    checkpoint = last_complete_checkpoint(work / "checkpoints") if resume else None
+    if checkpoint is not None:
+        log(f"dynlora: resuming from {checkpoint}")
+        for callback in prepared.callbacks:
+            if isinstance(callback, DynloraCallback):
+                callback.restore(checkpoint)  # every module's rank before the Trainer loads weights
+    elif resume:
+        log("dynlora: no complete checkpoint yet; starting from the beginning")
+    start = time.perf_counter()
+    with PeakMemory() as mem:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return result, time.perf_counter() - start, mem
 
 
 def evaluate(trainer: Trainer, dataset: Any, examples: Sequence[Any], num_labels: int) -> dict[str, float]:
@@ -164,53 +188,72 @@ def input_gate_export(prepared: Any, calibration: Any, collate: Callable[[list[A
 
 
 def train(opts: TrainOptions, log: Callable[[str], None] = print,
-          extra_callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
-    """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json."""
+          extra_callbacks: Sequence[TrainerCallback] = (), resume: bool = False) -> dict[str, Any]:
+    """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json.
+
+    ``resume``: go on with the unfinished run at ``opts.output`` from its last complete checkpoint.
+    In a multi-process run every process trains and evaluates; only the main process writes files.
+    """
     from dynlora.train_lm import is_instruct, train_lm
 
     if is_instruct(opts.task, opts.dataset):
-        return train_lm(opts, log)
+        return train_lm(opts, log, resume)
     data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
                      train_size=opts.train_size, seed=opts.seed)
-    final, tmp = prepare_output(opts.output)
+    final, work = start_run(opts.output, asdict(opts), resume)
     try:
         set_seed(opts.seed)
         model, tokenizer = load_classifier(opts.model, data.num_labels)
-        train_ds = tokenize(data.train, tokenizer, opts.max_length)
-        test_ds = tokenize(data.test, tokenizer, opts.max_length)
+        max_length = fit_max_length(opts.max_length, model, log)
+        train_ds = tokenize(data.train, tokenizer, max_length)
+        test_ds = tokenize(data.test, tokenizer, max_length)
         total_steps = total_optimizer_steps(opts, len(train_ds))
-        prepared, trainer, memory = build_trainer(model, opts, tmp, total_steps, train_ds,
+        prepared, trainer, memory = build_trainer(model, opts, work, total_steps, train_ds,
                                                   DataCollatorWithPadding(tokenizer), extra_callbacks)
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules, "
             f"{trainable_parameters(prepared.model):,} trainable parameters, {len(train_ds)} training examples, "
             f"{total_steps} steps")
-        start = time.perf_counter()
-        with PeakMemory() as mem:
-            result = trainer.train()
-        seconds = time.perf_counter() - start
+        result, seconds, mem = fit(trainer, prepared, work, resume, log)
         metrics = {"task": data.name, "method": opts.method, "seed": opts.seed,
                    **evaluate(trainer, test_ds, data.test, data.num_labels),
                    **run_metrics(prepared, result, seconds, memory, mem),
                    "train_examples": len(train_ds), "test_examples": len(test_ds)}
         gate_means = None
         if input_gated(prepared.model):
-            calibration = tokenize(data.validation, tokenizer, opts.max_length)
+            calibration = tokenize(data.validation, tokenizer, max_length)
             gate_means, gate_metrics = input_gate_export(
                 prepared, calibration, DataCollatorWithPadding(tokenizer),
                 lambda: {"accuracy": evaluate(trainer, test_ds, data.test, data.num_labels)["accuracy"]})
             metrics.update(gate_metrics)
-            save_checkpoint(tmp / "dynlora_state", prepared.model, prepared.controller)  # exact, gate and all
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
-        write_run_files(tmp, opts, data, metrics, prepared, trainer)
-        prepared.save_adapter(tmp / "adapter", gate_means=gate_means)
-        replace_folder(tmp, final)  # replaces an earlier dynlora run of the same name
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if is_main_process():
+            if gate_means is not None:  # the exact model, gate and all
+                save_checkpoint(work / "dynlora_state", prepared.model, prepared.controller)
+            finish_run(work, final, opts, data, metrics, prepared, trainer, gate_means)
+    except BaseException as err:
+        raise abandon(work, err, final) from None
     log(f"dynlora: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1']:.4f}  "
         f"({metrics['train_seconds']:.0f} s); run written to {final}")
     metrics["output"] = str(final)
     return metrics
+
+
+def finish_run(work: Path, final: Path, opts: TrainOptions, data: Any, metrics: dict[str, Any], prepared: Any,
+               trainer: Trainer, gate_means: dict[str, float] | None) -> None:
+    """Write the run files and the PEFT adapter into ``work``, then rename it to ``final``."""
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    write_run_files(work, opts, data, metrics, prepared, trainer)
+    prepared.save_adapter(work / "adapter", gate_means=gate_means)
+    replace_folder(work, final)  # replaces an earlier dynlora run of the same name
+
+
+def fit_max_length(max_length: int, model: Any, log: Callable[[str], None]) -> int:
+    """``max_length``, capped (with a warning) at the model's position limit, so long texts are truncated."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and 1 < limit < max_length:
+        log(f"dynlora: warning: max_length {max_length} is longer than the model's limit of {limit} tokens; "
+            f"texts are truncated to {limit}")
+        return limit
+    return max_length
 
 
 def run_metrics(prepared: Any, result: Any, seconds: float, memory: ActivationMemoryCallback,

