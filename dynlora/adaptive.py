@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dynlora.allocate import limit_moves, proportional_targets
+from dynlora.allocate import check_rank_bounds, limit_moves, proportional_targets
 from dynlora.controller import Resize
 from dynlora.errors import DynloraError
 from dynlora.importance import ActivationNorm, GateMagnitude, Sensitivity
@@ -97,8 +97,9 @@ class Adaptive:
         self.pending: dict[str, int] = {}  # ranks owed to modules, granted when the fading ranks are gone
 
     def attach(self, controller: "Controller") -> None:
-        self.tracker.attach(controller.layers)
         self.budget = sum(controller.ranks().values())
+        check_rank_bounds("adaptive", self.budget, len(controller.layers), self.config.min_rank, self.config.max_rank)
+        self.tracker.attach(controller.layers)
         for layer in controller.layers.values():
             layer.enable_fade()
 

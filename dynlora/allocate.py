@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynlora.controller import Resize
+from dynlora.errors import DynloraError
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,16 @@ def l1ra_plan(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: 
             resizes[name] = Resize(keep=tuple(keep_of[name]), grow=grown[name])
     return RankPlan(resizes=resizes, pruned=pruned, grown={n: g for n, g in grown.items() if g},
                     recycled=recycled, unplaced=freed - placed - recycled)
+
+
+def check_rank_bounds(method: str, budget: int, modules: int, min_rank: int, max_rank: int | None) -> None:
+    """A ``DynloraError`` if ``budget`` ranks cannot be split over ``modules`` within [min_rank, max_rank]."""
+    if budget < modules * min_rank:
+        raise DynloraError(f"{method}: min_rank {min_rank} x {modules} adapters needs {modules * min_rank} ranks, more "
+                           f"than the rank budget {budget}; lower --min-rank or raise --rank / --rank-budget")
+    if max_rank is not None and budget > modules * max_rank:
+        raise DynloraError(f"{method}: max_rank {max_rank} x {modules} adapters holds {modules * max_rank} ranks, "
+                           f"less than the rank budget {budget}; raise --max-rank or lower --rank / --rank-budget")
 
 
 def even_ranks(names: Sequence[str], budget: int, min_rank: int = 1) -> dict[str, int]:

@@ -43,7 +43,7 @@ from .errors import DynloraError
 
 BUILTIN_TASKS: tuple[str, ...] = ("rt-polarity", "trec6")
 FILE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".json")  # .json is read as JSON lines
-_INT = re.compile(r"\s*[+-]?\d+\s*")
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 
 @dataclass(frozen=True)
@@ -162,20 +162,34 @@ def _load_trec6() -> TextDataset:
 
 
 def _label_ids(raw: list[Any], source: str) -> tuple[list[int], tuple[str, ...]]:
-    """Integer labels (or integer strings) stay as they are; other labels map to sorted ids."""
+    """Whole-number labels (ints, ``"2"``, ``2.0``) stay as they are; names map to sorted ids.
 
-    def is_int(v: Any) -> bool:
-        if isinstance(v, float):
-            return v.is_integer()
-        return (isinstance(v, int) and not isinstance(v, bool)) or (
-            isinstance(v, str) and _INT.fullmatch(v) is not None
-        )
+    A column that mixes numbers with names, or holds a fractional number (a regression target such
+    as 0.5), is refused: a classifier needs class ids or class names.
+    """
 
-    if all(is_int(v) for v in raw):
-        ints = [int(v) for v in raw]
+    def number(v: Any) -> float | None:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, (int, float)):
+            return float(v)
+        return float(v) if isinstance(v, str) and _NUMBER.fullmatch(v) else None
+
+    values = [number(v) for v in raw]
+    fraction = next((v for v, x in zip(raw, values) if x is not None and not x.is_integer()), None)
+    if fraction is not None:
+        raise DynloraError(f"{source}: label {fraction!r} is not a whole number; labels must be class ids "
+                           "(integers >= 0) or class names, not scores")
+    if all(x is not None for x in values):
+        ints = [int(x) for x in values]  # type: ignore[arg-type]
         if min(ints) < 0:
             raise DynloraError(f"{source}: label {min(ints)} is negative; labels must be >= 0")
         return ints, tuple(str(i) for i in range(max(ints) + 1))
+    if any(x is not None for x in values):
+        num = next(v for v, x in zip(raw, values) if x is not None)
+        name = next(v for v, x in zip(raw, values) if x is None)
+        raise DynloraError(f"{source}: labels mix numbers ({num!r}) and names ({name!r}); use one kind: "
+                           "class ids (integers >= 0) or class names")
     strs = [str(v).strip() for v in raw]
     names = tuple(sorted(set(strs)))
     ids = {name: i for i, name in enumerate(names)}

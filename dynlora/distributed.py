@@ -59,11 +59,13 @@ def parameter_signature(model: nn.Module) -> tuple[tuple[int, bool], ...]:
 
 def rewrap(wrapper: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
     """A new DDP wrapper around the same module with the same settings (after its parameters changed)."""
+    # torch >= 2.13 names the buffer flag forward_sync_buffers (broadcast_buffers is deprecated there)
+    buffers = ({"forward_sync_buffers": wrapper.forward_sync_buffers} if hasattr(wrapper, "forward_sync_buffers")
+               else {"broadcast_buffers": wrapper.broadcast_buffers})
     return nn.parallel.DistributedDataParallel(
-        wrapper.module, device_ids=wrapper.device_ids, output_device=wrapper.output_device,
-        broadcast_buffers=wrapper.broadcast_buffers, find_unused_parameters=wrapper.find_unused_parameters,
-        bucket_cap_mb=wrapper.bucket_bytes_cap / 2**20, gradient_as_bucket_view=wrapper.gradient_as_bucket_view,
-        static_graph=wrapper.static_graph)
+        wrapper.module, device_ids=wrapper.device_ids, output_device=wrapper.output_device, **buffers,
+        find_unused_parameters=wrapper.find_unused_parameters, bucket_cap_mb=wrapper.bucket_bytes_cap / 2**20,
+        gradient_as_bucket_view=wrapper.gradient_as_bucket_view, static_graph=wrapper.static_graph)
 
 
 def check_replicas(state: dict[str, Any], step: int) -> None:

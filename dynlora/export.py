@@ -22,12 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dynlora.adapter_file import CONFIG_NAME, PREFIX, WEIGHTS_NAME, check_adapter_folder
 from dynlora.errors import DynloraError
 from dynlora.inject import AdapterConfig, adapters, head_names, inject
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
-_PREFIX = "base_model.model."
+_PREFIX = PREFIX
 
 
 def peft_task_type(model: nn.Module) -> str | None:
@@ -191,9 +190,11 @@ def load_peft(model: nn.Module, folder: str | os.PathLike, use_gate: bool = Fals
     """Inject adapters from a PEFT LoRA folder into ``model`` (a fresh base model) to go on training.
 
     Ranks come from ``rank_pattern``, scales from ``alpha_pattern``; the head weights are loaded too.
-    Returns the adapters by module name.
+    The folder is checked first (``adapter_file.check_adapter_folder``): safetensors only, every tensor
+    fits ``model``. Returns the adapters by module name.
     """
     folder = Path(folder)
+    check_adapter_folder(folder, model)  # before anything is read or injected
     config = _read_config(folder)
     weights = _read_weights(folder)
     targets = config.target_modules
@@ -212,8 +213,9 @@ def load_peft(model: nn.Module, folder: str | os.PathLike, use_gate: bool = Fals
             if a is None or b is None:
                 raise DynloraError(f"{folder}: no weights for adapter {name}")
             if a.shape != layer.lora_A.shape or b.shape != layer.lora_B.shape:
-                raise DynloraError(f"{folder}: adapter {name} has A {tuple(a.shape)} / B {tuple(b.shape)}, the model "
-                                   f"needs A {tuple(layer.lora_A.shape)} / B {tuple(layer.lora_B.shape)}: another base model?")
+                raise DynloraError(f"{folder}: adapter {name} has A {tuple(a.shape)} / B {tuple(b.shape)}, the "
+                                   f"model needs A {tuple(layer.lora_A.shape)} / B {tuple(layer.lora_B.shape)}: "
+                                   "another base model?")
             layer.lora_A.copy_(a)
             layer.lora_B.copy_(b)
         for head in head_names(model):

@@ -54,6 +54,7 @@ def load_for_generation(opts: GenerateOptions, log: Any = print) -> tuple[Any, A
     from peft import PeftConfig, PeftModel
     from safetensors import SafetensorError
 
+    from dynlora.adapter_file import check_adapter_folder
     from dynlora.models import load_causal_lm
 
     folder, run_model = adapter_folder(opts.adapter)
@@ -66,6 +67,7 @@ def load_for_generation(opts: GenerateOptions, log: Any = print) -> tuple[Any, A
         raise DynloraError(f"adapter {opts.adapter!r} does not name its base model; give --model")
     model, tokenizer = load_causal_lm(base, log)
     try:
+        check_adapter_folder(folder, model)  # safetensors only; every tensor fits this base model
         peft_model = PeftModel.from_pretrained(model, str(folder))
     except (RuntimeError, ValueError, OSError, SafetensorError) as err:  # shape mismatch, corrupt file
         first = (str(err) or type(err).__name__).strip().splitlines()[0]

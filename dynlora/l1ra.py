@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dynlora.allocate import l1ra_plan
+from dynlora.allocate import check_rank_bounds, l1ra_plan
 from dynlora.errors import DynloraError
 from dynlora.inject import adapters
 from dynlora.layer import LoraLayer
@@ -69,8 +69,10 @@ class L1RAConfig:
     def interval_steps(self, total_steps: int) -> int:
         """Steps between reallocation events for a run of ``total_steps``."""
         if self.interval is not None:
-            if self.interval > total_steps:
-                raise DynloraError(f"l1ra interval {self.interval} is longer than the run ({total_steps} steps)")
+            if self.interval >= total_steps:  # events happen before the last step, where they could still matter
+                raise DynloraError(f"l1ra interval {self.interval} is longer than the run allows ({total_steps} "
+                                   f"steps; reallocations happen before the last step): give an interval below "
+                                   f"{total_steps}")
             return self.interval
         return max(1, int(self.interval_ratio * total_steps))
 
@@ -104,6 +106,10 @@ class L1RA:
         self.total_steps = total_steps
         self.interval = config.interval_steps(total_steps)
         self.events = 0
+
+    def attach(self, controller: "Controller") -> None:
+        """Refuse a ``min_rank`` the budget cannot give every adapter (no rank could ever be pruned)."""
+        check_rank_bounds("l1ra", sum(controller.ranks().values()), len(controller.layers), self.config.min_rank, None)
 
     def _gate_lrs(self, controller: "Controller") -> dict[int, float]:
         if controller.optimizer is None:

@@ -67,14 +67,19 @@ def quiet_loading() -> Iterator[None]:
 
 
 def load_classifier(name: str | None, num_labels: int) -> tuple[nn.Module, object]:
-    """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head.
+
+    A saved classifier whose head has another number of labels gets a fresh head of the right size.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     where = resolve_model(name)
     try:
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels)
+            other_head = AutoConfig.from_pretrained(where).num_labels != num_labels  # only the head may differ
+            model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels,
+                                                                       ignore_mismatched_sizes=other_head)
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None

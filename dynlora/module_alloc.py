@@ -90,6 +90,10 @@ class ModuleAlloc:
         self.active: tuple[str, ...] | None = None  # None: every adapter trains
 
     def attach(self, controller: "Controller") -> None:
+        n = len(controller.layers)
+        if self.config.k >= 1 and self.config.k > n:
+            raise DynloraError(f"k {self.config.k:g} is more than the {n} adapters; give a count up to {n} "
+                               "or a fraction in (0, 1)")
         self.tracker.attach(controller.layers)
 
     def on_step(self, controller: "Controller") -> None:

@@ -168,10 +168,19 @@ def _task_type(model: nn.Module) -> str:
     return peft_task_type(model) or "SEQ_CLS"
 
 
+def _peft_targets(model: nn.Module, opts: "TrainOptions") -> list[str]:
+    """The PEFT baselines' target modules; they hold every adapter at ``rank``, so a ``rank_budget`` must match."""
+    targets = match_targets(model, opts.targets)
+    if opts.rank_budget is not None and opts.rank_budget != opts.rank * len(targets):
+        raise DynloraError(f"rank_budget {opts.rank_budget}: {opts.method} gives each of the {len(targets)} adapters "
+                           f"rank {opts.rank} (budget {opts.rank * len(targets)}); set its budget with --rank instead")
+    return targets
+
+
 def prepare_peft_lora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
     from peft import LoraConfig, get_peft_model
 
-    targets = match_targets(model, opts.targets)
+    targets = _peft_targets(model, opts)
     config = LoraConfig(task_type=_task_type(model), r=opts.rank, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
                         target_modules=targets)
     torch.manual_seed(opts.seed)
@@ -190,7 +199,7 @@ def adalora_schedule(total_steps: int) -> dict[str, int]:
 def prepare_peft_adalora(model: nn.Module, opts: "TrainOptions", total_steps: int) -> Prepared:
     from peft import AdaLoraConfig, get_peft_model
 
-    targets = match_targets(model, opts.targets)
+    targets = _peft_targets(model, opts)
     init_r = max(opts.rank + 1, round(1.5 * opts.rank))
     config = AdaLoraConfig(task_type=_task_type(model), init_r=init_r, target_r=opts.rank, lora_alpha=opts.alpha,
                            lora_dropout=opts.dropout, target_modules=targets, **adalora_schedule(total_steps))

