@@ -137,8 +137,11 @@ def build_trainer(model: Any, opts: TrainOptions, tmp: Path, total_steps: int, t
 
 
 def fit(trainer: Trainer, prepared: Any, work: Path, resume: bool,
-        log: Callable[[str], None]) -> tuple[Any, float, PeakMemory]:
-    """``trainer.train()``, from the last complete checkpoint when resuming: (result, seconds, memory)."""
+        log: Callable[[str], None]) -> tuple[Any, float, PeakMemory, int]:
+    """``trainer.train()``, from the last complete checkpoint when resuming.
+
+    Returns (result, seconds, memory, steps taken by this call: fewer than the run's after a resume).
+    """
     checkpoint = last_complete_checkpoint(work / "checkpoints") if resume else None
     if checkpoint is not None:
         log(f"dynlora: resuming from {checkpoint}")
@@ -150,7 +153,8 @@ def fit(trainer: Trainer, prepared: Any, work: Path, resume: bool,
     start = time.perf_counter()
     with PeakMemory() as mem:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return result, time.perf_counter() - start, mem
+    done_before = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    return result, time.perf_counter() - start, mem, result.global_step - done_before
 
 
 def evaluate(trainer: Trainer, dataset: Any, examples: Sequence[Any], num_labels: int) -> dict[str, float]:
@@ -213,10 +217,10 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules, "
             f"{trainable_parameters(prepared.model):,} trainable parameters, {len(train_ds)} training examples, "
             f"{total_steps} steps")
-        result, seconds, mem = fit(trainer, prepared, work, resume, log)
+        result, seconds, mem, steps_run = fit(trainer, prepared, work, resume, log)
         metrics = {"task": data.name, "method": opts.method, "seed": opts.seed,
                    **evaluate(trainer, test_ds, data.test, data.num_labels),
-                   **run_metrics(prepared, result, seconds, memory, mem),
+                   **run_metrics(prepared, result, seconds, steps_run, memory, mem),
                    "train_examples": len(train_ds), "test_examples": len(test_ds)}
         gate_means = None
         if input_gated(prepared.model):
@@ -256,13 +260,14 @@ def fit_max_length(max_length: int, model: Any, log: Callable[[str], None]) -> i
     return max_length
 
 
-def run_metrics(prepared: Any, result: Any, seconds: float, memory: ActivationMemoryCallback,
+def run_metrics(prepared: Any, result: Any, seconds: float, steps_run: int, memory: ActivationMemoryCallback,
                 mem: PeakMemory) -> dict[str, Any]:
-    """What every run records besides its task metrics: size, cost, speed and memory."""
+    """What every run records besides its task metrics: size, cost, speed and memory (speed and memory of
+    this process's part of the run: after a resume, of the resumed steps)."""
     ranks = prepared.ranks()
     return {"trainable_params": trainable_parameters(prepared.model), "adapter_flops": prepared.adapter_flops(),
             "total_rank": sum(ranks.values()), "budget": prepared.budget, "modules": len(ranks),
-            "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, result.global_step), 4),
+            "train_seconds": round(seconds, 2), "step_seconds": round(seconds / max(1, steps_run), 4),
             "peak_memory_mb": round(mem.peak_mb, 1), "activation_mb": round(memory.peak_bytes / 2**20, 2),
             "activation_steady_mb": round(memory.steady_bytes / 2**20, 2),
             "grads_optimizer_mb": round(memory.state_bytes / 2**20, 3),

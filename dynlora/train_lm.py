@@ -91,11 +91,11 @@ def train_lm(opts: Any, log: Callable[[str], None] = print, resume: bool = False
         prepared, trainer, memory = build_trainer(model, opts, work, total_steps, train_ds, collate)
         log(f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules of a causal LM, "
             f"{len(train_ds)} instruction pairs, {total_steps} steps")
-        result, seconds, mem = fit(trainer, prepared, work, resume, log)
+        result, seconds, mem, steps_run = fit(trainer, prepared, work, resume, log)
         eval_loss = float(trainer.evaluate(eval_ds)["eval_loss"])
         metrics = {"task": data.name, "method": opts.method, "seed": opts.seed, "eval_loss": eval_loss,
                    "perplexity": math.exp(min(eval_loss, 50.0)),
-                   **run_metrics(prepared, result, seconds, memory, mem),
+                   **run_metrics(prepared, result, seconds, steps_run, memory, mem),
                    "train_examples": len(train_ds), "test_examples": len(eval_ds)}
         if data.answers:
             metrics["exact_match"] = exact_match(prepared.model, tokenizer, data.test, data.answers)
