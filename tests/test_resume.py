@@ -72,7 +72,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert decisions(a) == decisions(b)
 
 
-@pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:multinomial", "adaptive"])
+@pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:multinomial", "adaptive", "peft-lora"])
 def test_stopped_and_resumed_equals_straight_through(assets, tmp_path, method):
     extra = {}
     if method.startswith("module-alloc"):
