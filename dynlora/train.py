@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -101,7 +102,8 @@ def training_args(opts: TrainOptions, out: Path, total_steps: int) -> TrainingAr
         output_dir=str(out / "checkpoints"), save_strategy="steps" if every else "no", save_steps=every or 500,
         save_total_limit=2, per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=max(opts.batch_size, 64), learning_rate=opts.lr,
-        num_train_epochs=opts.epochs, max_steps=opts.max_steps, warmup_steps=opts.warmup_ratio,
+        num_train_epochs=opts.epochs, max_steps=total_steps,  # exactly the steps the methods' schedules assume
+        warmup_steps=opts.warmup_ratio,
         seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
         eval_strategy="no", report_to="none", disable_tqdm=False,
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
@@ -112,7 +114,10 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
     """The optimizer steps the Trainer will take (its own formula), known before training starts."""
     if opts.max_steps > 0:
         return opts.max_steps
-    return max(1, math.ceil(opts.epochs * math.ceil(num_examples / opts.batch_size)))
+    # in N processes accelerate deals the batches out round-robin, so each process (and the run) takes 1/N of them
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(math.ceil(num_examples / opts.batch_size) / processes)
+    return max(1, math.ceil(opts.epochs * batches))
 
 
 def build_trainer(model: Any, opts: TrainOptions, tmp: Path, total_steps: int, train_ds: Any, collator: Any,
