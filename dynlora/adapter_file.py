@@ -56,7 +56,8 @@ def read_header(path: Path) -> dict[str, tuple[int, ...]]:
         raise DynloraError(f"{path} is corrupt or truncated, not a readable safetensors file ({first})") from None
 
 
-def _read_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
+    """``adapter_config.json`` as a dict; a missing or malformed file is a one-line error."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise DynloraError(f"{str(folder)!r} is not a PEFT adapter folder: {CONFIG_NAME} is missing")
@@ -152,7 +153,7 @@ def check_adapter_folder(folder: str | os.PathLike, model: nn.Module) -> None:
     if not path.is_dir():
         what = "is not a folder" if path.exists() else "does not exist"
         raise DynloraError(f"adapter folder {str(folder)!r} {what}")
-    config = _read_config(path)
+    config = read_config(path)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         if (path / PICKLE_NAME).is_file():

@@ -8,7 +8,6 @@ PEFT computes exactly dynlora's update. Modules pruned to rank 0 are left out of
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dynlora.adapter_file import CONFIG_NAME, PREFIX, WEIGHTS_NAME, check_adapter_folder
+from dynlora.adapter_file import CONFIG_NAME, PREFIX, WEIGHTS_NAME, check_adapter_folder, read_config
 from dynlora.errors import DynloraError
 from dynlora.inject import AdapterConfig, adapters, head_names, inject
 
@@ -162,12 +161,7 @@ def export_peft(model: nn.Module, folder: str | os.PathLike, dropout: float = 0.
 
 def _read_config(folder: Path) -> LoraConfig:
     path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise DynloraError(f"{folder} is not a PEFT adapter folder: {CONFIG_NAME} is missing")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DynloraError(f"{path} is not valid JSON: {err}") from None
+    raw = read_config(folder)
     if raw.get("peft_type") != "LORA":
         raise DynloraError(f"{path}: peft_type {raw.get('peft_type')!r} is not supported; only LORA")
     config = LoraConfig.from_pretrained(str(folder))
@@ -212,19 +206,12 @@ def load_peft(model: nn.Module, folder: str | os.PathLike, use_gate: bool = Fals
             b = weights.get(f"{_PREFIX}{name}.lora_B.weight")
             if a is None or b is None:
                 raise DynloraError(f"{folder}: no weights for adapter {name}")
-            if a.shape != layer.lora_A.shape or b.shape != layer.lora_B.shape:
-                raise DynloraError(f"{folder}: adapter {name} has A {tuple(a.shape)} / B {tuple(b.shape)}, the "
-                                   f"model needs A {tuple(layer.lora_A.shape)} / B {tuple(layer.lora_B.shape)}: "
-                                   "another base model?")
-            layer.lora_A.copy_(a)
+            layer.lora_A.copy_(a)  # shapes were checked against the model by check_adapter_folder
             layer.lora_B.copy_(b)
         for head in head_names(model):
             module = model.get_submodule(head)
             for pname, p in module.named_parameters():
                 key = f"{_PREFIX}{head}.{pname}"
                 if key in weights:
-                    if weights[key].shape != p.shape:
-                        raise DynloraError(f"{folder}: head {head}.{pname} has shape {tuple(weights[key].shape)}, "
-                                           f"the model has {tuple(p.shape)}: different number of labels?")
                     p.copy_(weights[key])
     return layers

@@ -72,6 +72,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one thread, above all on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train_steps(model, optimizer, controller, until: int, batch) -> list[float]:
     """A plain PyTorch loop up to optimizer step ``until``; ``batch(step)`` gives (input_ids, labels)."""
     losses = []

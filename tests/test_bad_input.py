@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from dynlora.cli import main
 
@@ -43,12 +42,7 @@ def assets(tiny_assets, tmp_path_factory) -> tuple[str, Path]:
     return model, root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 def _train(assets, tmp_path, capsys, *extra: str, dataset: str = "d.csv") -> str:

@@ -29,12 +29,7 @@ def assets(tiny_assets) -> tuple[str, str]:
     return tiny_assets  # (a saved tiny random BERT with the MiniLM tokenizer, a 120-line CSV)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 def _run(assets, method: str, out: Path) -> dict:

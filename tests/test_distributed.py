@@ -33,6 +33,9 @@ def no_dropout_model(tiny_assets, tmp_path_factory):
     return str(folder), data
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
@@ -47,12 +50,7 @@ def test_two_processes_match_one(no_dropout_model, tmp_path, method):
     flags = ["--model", model, "--dataset", data, *method, "--epochs", "1", "--rank", "4", "--lr", "5e-3",
              "--save-every", "0.5"]
     one, two = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *flags, "--batch-size", "8", "--output", str(one)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train", *flags, "--batch-size", "8", "--output", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "dynlora.cli", "train", *flags, "--batch-size", "4", "--output", str(two)],
