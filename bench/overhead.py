@@ -27,10 +27,10 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from dynlora.data import load_task
-from dynlora.inject import AdapterConfig, inject
-from dynlora.memory import PeakMemory, SavedTensorBytes, training_state_bytes
-from dynlora.models import quiet_loading, resolve_model
+from dynlora.data.text import load_task
+from dynlora.core.inject import AdapterConfig, inject
+from dynlora.hf.memory import PeakMemory, SavedTensorBytes, training_state_bytes
+from dynlora.hf.models import quiet_loading, resolve_model
 
 VARIANTS = {"lora": {}, "gated": {"use_gate": True}, "input-gate": {"input_gate": True},
             "faded": {"input_gate": True}}

@@ -1,16 +1,52 @@
-"""dynlora: dynamic LoRA fine-tuning (L1RA, module allocation, adaptive) that exports plain PEFT LoRA."""
+"""dynlora: dynamic LoRA fine-tuning (L1RA, module allocation, adaptive) that exports plain PEFT LoRA.
+
+``import dynlora`` is cheap: the public names below load their module on first use (PEP 562), so
+``dynlora.core`` (torch only) never pulls in transformers or peft.
+
+Layers, lowest first: ``core`` (adapter layer, injection, optimizer surgery, counting) ->
+``observe`` (importance trackers) -> ``decide`` (pure allocators, selectors, the schedule) ->
+``methods`` (one module per method, and the registry) -> ``control`` (the controller: the only apply
+path) -> ``io`` (PEFT export / load, checkpoints) -> ``hf`` (Trainer callback, Trainer, model loading)
+-> ``data`` -> ``training`` (one pipeline over task kinds) -> ``tools`` (compare, report, plots,
+generate) -> ``cli``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from dynlora.callback import DynloraCallback  # noqa: E402
-from dynlora.controller import Controller, Resize  # noqa: E402
-from dynlora.errors import DynloraError  # noqa: E402
-from dynlora.export import export_peft, load_peft  # noqa: E402
-from dynlora.inject import AdapterConfig, adapters, inject, merge, remove, unmerge  # noqa: E402
-from dynlora.layer import LoraLayer  # noqa: E402
-from dynlora.surgery import remap_optimizer_state  # noqa: E402
+_PUBLIC = {
+    "AdapterConfig": "dynlora.core.inject",
+    "LoraLayer": "dynlora.core.layer",
+    "adapters": "dynlora.core.inject",
+    "inject": "dynlora.core.inject",
+    "merge": "dynlora.core.inject",
+    "remove": "dynlora.core.inject",
+    "unmerge": "dynlora.core.inject",
+    "remap_optimizer_state": "dynlora.core.surgery",
+    "Resize": "dynlora.decide.plan",
+    "Plan": "dynlora.decide.plan",
+    "Controller": "dynlora.control.controller",
+    "DynloraError": "dynlora.errors",
+    "export_peft": "dynlora.io.export",
+    "load_peft": "dynlora.io.load",
+    "DynloraCallback": "dynlora.hf.callback",
+    "register": "dynlora.methods.registry",
+}
 
-__all__ = [
-    "AdapterConfig", "Controller", "DynloraCallback", "DynloraError", "LoraLayer", "Resize", "__version__",
-    "adapters", "export_peft", "inject", "load_peft", "merge", "remap_optimizer_state", "remove", "unmerge",
-]
+__all__ = sorted([*_PUBLIC, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dynlora' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -9,15 +9,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from dynlora.errors import DynloraError
-
-if TYPE_CHECKING:
-    from dynlora.adaptive import AdaptiveConfig
-    from dynlora.l1ra import L1RAConfig
-    from dynlora.module_alloc import ModuleAllocConfig
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
@@ -25,8 +18,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from dynlora.recipes import method_names
-    from dynlora.train import TrainOptions
+    from dynlora.methods import registry
+    from dynlora.training.options import TrainOptions
 
     d = TrainOptions.__dataclass_fields__
     p = sub.add_parser("train", help="fine-tune with adapters and write a run folder")
@@ -36,7 +29,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="local .csv/.jsonl file (or a HF datasets name when online)")
     p.add_argument("--text-column", default=d["text_column"].default)
     p.add_argument("--label-column", default=d["label_column"].default)
-    p.add_argument("--method", default="lora", help=f"one of: {', '.join(method_names())}")
+    p.add_argument("--method", default=registry.default_method(),
+                   help=f"one of: {', '.join(registry.names())} (name:variant where a method takes one)")
     p.add_argument("--rank", type=int, default=d["rank"].default)
     p.add_argument("--alpha", type=float, default=d["alpha"].default)
     p.add_argument("--dropout", type=float, default=d["dropout"].default)
@@ -57,90 +51,50 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the unfinished (killed) run RUN from its last complete checkpoint, with the "
                         "options it was started with (other flags are ignored)")
-    _add_l1ra(p)
-    _add_module_alloc(p)
-    _add_adaptive(p)
+    add_method_flags(p)
 
 
-def _add_adaptive(p: argparse.ArgumentParser) -> None:
-    from dynlora.adaptive import SCORES, AdaptiveConfig
+def add_method_flags(p: argparse.ArgumentParser) -> None:
+    """One argument group per registered method with a config, its flags made from the config's knobs.
 
-    d = AdaptiveConfig.__dataclass_fields__
-    g = p.add_argument_group("adaptive", "importance-driven rank reallocation + input gate (--method adaptive)")
-    g.add_argument("--input-gate", action=argparse.BooleanOptionalAction, default=d["input_gate"].default,
-                   help="per-token gate g(x) = sigmoid(w.x + b) on each adapter's output")
-    g.add_argument("--importance", default=d["score"].default, help=" | ".join(SCORES))
-    g.add_argument("--uncertainty", action="store_true", help="multiply sensitivity by its uncertainty (AdaLoRA)")
-    g.add_argument("--realloc-interval", type=float, default=d["interval_ratio"].default,
-                   help="steps between reallocations: a whole number, or a fraction (< 1) of the run")
-    g.add_argument("--realloc-warmup", type=float, default=d["warmup_ratio"].default,
-                   help="fraction of the run before the first reallocation")
-    g.add_argument("--max-moves", type=float, default=d["max_moves_ratio"].default,
-                   help="most ranks moved per event, as a fraction of the budget")
+    A flag several methods share (``--min-rank``) is added once; every method that has it reads it.
+    """
+    from dynlora.methods import registry
+    from dynlora.methods.config import flag_of, knobs
 
-
-def adaptive_config(args: argparse.Namespace) -> AdaptiveConfig:
-    """The ``AdaptiveConfig`` named by the adaptive flags (``--min-rank`` / ``--max-rank`` are shared)."""
-    from dynlora.adaptive import AdaptiveConfig
-
-    every = args.realloc_interval
-    if not every > 0 or (every >= 1 and every != int(every)):
-        raise DynloraError(f"--realloc-interval {every}: give a whole number of steps or a fraction below 1")
-    return AdaptiveConfig(score=args.importance, uncertainty=args.uncertainty,
-                          interval=int(every) if every >= 1 else None,
-                          interval_ratio=every if every < 1 else AdaptiveConfig.interval_ratio,
-                          warmup_ratio=args.realloc_warmup, min_rank=args.min_rank, max_rank=args.max_rank,
-                          max_moves_ratio=args.max_moves, input_gate=args.input_gate)
+    seen: set[str] = set()
+    for spec in registry.specs():
+        if spec.config is None:
+            continue
+        group = p.add_argument_group(spec.name, f"{spec.help} (--method {spec.name})")
+        for f, meta in knobs(spec.config):
+            flag = flag_of(f)
+            if flag in seen:
+                continue
+            seen.add(flag)
+            kind = meta["type"] or type(f.default)
+            if kind is bool:
+                group.add_argument(flag, dest=_dest(flag), action=argparse.BooleanOptionalAction, default=f.default,
+                                   help=meta["help"])
+            else:
+                group.add_argument(flag, dest=_dest(flag), type=kind, default=f.default, help=meta["help"],
+                                   metavar=f.name.upper())
 
 
-def _add_module_alloc(p: argparse.ArgumentParser) -> None:
-    from dynlora.module_alloc import ModuleAllocConfig
-
-    d = ModuleAllocConfig.__dataclass_fields__
-    g = p.add_argument_group("module-alloc", "train only the most important adapters (--method module-alloc)")
-    g.add_argument("--score", default=d["score"].default, help="activation | gradient")
-    g.add_argument("--strategy", default=d["strategy"].default, help="topk | topp | multinomial | discounted | uniform")
-    g.add_argument("--schedule", default=d["schedule"].default,
-                   help="once:N or every:N; N in steps, or a fraction below 1 of the run")
-    g.add_argument("--k", type=float, default=d["k"].default, help="adapters that train: a count or a fraction")
-    g.add_argument("--threshold", type=float, default=d["threshold"].default, help="cumulative share for topp")
-    g.add_argument("--decay", type=float, default=None, help="EMA factor for the scores (default: accumulate)")
-    g.add_argument("--warmup", type=int, default=d["warmup"].default, help="extra steps with every adapter active")
+def _dest(flag: str) -> str:
+    return "method_" + flag.lstrip("-").replace("-", "_")
 
 
-def module_alloc_config(args: argparse.Namespace) -> ModuleAllocConfig:
-    """The ``ModuleAllocConfig`` named by the module-alloc flags."""
-    from dynlora.module_alloc import ModuleAllocConfig
+def method_config(args: argparse.Namespace) -> object:
+    """The chosen method's config from its flags (``--method name:variant`` applies the variant)."""
+    from dynlora.methods import registry
+    from dynlora.methods.config import flag_of, knobs
 
-    return ModuleAllocConfig(score=args.score, strategy=args.strategy, schedule=args.schedule, k=args.k,
-                             threshold=args.threshold, decay=args.decay, warmup=args.warmup)
-
-
-def _add_l1ra(p: argparse.ArgumentParser) -> None:
-    from dynlora.l1ra import L1RAConfig
-
-    d = L1RAConfig.__dataclass_fields__
-    g = p.add_argument_group("l1ra", "L1-regularised rank reallocation (--method l1ra)")
-    g.add_argument("--l1ra-lambda", type=float, default=d["lam"].default, help="L1 strength on the gates")
-    g.add_argument("--l1ra-lr", type=float, default=d["lr_c"].default, help="the gates' learning rate lr_c")
-    g.add_argument("--l1ra-threshold", type=float, default=d["threshold"].default, help="prune gates under this")
-    g.add_argument("--l1ra-interval", type=float, default=d["interval_ratio"].default,
-                   help="steps between reallocations: an integer >= 1, or a fraction (< 1) of the run")
-    g.add_argument("--min-rank", type=int, default=d["min_rank"].default)
-    g.add_argument("--max-rank", type=int, default=None)
-
-
-def l1ra_config(args: argparse.Namespace) -> L1RAConfig:
-    """The ``L1RAConfig`` named by the ``--l1ra-*`` flags."""
-    from dynlora.l1ra import L1RAConfig
-
-    every = args.l1ra_interval
-    if not every > 0 or (every >= 1 and every != int(every)):
-        raise DynloraError(f"--l1ra-interval {every}: give a whole number of steps or a fraction below 1")
-    return L1RAConfig(lam=args.l1ra_lambda, lr_c=args.l1ra_lr, threshold=args.l1ra_threshold,
-                      interval=int(every) if every >= 1 else None,
-                      interval_ratio=every if 0 < every < 1 else L1RAConfig.interval_ratio,
-                      min_rank=args.min_rank, max_rank=args.max_rank)
+    spec = registry.get(args.method)
+    if spec.config is None:
+        return None
+    values = {f.name: getattr(args, _dest(flag_of(f))) for f, _ in knobs(spec.config)}
+    return spec.make_config(registry.split(args.method)[1], **values)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -150,7 +104,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from dynlora.compare import add_arguments
+    from dynlora.tools.compare import add_arguments
 
     add_arguments(sub.add_parser("compare", help="train methods side by side on one task and rank budget"))
 
@@ -166,7 +120,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from dynlora.generate import GenerateOptions, generate
+    from dynlora.tools.generate import GenerateOptions, generate
 
     opts = GenerateOptions(adapter=args.adapter, prompts=tuple(args.prompts), model=args.model,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
@@ -180,7 +134,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from dynlora.report import gains_table, write_report
+    from dynlora.report.run_report import gains_table, write_report
 
     files = write_report(args.run)
     print(gains_table(args.run))
@@ -200,12 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from dynlora.inject import parse_targets
-    from dynlora.run_folder import options_from_dict, stored_options
-    from dynlora.train import TrainOptions, train
+    from dynlora.core.inject import parse_targets
+    from dynlora.training.options import TrainOptions
+    from dynlora.training.pipeline import train
+    from dynlora.training.run_folder import stored_options
 
     if args.resume is not None:
-        train(options_from_dict(TrainOptions, {**stored_options(args.resume), "output": args.resume}), resume=True)
+        train(TrainOptions.from_dict({**stored_options(args.resume), "output": args.resume}), resume=True)
         return
     opts = TrainOptions(
         model=args.model, task=args.task, dataset=args.dataset, text_column=args.text_column,
@@ -213,8 +168,7 @@ def _train(args: argparse.Namespace) -> None:
         dropout=args.dropout, targets=parse_targets(args.targets), epochs=args.epochs, max_steps=args.max_steps,
         train_size=None if args.train_size == 0 else args.train_size, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
-        save_every=args.save_every,
-        l1ra=l1ra_config(args), module_alloc=module_alloc_config(args), adaptive=adaptive_config(args))
+        save_every=args.save_every, method_config=method_config(args))
     train(opts)
 
 
@@ -222,7 +176,7 @@ def _export(args: argparse.Namespace) -> None:
     import shutil
     from pathlib import Path
 
-    from dynlora.train import RUN_MARKER
+    from dynlora.training.run_folder import RUN_MARKER
 
     run = Path(args.run)
     if not (run / RUN_MARKER).is_file() or not (run / "adapter").is_dir():
@@ -237,7 +191,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from dynlora.compare import run_from_args
+    from dynlora.tools.compare import run_from_args
 
     run_from_args(args)
 

@@ -1,0 +1,168 @@
+"""The controller: the only object that knows the step, and the only path that changes the model.
+
+Each optimizer step it runs the method's loop: **observe** (step the trackers) -> the method's
+per-step hook -> at the steps the schedule names, **decide** (``method.decide`` returns a ``Plan``)
+-> **apply** (rank resizes, then trackers follow them, then switching adapters on/off, then fades;
+after it the optimizer surgery) -> **record** (a typed ``Event`` in the history). Plain PyTorch::
+
+    loss.backward()
+    optimizer.step()
+    controller.step()        # after optimizer.step(), before zero_grad(): gradients are still there
+    optimizer.zero_grad()
+
+The HF Trainer does the same through ``hf.callback.DynloraCallback``. ``generation`` counts the
+changes to the parameter set or to what trains: a DDP wrapper built before a change must be rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynlora.control.events import Event
+from dynlora.core.distributed import check_replicas, world_size
+from dynlora.core.inject import adapters
+from dynlora.core.layer import LoraLayer, RankChange
+from dynlora.core.surgery import remap_optimizer_state
+from dynlora.core.switch import set_trainable
+from dynlora.decide.plan import Plan, Resize
+from dynlora.methods.base import Method, View
+
+
+class Controller:
+    """Drives one model's adapters through training; holds the step count, the active set and the history."""
+
+    def __init__(self, model: nn.Module, method: Method | None = None, optimizer: object | None = None,
+                 seed: int = 0) -> None:
+        self.model = model
+        self.layers: dict[str, LoraLayer] = adapters(model)
+        if not self.layers:
+            raise ValueError("the model has no dynlora adapters; call dynlora.inject first")
+        self.method = method
+        self.optimizer = optimizer
+        self.global_step = 0
+        self.generation = 0
+        self.active: tuple[str, ...] | None = None  # None: every adapter trains
+        self.generator = torch.Generator().manual_seed(seed)
+        self.history: list[Event] = []
+        if method is not None:
+            method.attach(self.layers)
+            for tracker in method.trackers:
+                tracker.attach(self.layers)
+        self.record("init")
+
+    @property
+    def method_name(self) -> str | None:
+        return self.method.name if self.method is not None else None
+
+    def ranks(self) -> dict[str, int]:
+        return {name: layer.rank for name, layer in self.layers.items()}
+
+    def view(self) -> View:
+        return View(self.global_step, self.layers, self.generator, self.optimizer)
+
+    def step(self) -> None:
+        """Advance one optimizer step: observe, the per-step hook, and decide -> apply -> record when due."""
+        self.global_step += 1
+        method = self.method
+        if method is None:
+            return
+        for tracker in method.trackers:
+            tracker.step(self.layers)
+        view = self.view()
+        method.per_step(self.global_step, view)
+        if method.schedule is None or not method.schedule.fires(self.global_step):
+            return
+        plan = method.decide(self.global_step, view)
+        if plan is not None:
+            self.apply(plan)
+            self.record(plan.event, plan.detail, active=plan.active)
+            if world_size() > 1:  # every process must have decided and applied the same
+                trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+                check_replicas({**trainable, **{f"rank:{n}": r for n, r in self.ranks().items()}}, self.global_step)
+                self.history[-1] = replace(self.history[-1], replicas_agree=world_size())
+
+    def apply(self, plan: Plan) -> list[RankChange]:
+        """Carry out a plan: resize, let the trackers follow, switch, start fades."""
+        changes = self.resize(plan.resizes)
+        for tracker in self.method.trackers if self.method is not None else ():
+            follow = getattr(tracker, "follow", None)
+            if follow is not None:
+                for name, resize in plan.resizes.items():
+                    follow(name, list(resize.keep), resize.grow)
+        if plan.active is not None:
+            self.switch(plan.active)
+        with torch.no_grad():
+            for name, ranks in plan.fade.items():
+                fade = self.layers[name].fade
+                if fade is None:
+                    raise RuntimeError(f"adapter {name} has no fade; inject with AdapterConfig(fade=True)")
+                for i in ranks:
+                    fade[i] = 1.0 - 1.0 / plan.fade_steps
+        return changes
+
+    def resize(self, plan: Mapping[str, Resize]) -> list[RankChange]:
+        """The one apply path for rank changes: resize layers, then fix the optimizer state."""
+        changes: list[RankChange] = []
+        for name, resize in plan.items():
+            changes += self.layers[name].resize(keep=list(resize.keep), grow=resize.grow, generator=self.generator)
+        remap_optimizer_state(self.optimizer, changes)
+        if changes:
+            self.generation += 1
+        return changes
+
+    def switch(self, active: tuple[str, ...]) -> None:
+        """The one apply path for switching: adapters in ``active`` train, the others keep their state."""
+        unknown = set(active) - set(self.layers)
+        if unknown:
+            raise ValueError(f"no such adapters: {sorted(unknown)[:3]}")
+        set_trainable(self.layers, active)
+        self.active = tuple(active)
+        self.generation += 1
+
+    def record(self, event: str, detail: Any = None, active: tuple[str, ...] | None = None) -> Event:
+        """Append an event (with every module's rank) to the history and return it."""
+        row = Event.of(self.global_step, event, self.method_name, self.ranks(), detail, active)
+        self.history.append(row)
+        return row
+
+    def note(self, event: str, **values: Any) -> None:
+        """Append a light event (no ranks), e.g. the Trainer's loss logs, to the history."""
+        self.history.append(Event(step=self.global_step, event=event, detail=values))
+
+    def restore_ranks(self, ranks: Mapping[str, int]) -> None:
+        """Give each layer the rank it had in a checkpoint, before weights and optimizer are loaded.
+
+        Goes through ``resize`` so that an optimizer already built on the old parameters follows.
+        """
+        unknown = set(ranks) - set(self.layers)
+        if unknown:
+            raise ValueError(f"checkpoint names adapters this model lacks: {sorted(unknown)[:3]}")
+        plan = {name: Resize(keep=tuple(range(min(self.layers[name].rank, rank))),
+                             grow=max(0, rank - self.layers[name].rank))
+                for name, rank in ranks.items() if self.layers[name].rank != rank}
+        self.resize(plan)
+
+    def state_dict(self) -> dict[str, Any]:
+        method = self.method
+        return {"global_step": self.global_step, "ranks": self.ranks(), "history": [e.row() for e in self.history],
+                "active": list(self.active) if self.active is not None else None,
+                "generator": self.generator.get_state(),
+                "method": method.state_dict() if method is not None else {},
+                "trackers": [t.state_dict() for t in method.trackers] if method is not None else []}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.restore_ranks(state["ranks"])
+        self.global_step = int(state["global_step"])
+        self.history = [Event.from_row(row) for row in state["history"]]
+        self.generator.set_state(state["generator"])
+        if self.method is not None:
+            self.method.load_state_dict(state["method"])
+            for tracker, saved in zip(self.method.trackers, state.get("trackers", [])):
+                tracker.load_state_dict(saved)
+        if state.get("active") is not None:
+            self.switch(tuple(state["active"]))

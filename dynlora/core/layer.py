@@ -1,0 +1,224 @@
+"""The adapter layer: a frozen base linear plus a low-rank update whose rank can change in place.
+
+    h = base(x) + ((dropout(x) @ A.T) * c) @ B.T * scale
+
+A is (r, in), B is (out, r) — the same layout as PEFT's ``lora_A.weight`` / ``lora_B.weight`` so
+that export is a copy. ``c`` is an optional per-rank gate (L1RA). ``scale`` is fixed when the layer
+is created (alpha / initial rank) and never follows the current rank: a resize must not move the
+output.
+
+``resize`` puts new Parameter objects in place (swapping ``.data`` to a new shape is not safe: autograd
+caches the old shape in the parameter's gradient accumulator while any earlier graph is alive). The
+returned ``RankChange`` records name the old and the new parameter, and
+``dynlora.core.surgery.remap_optimizer_state`` moves each one's slot and moments in the optimizer to its successor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dynlora.core.linear import in_out_features, is_conv1d
+
+
+@dataclass(frozen=True)
+class RankChange:
+    """One parameter's rank dimension was re-indexed: ``param = cat(old[keep], grow new slots)``."""
+
+    old: nn.Parameter
+    param: nn.Parameter
+    dim: int
+    keep: torch.Tensor  # (k,) long, indices into the old rank dimension
+    grow: int
+
+
+class LoraLayer(nn.Module):
+    """A LoRA adapter around an ``nn.Linear`` or ``Conv1D`` whose rank can be pruned and grown."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_gate: bool = False,
+        generator: torch.Generator | None = None,
+        input_gate: bool = False,
+        input_gate_bias: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0, got {rank}")
+        self.base = base
+        self.in_features, self.out_features = in_out_features(base)
+        self.fan_in_fan_out = is_conv1d(base)
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=weight.dtype, device=weight.device))
+        self.gate = nn.Parameter(torch.ones(rank, dtype=weight.dtype, device=weight.device)) if use_gate else None
+        # input-feature gate g(x) = sigmoid(w . x + b): w = 0 and b = 4 give g = 0.982 for every token
+        self.gate_w = nn.Parameter(torch.zeros(self.in_features, dtype=weight.dtype, device=weight.device)) \
+            if input_gate else None
+        self.gate_b = nn.Parameter(torch.full((1,), input_gate_bias, dtype=weight.dtype, device=weight.device)) \
+            if input_gate else None
+        self.register_buffer("scale", torch.tensor(alpha / max(rank, 1), dtype=torch.float32))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.input_gate_constant: float | None = None  # set: g(x) replaced by this (export approximation)
+        self.register_buffer("fade", None)  # optional per-rank multiplier set by a method (not trained)
+        with torch.no_grad():
+            self.lora_A.copy_(self._init_a(rank, generator))
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.lora_A.shape[0]
+
+    @property
+    def has_input_gate(self) -> bool:
+        return self.gate_w is not None
+
+    def num_parameters(self) -> int:
+        """Trainable adapter parameters at the current rank (A, B, the rank gate, the input gate)."""
+        gate = self.rank if self.gate is not None else 0
+        return self.rank * (self.in_features + self.out_features) + gate + self.input_gate_parameters()
+
+    def input_gate_parameters(self) -> int:
+        return self.in_features + 1 if self.has_input_gate else 0
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token of the adapter path (2 per multiply-add), zero at rank 0.
+
+        The input gate costs a dot product with x (2 * in), the sigmoid (counted as 4) and the scaling
+        of the rank-space activations (r).
+        """
+        if self.rank == 0:
+            return 0
+        gate = self.rank if self.gate is not None else 0
+        return 2 * self.rank * (self.in_features + self.out_features) + gate + self.out_features + self.input_gate_flops()
+
+    def input_gate_flops(self) -> int:
+        return 2 * self.in_features + 4 + self.rank if self.has_input_gate and self.rank else 0
+
+    def input_gate_values(self, x: torch.Tensor) -> torch.Tensor:
+        """g(x) per token: (..., 1)."""
+        assert self.gate_w is not None and self.gate_b is not None
+        return torch.sigmoid(F.linear(x.to(self.gate_w.dtype), self.gate_w.unsqueeze(0), self.gate_b))
+
+    # ---- forward / merge -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged or self.rank == 0:
+            return out
+        xd = self.dropout(x).to(self.lora_A.dtype)
+        g = None
+        if self.gate_w is not None and self.input_gate_constant is None and xd is x:
+            # one matmul for A and the gate's w: (..., r + 1)
+            hx = F.linear(xd, torch.cat([self.lora_A, self.gate_w.unsqueeze(0)]))
+            h, g = hx[..., : self.rank], torch.sigmoid(hx[..., self.rank:] + self.gate_b)  # (..., r), (..., 1)
+        else:
+            h = F.linear(xd, self.lora_A)  # (..., r)
+            if self.gate_w is not None:
+                g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
+        per_rank = self._rank_multiplier()
+        if per_rank is not None:
+            h = h * per_rank
+        if g is not None:
+            # g(x) is one scalar per token, so scaling h (rank space) equals scaling the output, and
+            # autograd then keeps (..., r) for backward instead of (..., out)
+            h = h * g
+        return out + F.linear(h, self.lora_B).to(out.dtype) * self.scale  # (..., out)
+
+    def _rank_multiplier(self) -> torch.Tensor | None:
+        """(r,) gate * fade, or None when the layer has neither."""
+        if self.gate is None:
+            return self.fade
+        return self.gate if self.fade is None else self.gate * self.fade
+
+    def _gated_b(self) -> torch.Tensor:
+        per_rank = self._rank_multiplier()
+        return self.lora_B if per_rank is None else self.lora_B * per_rank
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale * B diag(c * fade) A, shaped like ``nn.Linear.weight``: (out, in)."""
+        return (self._gated_b() @ self.lora_A) * self.scale
+
+    def folded_b(self) -> torch.Tensor:
+        """B with gate, fade and scale folded in: (out, r); with it, plain LoRA at scale 1 is exact."""
+        return self._gated_b() * self.scale
+
+    def enable_fade(self) -> None:
+        """Add the per-rank ``fade`` buffer (all ones): a method can then switch ranks off smoothly."""
+        if self.fade is None:
+            self.fade = torch.ones(self.rank, dtype=self.lora_A.dtype, device=self.lora_A.device)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the adapter into the base weight; forward then skips the adapter path."""
+        if self.merged:
+            return
+        if self.has_input_gate:
+            raise RuntimeError("an input-gated adapter depends on x and cannot be merged into the weight")
+        self._add_to_base(self.delta_weight())
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo ``merge``."""
+        if not self.merged:
+            return
+        self._add_to_base(-self.delta_weight())
+        self.merged = False
+
+    def _add_to_base(self, delta: torch.Tensor) -> None:
+        w = self.base.weight
+        w.data += (delta.T if self.fan_in_fan_out else delta).to(w.dtype)
+
+    # ---- resize ------------------------------------------------------------------------------
+    def _init_a(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        # PEFT's default: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in))
+        bound = 1.0 / math.sqrt(self.in_features)
+        a = torch.rand(n, self.in_features, generator=generator, dtype=torch.float32)
+        return ((a * 2 - 1) * bound).to(self.lora_A.device, self.lora_A.dtype)
+
+    @torch.no_grad()
+    def resize(self, keep: torch.Tensor | list[int], grow: int = 0,
+               generator: torch.Generator | None = None) -> list[RankChange]:
+        """Keep ranks ``keep`` (indices, in that order) and append ``grow`` new ranks.
+
+        New ranks get a small random A row, a zero B column and gate 1, so the output does not move;
+        a pruned rank leaves the parameters entirely. Returns one ``RankChange`` per parameter for the
+        optimizer surgery. The layer must not be merged.
+        """
+        if self.merged:
+            raise RuntimeError("unmerge before resizing")
+        keep = torch.as_tensor(keep, dtype=torch.long, device=self.lora_A.device).reshape(-1)
+        if grow < 0:
+            raise ValueError(f"grow must be >= 0, got {grow}")
+        if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= self.rank):
+            raise ValueError(f"keep indices must lie in [0, {self.rank}), got {keep.tolist()}")
+        if keep.unique().numel() != keep.numel():
+            raise ValueError(f"keep indices repeat: {keep.tolist()}")
+        new_a = torch.cat([self.lora_A.index_select(0, keep), self._init_a(grow, generator)], 0)
+        b = self.lora_B
+        new_b = torch.cat([b.index_select(1, keep), b.new_zeros(self.out_features, grow)], 1)
+        changes = [self._swap("lora_A", new_a, 0, keep, grow), self._swap("lora_B", new_b, 1, keep, grow)]
+        if self.gate is not None:
+            new_c = torch.cat([self.gate.index_select(0, keep), self.gate.new_ones(grow)])
+            changes.append(self._swap("gate", new_c, 0, keep, grow))
+        if self.fade is not None:
+            self.fade = torch.cat([self.fade.index_select(0, keep), self.fade.new_ones(grow)])
+        return changes
+
+    def _swap(self, attr: str, new: torch.Tensor, dim: int, keep: torch.Tensor, grow: int) -> RankChange:
+        old = getattr(self, attr)
+        param = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+        setattr(self, attr, param)
+        return RankChange(old=old, param=param, dim=dim, keep=keep, grow=grow)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, gate={self.gate is not None}"

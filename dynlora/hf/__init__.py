@@ -1,0 +1,1 @@
+"""The HF side: the Trainer callback, the Trainer subclass, model loading, memory accounting."""

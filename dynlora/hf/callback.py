@@ -1,0 +1,76 @@
+"""The HF Trainer hooks: a thin wrapper that calls ``Controller.step`` after each optimizer step, and one
+that calls plain per-step functions (what a PEFT baseline needs, such as AdaLoRA's allocation)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from dynlora.control.controller import Controller
+from dynlora.errors import DynloraError
+from dynlora.io.checkpoint import CONTROLLER_FILE, controller_state_json, load_controller_json
+
+
+class DynloraCallback(TrainerCallback):
+    """Hands the Trainer's optimizer to the controller and steps it once per optimizer step.
+
+    ``on_optimizer_step`` runs after ``optimizer.step()`` and before ``zero_grad()``, so methods can
+    still read gradients; it fires once per optimizer step, never per micro-batch. Every Trainer
+    checkpoint gets the controller's state (ranks, history, method state); ``restore`` reads it back
+    before ``trainer.train(resume_from_checkpoint=...)`` so the model has the checkpoint's ranks when
+    the Trainer loads weights and optimizer state.
+    """
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        self.controller.optimizer = optimizer
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        if optimizer is not None:
+            self.controller.optimizer = optimizer
+        self.controller.step()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        self.controller.note("log", **(logs or {}))
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:  # every process holds the same state; one writes it
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{CONTROLLER_FILE}.tmp"
+        tmp.write_text(json.dumps(controller_state_json(self.controller)))
+        os.replace(tmp, folder / CONTROLLER_FILE)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.controller.record("end")
+
+    def restore(self, checkpoint: str | os.PathLike) -> None:
+        """Load the controller state saved in a Trainer checkpoint (restores every module's rank).
+
+        If you hand the Trainer your own optimizer, give it to the controller too
+        (``Controller(..., optimizer=opt)``) so that the restored ranks replace its parameters; an
+        optimizer the Trainer builds itself is built after this, from the restored parameters.
+        """
+        path = Path(checkpoint) / CONTROLLER_FILE
+        if not path.is_file():
+            raise DynloraError(f"{checkpoint} has no {CONTROLLER_FILE}: not a checkpoint of a dynlora run")
+        load_controller_json(self.controller, json.loads(path.read_text()))
+
+
+class StepHooks(TrainerCallback):
+    """Calls each ``hook(global_step)`` after every optimizer step."""
+
+    def __init__(self, hooks: Sequence[Callable[[int], None]]) -> None:
+        self.hooks = list(hooks)
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for hook in self.hooks:
+            hook(state.global_step)

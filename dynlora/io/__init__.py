@@ -1,0 +1,1 @@
+"""Files: PEFT export and load, adapter-folder checks, checkpoints."""

@@ -1,0 +1,143 @@
+"""Save and resume a dynamic run: ranks first, then weights, then optimizer state.
+
+A checkpoint folder holds ``controller.json`` (step, every module's rank, history, method state, the
+decision generator), ``adapter_state.safetensors`` (every trainable tensor and adapter buffer at its
+current shape) and ``optimizer.pt`` and ``rng.pt`` (torch's RNG states, for dropout), both loaded
+with ``weights_only=True``. It is written to a temporary folder and renamed, so a kill during a save
+leaves the previous checkpoint intact. (``dynlora train`` checkpoints through the HF Trainer instead:
+see ``hf/trainer.py``; they share ``adapter_state.safetensors`` and ``controller.json``.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dynlora.control.controller import Controller
+from dynlora.core.inject import adapters
+from dynlora.core.surgery import unwrap_optimizer
+from dynlora.errors import DynloraError
+
+CONTROLLER_FILE = "controller.json"
+WEIGHTS_FILE = "adapter_state.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+COMPLETE_MARKER = "dynlora-complete"  # written last into a Trainer checkpoint folder: it is whole
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global RNG states (dropout draws from them), CPU and every CUDA device."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter plus every adapter tensor (switched-off adapters and buffers too)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names |= {f"{name}.{key}" for name, layer in adapters(model).items() for key in layer.state_dict()
+              if not key.startswith("base.")}
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
+
+
+def controller_state_json(controller: Controller) -> dict[str, Any]:
+    state = controller.state_dict()
+    state["generator"] = state["generator"].tolist()
+    return state
+
+
+def load_controller_json(controller: Controller, state: dict[str, Any]) -> None:
+    state = dict(state)
+    state["generator"] = torch.tensor(state["generator"], dtype=torch.uint8)
+    controller.load_state_dict(state)
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place by rename, replacing what was there (never half of either)."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old.rmdir()
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def save_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Controller,
+                    optimizer: object | None = None) -> Path:
+    """Write a checkpoint atomically (temporary folder, then rename over any previous one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / CONTROLLER_FILE).write_text(json.dumps(controller_state_json(controller)))
+        save_file(trainable_state(model), str(tmp / WEIGHTS_FILE))
+        if optimizer is not None:
+            torch.save(unwrap_optimizer(optimizer).state_dict(), tmp / OPTIMIZER_FILE)
+        torch.save(rng_state(), tmp / RNG_FILE)
+        replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Controller,
+                    optimizer: object | None = None) -> None:
+    """Restore ranks (controller state), then weights, then optimizer state, in that order."""
+    folder = Path(folder)
+    if not (folder / CONTROLLER_FILE).is_file():
+        raise DynloraError(f"{folder} is not a dynlora checkpoint: {CONTROLLER_FILE} is missing")
+    load_controller_json(controller, json.loads((folder / CONTROLLER_FILE).read_text()))
+    load_trainable_state(model, folder)
+    if optimizer is not None and (folder / OPTIMIZER_FILE).is_file():
+        state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+        unwrap_optimizer(optimizer).load_state_dict(state)
+    if (folder / RNG_FILE).is_file():
+        set_rng_state(torch.load(folder / RNG_FILE, weights_only=True))
+
+
+def load_trainable_state(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Load ``trainable_state`` back from ``folder/adapter_state.safetensors``; every key and shape must fit."""
+    folder = Path(folder)
+    weights = load_file(str(folder / WEIGHTS_FILE))
+    unexpected = []
+    own = model.state_dict()
+    for key in weights:
+        if key not in own:
+            unexpected.append(key)
+        elif own[key].shape != weights[key].shape:
+            raise DynloraError(f"{folder}: {key} has shape {tuple(weights[key].shape)}, "
+                               f"the model has {tuple(own[key].shape)}")
+    missing = [k for k in trainable_state(model) if k not in weights]
+    if missing or unexpected:
+        raise DynloraError(f"{folder}: checkpoint does not fit the model (missing {missing[:2]}, "
+                           f"unexpected {unexpected[:2]})")
+    model.load_state_dict(weights, strict=False)
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` under ``folder`` that is complete; incomplete ones are removed."""
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
+    for p in found:
+        if p not in complete:
+            shutil.rmtree(p, ignore_errors=True)
+    return complete[-1] if complete else None

@@ -1,0 +1,12 @@
+"""Methods: one module per method, each built from observe + decide, and the registry they join.
+
+Importing this package registers the built-in methods. A new method is a module that builds its
+``MethodSpec`` and calls ``registry.register``; nothing outside this package names a method.
+"""
+
+from dynlora.methods import adaptive, l1ra, lora, module_alloc, peft_adalora, peft_lora  # noqa: F401  (register)
+from dynlora.methods.base import AdapterNeeds, AdapterSettings, Method, MethodBase, MethodSpec, Prepared, View
+from dynlora.methods.registry import get, names, register, unregister
+
+__all__ = ["AdapterNeeds", "AdapterSettings", "Method", "MethodBase", "MethodSpec", "Prepared", "View", "get",
+           "names", "register", "unregister"]

@@ -1,0 +1,198 @@
+"""Adaptive ranks: our reading of "dynamic LoRA" (Liao et al., 2025, arXiv 2501.14859; abstract only).
+
+1. Layer importance during training: by default the sensitivity ``|theta * grad|`` of each adapter,
+   EMA-smoothed (optionally times AdaLoRA's uncertainty term); alternatives: output norm, gate size.
+2. At every scheduled step after a warm-up, the fixed budget (sum of ranks) is re-divided in
+   proportion to importance within [min_rank, max_rank] (``decide.allocate.proportional_targets``); at
+   most ``max_moves`` ranks move per event (``decide.allocate.limit_moves``).
+3. Optionally an input-feature gate ``g(x) = sigmoid(w . x + b)`` per adapter (``LoraLayer``).
+
+So that no event moves the output, a rank is never cut while it still contributes: at an event the
+surplus ranks (least important first) start to fade (the plan's ``fade``; the per-step hook lowers
+``LoraLayer.fade`` by 1/interval, the other ranks can take over meanwhile), and at the next event the
+faded ranks (now exactly 0) are removed and the receivers grow the same number of fresh ranks (zero
+B). The total rank is the budget at every moment; each move takes one interval to complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from dynlora.core.layer import LoraLayer
+from dynlora.decide.allocate import check_rank_bounds, limit_moves, proportional_targets
+from dynlora.decide.plan import Plan, Resize
+from dynlora.decide.schedule import Schedule
+from dynlora.errors import DynloraError
+from dynlora.methods.base import AdapterNeeds, MethodBase, MethodSpec, View
+from dynlora.methods.config import check_knobs, knob
+from dynlora.methods.registry import register
+from dynlora.observe.activation import ActivationNorm
+from dynlora.observe.gates import GateMagnitude, rank_magnitude
+from dynlora.observe.sensitivity import Sensitivity
+
+SCORES = ("sensitivity", "activation", "gate")
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Knobs of the adaptive method; spans are steps or fractions of the run, moves a fraction of the budget."""
+
+    score: str = knob("sensitivity", " | ".join(SCORES), flag="--importance", choices=SCORES)
+    beta: float = knob(0.85, "EMA factor of the importance", flag="--importance-beta", ge=0, lt=1)
+    uncertainty: bool = knob(False, "multiply sensitivity by its uncertainty (AdaLoRA)")
+    interval: float = knob(0.1, "steps between reallocations: a whole number, or a fraction (< 1) of the run",
+                           flag="--realloc-interval")
+    warmup: float = knob(0.1, "steps (or fraction of the run) before the first reallocation",
+                         flag="--realloc-warmup")
+    min_rank: int = knob(1, "fewest ranks an adapter keeps", flag="--min-rank", ge=0)
+    max_rank: int | None = knob(None, "most ranks an adapter may hold (default: no limit)", flag="--max-rank",
+                                type=int, ge=1)
+    max_moves: float = knob(0.1, "most ranks moved per event, as a fraction of the budget", gt=0, le=1)
+    input_gate: bool = knob(True, "per-token gate g(x) = sigmoid(w.x + b) on each adapter's output")
+    input_gate_bias: float = knob(4.0, "initial b of the input gate (g starts at sigmoid(b))")
+
+    def __post_init__(self) -> None:
+        check_knobs(self)
+        if self.max_rank is not None and self.max_rank < max(1, self.min_rank):
+            raise DynloraError(f"rank bounds [{self.min_rank}, {self.max_rank}] are not valid")
+        self.when()
+
+    def when(self) -> Schedule:
+        return Schedule.parse(self.interval, warmup=self.warmup, label="--realloc-interval")
+
+
+def parse_variant(variant: str, base: AdaptiveConfig) -> AdaptiveConfig:
+    """``gate`` / ``no-gate`` switch the input gate."""
+    if variant not in ("gate", "no-gate"):
+        raise DynloraError(f"method {'adaptive:' + variant!r}: adaptive variants are adaptive:gate and "
+                           "adaptive:no-gate")
+    return replace(base, input_gate=variant == "gate")
+
+
+@dataclass(frozen=True)
+class Reallocation:
+    """What one event did: ranks removed and grown now, ranks that start fading, and why."""
+
+    removed: int
+    grown: int
+    moved: int = 0
+    targets: dict[str, int] | None = None
+    importance: dict[str, float] | None = None
+
+
+class Adaptive(MethodBase):
+    """Re-divide the rank budget by layer importance on the schedule."""
+
+    name = "adaptive"
+
+    def __init__(self, config: AdaptiveConfig, total_steps: int) -> None:
+        self.config = config
+        self.total_steps = total_steps
+        self.schedule = config.when().for_run(total_steps)
+        self.interval = int(self.schedule.n)
+        if config.score == "sensitivity":
+            self.tracker: Any = Sensitivity(config.beta, config.uncertainty)
+        elif config.score == "activation":
+            self.tracker = ActivationNorm(config.beta)
+        else:
+            self.tracker = GateMagnitude()
+        self.trackers = (self.tracker,)
+        self.budget = 0
+        self.pending: dict[str, int] = {}  # ranks owed to modules, granted when the fading ranks are gone
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None:
+        self.budget = sum(layer.rank for layer in layers.values())
+        check_rank_bounds("adaptive", self.budget, len(layers), self.config.min_rank, self.config.max_rank)
+        for layer in layers.values():  # a no-op for adapters injected with the fade this method needs
+            layer.enable_fade()  # all ones: the output does not move
+
+    @torch.no_grad()
+    def per_step(self, step: int, view: View) -> None:
+        """Ranks on their way out lose 1/interval of their weight per step, reaching 0 at the next event."""
+        for layer in view.layers.values():
+            fading = layer.fade < 1
+            if bool(fading.any()):
+                layer.fade[fading] = (layer.fade[fading] - 1.0 / self.interval).clamp_(min=0.0)
+                layer.fade[layer.fade < 1e-6] = 0.0
+
+    def decide(self, step: int, view: View) -> Plan:
+        resizes = self._finish(view.layers)
+        removed = sum(view.layers[n].rank - len(r.keep) for n, r in resizes.items())
+        grown = sum(self.pending.values())
+        if removed != grown:
+            raise RuntimeError(f"adaptive: {removed} faded ranks but {grown} owed: the budget would change")
+        self.pending = {}
+        if step + self.interval >= self.total_steps:  # a fade started now could not finish
+            return Plan("realloc", resizes=resizes, detail=Reallocation(removed=removed, grown=grown))
+        fade, moved, targets, scores = self._start_fades(view.layers, resizes)
+        return Plan("realloc", resizes=resizes, fade=fade, fade_steps=self.interval,
+                    detail=Reallocation(removed=removed, grown=grown, moved=moved, targets=targets,
+                                        importance={n: round(s, 6) for n, s in scores.items()}))
+
+    def _finish(self, layers: Mapping[str, LoraLayer]) -> dict[str, Resize]:
+        """Drop the ranks whose fade reached 0 and grow the modules owed them: the output does not move."""
+        plan = {}
+        for name, layer in layers.items():
+            dead = int((layer.fade <= 0).sum())
+            grow = self.pending.get(name, 0)
+            if dead or grow:
+                plan[name] = Resize(keep=tuple(i for i in range(layer.rank) if float(layer.fade[i]) > 0), grow=grow)
+        return plan
+
+    def _rank_order(self, name: str, layer: LoraLayer, resize: Resize | None) -> torch.Tensor:
+        """(r,) importance of each rank of ``name`` once ``resize`` is applied."""
+        if isinstance(self.tracker, Sensitivity):
+            if resize is None:
+                return self.tracker.rank_scores(name)
+            return self.tracker.rank_scores_after(name, list(resize.keep), resize.grow)
+        size = rank_magnitude(layer).float().cpu()
+        if resize is None:
+            return size
+        # a fresh rank has a zero B column: magnitude 0
+        return torch.cat([size.index_select(0, torch.tensor(resize.keep, dtype=torch.long)), size.new_zeros(resize.grow)])
+
+    def _start_fades(self, layers: Mapping[str, LoraLayer], resizes: Mapping[str, Resize]
+                     ) -> tuple[dict[str, tuple[int, ...]], int, dict[str, int], dict[str, float]]:
+        """New targets by importance; the surplus ranks start fading, the receivers are owed them."""
+        scores = self.tracker.scores_after(resizes) if isinstance(self.tracker, Sensitivity) else self.tracker.scores()
+        current = {n: (len(resizes[n].keep) + resizes[n].grow if n in resizes else layer.rank)
+                   for n, layer in layers.items()}
+        cap = self.config.max_rank if self.config.max_rank is not None else self.budget
+        targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
+        targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores)
+        fade: dict[str, tuple[int, ...]] = {}
+        moved = 0
+        for name, layer in layers.items():
+            change = targets[name] - current[name]
+            if change > 0:
+                self.pending[name] = change
+            elif change < 0:
+                order = self._rank_order(name, layer, resizes.get(name))
+                fade[name] = tuple(torch.argsort(order)[: -change].tolist())  # least important first
+                moved += -change
+        return fade, moved, targets, scores
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "pending": dict(self.pending)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.budget = int(state["budget"])
+        self.pending = {k: int(v) for k, v in state.get("pending", {}).items()}
+
+
+SPEC = register(MethodSpec(
+    name="adaptive",
+    help="importance-driven rank reallocation + input gate",
+    config=AdaptiveConfig,
+    build=Adaptive,
+    variant=parse_variant,
+    variant_help="adaptive:gate / adaptive:no-gate",
+    needs=lambda config: AdapterNeeds(gate=config.score == "gate", input_gate=config.input_gate,
+                                      input_gate_bias=config.input_gate_bias, fade=True),
+    min_rank=lambda config: config.min_rank,
+    report_panels=("rank_by_type",),
+))

@@ -1,0 +1,166 @@
+"""What a method is: the protocol the controller drives, what it may read, and what it registers.
+
+A method observes through its ``trackers`` (the controller steps them), may run a declared per-step
+hook (``per_step``: work that is not a decision, such as a proximal step), and at the steps its
+``schedule`` fires returns a ``Plan`` from ``decide``. It never resizes, switches or records itself:
+the controller applies the plan, fixes the optimizer and writes the history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from dynlora.core.layer import LoraLayer
+from dynlora.core.surgery import unwrap_optimizer
+from dynlora.decide.plan import Plan
+from dynlora.decide.schedule import Schedule
+from dynlora.observe.scores import Tracker
+
+
+class View:
+    """What a method may read at a step: the adapters, the decision generator, the learning rates."""
+
+    def __init__(self, step: int, layers: Mapping[str, LoraLayer], generator: torch.Generator,
+                 optimizer: object | None = None) -> None:
+        self.step = step
+        self.layers = layers
+        self.generator = generator  # seeded from the run seed: every process draws alike
+        self._optimizer = optimizer
+        self._lrs: dict[int, float] | None = None
+
+    def ranks(self) -> dict[str, int]:
+        return {name: layer.rank for name, layer in self.layers.items()}
+
+    def learning_rates(self) -> dict[int, float]:
+        """id(parameter) -> the learning rate its optimizer group used at this step (empty: no optimizer)."""
+        if self._lrs is None:
+            self._lrs = {}
+            if self._optimizer is not None:
+                for group in unwrap_optimizer(self._optimizer).param_groups:
+                    for p in group["params"]:
+                        self._lrs[id(p)] = float(group["lr"])
+        return self._lrs
+
+
+class Method(Protocol):
+    """A dynamic method as the controller drives it (static LoRA has none)."""
+
+    name: str
+    schedule: Schedule | None  # in whole steps for this run: when ``decide`` is called (None: never)
+    trackers: tuple[Tracker, ...]
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None:
+        """Check the adapters once (a ``DynloraError`` for settings they cannot meet)."""
+
+    def per_step(self, step: int, view: View) -> None:
+        """Per-step work that is not a decision, after the trackers have stepped."""
+
+    def decide(self, step: int, view: View) -> Plan | None:
+        """At a scheduled step: what to change, or None."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class MethodBase:
+    """Defaults for the optional parts of ``Method``: no trackers, no schedule, no per-step hook."""
+
+    name = ""
+    schedule: Schedule | None = None
+    trackers: tuple[Tracker, ...] = ()
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None:
+        pass
+
+    def per_step(self, step: int, view: View) -> None:
+        pass
+
+    def decide(self, step: int, view: View) -> Plan | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class AdapterNeeds:
+    """What a method's adapters must carry: per-rank gates, the input gate, a per-rank fade."""
+
+    gate: bool = False
+    input_gate: bool = False
+    input_gate_bias: float = 4.0
+    fade: bool = False
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """The run settings a method's preparation reads (the training layer fills them in)."""
+
+    method: str
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str | tuple[str, ...] = "all-linear"
+    rank_budget: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class Prepared:
+    """An adapted model ready for training, whichever way it was built."""
+
+    model: nn.Module
+    save_adapter: Callable[..., Any]  # (folder, gate_means=None) -> writes a PEFT adapter folder
+    ranks: Callable[[], dict[str, int]]  # current rank of every adapted module
+    flops: Callable[[], int]  # forward FLOPs per token of all adapter paths
+    budget: int = 0  # the total rank the method is held to (compare requires it equal across methods)
+    controller: Any = None  # dynlora's Controller for native methods
+    step_hooks: list[Callable[[int], None]] = field(default_factory=list)  # called after each optimizer step
+    param_groups: list[dict[str, Any]] | None = None  # own optimizer groups, else one group of every trainable
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything shared code needs to know about a method; ``methods.registry.register`` takes it.
+
+    Native methods give ``build`` (config, total optimizer steps) -> ``Method`` or None (static
+    adapters) and run on dynlora's adapters and controller; others (PEFT baselines) give ``prepare``.
+    ``config`` is a frozen dataclass whose fields carry ``metadata`` made by ``methods.config.knob``
+    (flag, help, bounds): the CLI's flags are generated from it.
+    """
+
+    name: str
+    help: str
+    config: type | None = None
+    build: Callable[[Any, int], Method | None] | None = None
+    prepare: Callable[[nn.Module, AdapterSettings, Any, int], Prepared] | None = None
+    variant: Callable[[str, Any], Any] | None = None  # ("topk-gradient", config) -> config, for name:variant
+    variant_help: str = ""
+    needs: Callable[[Any], AdapterNeeds] = lambda config: AdapterNeeds()
+    param_groups: Callable[[nn.Module, float, Any], list[dict[str, Any]]] | None = None  # (model, lr, config)
+    min_rank: Callable[[Any], int] = lambda config: 1  # fewest ranks per adapter when a budget is split
+    report_panels: tuple[str, ...] = ()  # run-report pictures beyond the common ones
+    static: bool = False  # ranks never move (compare draws no rank heatmap)
+    baseline: bool = False  # compare's summary divides by this method's numbers
+    default: bool = False  # what ``dynlora train`` runs without --method
+    compare_default: bool = False  # in ``dynlora compare``'s default method list
+
+    def __post_init__(self) -> None:
+        if (self.build is None) == (self.prepare is None):
+            raise ValueError(f"method {self.name!r}: give exactly one of build (native) or prepare")
+
+    def make_config(self, variant: str = "", **values: Any) -> Any:
+        """The method's config from ``values`` (defaults elsewhere), with ``variant`` applied."""
+        config = self.config(**values) if self.config is not None else None
+        if variant:
+            config = self.variant(variant, config) if self.variant is not None else config
+        return config

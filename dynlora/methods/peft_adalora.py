@@ -1,0 +1,55 @@
+"""PEFT's AdaLoRA on the same targets and final rank: the dynamic baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynlora.core.inject import peft_task_type
+from dynlora.methods.base import AdapterSettings, MethodSpec, Prepared
+from dynlora.methods.peft_common import peft_flops, peft_ranks, peft_targets
+from dynlora.methods.registry import register
+
+
+def adalora_schedule(total_steps: int) -> dict[str, int]:
+    """tinit / tfinal / deltaT from the run length: 10% warm-up, 20% final, ~20 allocations between."""
+    tinit, tfinal = int(0.1 * total_steps), int(0.2 * total_steps)
+    return {"tinit": tinit, "tfinal": tfinal, "deltaT": max(1, (total_steps - tinit - tfinal) // 20),
+            "total_step": total_steps}
+
+
+class AdaLoraStep:
+    """Calls PEFT AdaLoRA's ``update_and_allocate`` after each optimizer step (a plain Trainer never does)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, step: int) -> None:
+        self.model.base_model.update_and_allocate(step)
+        self.calls += 1
+
+
+def prepare(model: nn.Module, settings: AdapterSettings, config: Any, total_steps: int) -> Prepared:
+    from peft import AdaLoraConfig, get_peft_model
+
+    targets = peft_targets(model, settings)
+    init_r = max(settings.rank + 1, round(1.5 * settings.rank))
+    adalora = AdaLoraConfig(task_type=peft_task_type(model) or "SEQ_CLS", init_r=init_r, target_r=settings.rank,
+                            lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
+                            **adalora_schedule(total_steps))
+    torch.manual_seed(settings.seed)
+    peft_model = get_peft_model(model, adalora)
+    return Prepared(peft_model, lambda folder, gate_means=None: peft_model.save_pretrained(str(folder)),
+                    ranks=lambda: peft_ranks(peft_model), flops=lambda: peft_flops(peft_model),
+                    budget=settings.rank * len(targets), step_hooks=[AdaLoraStep(peft_model)])
+
+
+SPEC = register(MethodSpec(
+    name="peft-adalora",
+    help="PEFT's AdaLoRA (baseline)",
+    prepare=prepare,
+    compare_default=True,
+))

@@ -1,0 +1,67 @@
+"""What every tracker shares: the protocol the controller drives, and per-module running scores.
+
+A tracker is attached to the adapters, folds what it saw into one score per module once per
+optimizer step (``step``), and hands out scores normalised to sum to 1 (``scores``). With ``decay``
+set, the score is an exponential moving average, ``s <- decay * s + (1 - decay) * x``; without it the
+signal accumulates over the whole run. Trackers know nothing of decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from dynlora.core.layer import LoraLayer
+
+
+class Tracker(Protocol):
+    """Driven by the controller: ``attach`` once, ``step`` after every optimizer step.
+
+    A tracker that keeps per-rank state may also define ``follow(name, keep, grow)``: the controller
+    calls it after every rank resize so the state follows the ranks.
+    """
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None: ...
+
+    def step(self, layers: Mapping[str, LoraLayer]) -> None: ...
+
+    def scores(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def detach(self) -> None: ...
+
+
+class RunningScores:
+    """Per-module running scores with an optional EMA decay."""
+
+    def __init__(self, decay: float | None = None) -> None:
+        if decay is not None and not 0 <= decay < 1:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.raw: dict[str, float] = {}
+
+    def fold(self, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            old = self.raw.get(name)
+            if self.decay is None:
+                self.raw[name] = (old or 0.0) + value
+            else:
+                self.raw[name] = value if old is None else self.decay * old + (1 - self.decay) * value
+
+    def scores(self) -> dict[str, float]:
+        total = sum(self.raw.values())
+        if total <= 0:
+            return {n: 1.0 / len(self.raw) for n in self.raw} if self.raw else {}
+        return {n: v / total for n, v in self.raw.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"raw": dict(self.raw)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.raw = {k: float(v) for k, v in state["raw"].items()}
+
+    def detach(self) -> None:
+        """Remove any hooks (none here)."""

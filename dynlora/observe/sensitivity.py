@@ -1,0 +1,98 @@
+"""Per-rank sensitivity ``|theta * grad|`` of each adapter, EMA-smoothed (as AdaLoRA does)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from dynlora.core.layer import LoraLayer
+
+
+def follow_ranks(values: torch.Tensor, keep: Sequence[int] | torch.Tensor, grow: int) -> torch.Tensor:
+    """(k + grow,) per-rank values after a resize: kept ranks keep theirs, new ranks get the kept mean.
+
+    A fresh rank (zero B) would otherwise score 0 and be the first one cut.
+    """
+    index = torch.as_tensor(keep, dtype=torch.long, device=values.device)
+    kept = values.index_select(0, index)
+    fill = kept.mean() if kept.numel() else kept.new_zeros(())
+    return torch.cat([kept, fill.expand(grow)])
+
+
+def _normalised(raw: Mapping[str, float]) -> dict[str, float]:
+    total = sum(raw.values())
+    return {n: (v / total if total > 0 else 1.0 / len(raw)) for n, v in raw.items()}
+
+
+class Sensitivity:
+    """Per-rank sensitivity ``|theta * grad|`` of each adapter, smoothed by an EMA (as AdaLoRA does).
+
+    For rank i of a module: ``sum |A[i] * dA[i]| + sum |B[:, i] * dB[:, i]|`` (+ ``|c_i * dc_i|`` with a
+    gate), read once per optimizer step. ``I <- beta * I + (1 - beta) * s``; with ``uncertainty`` also
+    ``U <- beta_u * U + (1 - beta_u) * |s - I|`` and the score is ``I * U``. A module's score is the
+    sum over its ranks. ``follow`` follows a resize: kept ranks keep their history, new ranks start at
+    the mean of the kept ones (so a fresh rank, whose B is zero, is not the first one pruned).
+    """
+
+    def __init__(self, beta: float = 0.85, uncertainty: bool = False, beta_u: float = 0.85) -> None:
+        for name, value in (("beta", beta), ("beta_u", beta_u)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        self.beta, self.beta_u, self.uncertainty = beta, beta_u, uncertainty
+        self.ema: dict[str, torch.Tensor] = {}
+        self.unc: dict[str, torch.Tensor] = {}
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None:
+        for name, layer in layers.items():
+            self.ema.setdefault(name, torch.zeros(layer.rank))
+            self.unc.setdefault(name, torch.zeros(layer.rank))
+
+    @torch.no_grad()
+    def step(self, layers: Mapping[str, LoraLayer]) -> None:
+        for name, layer in layers.items():
+            a, b = layer.lora_A, layer.lora_B
+            if a.grad is None or b.grad is None or layer.rank == 0:
+                continue
+            s = (a * a.grad).abs().sum(1) + (b * b.grad).abs().sum(0)  # (r,)
+            if layer.gate is not None and layer.gate.grad is not None:
+                s = s + (layer.gate * layer.gate.grad).abs()
+            s = s.detach().float()  # stays on the device: no host sync per module and step
+            old, unc = self.ema[name].to(s.device), self.unc[name].to(s.device)
+            self.ema[name] = self.beta * old + (1 - self.beta) * s
+            self.unc[name] = self.beta_u * unc + (1 - self.beta_u) * (s - self.ema[name]).abs()
+
+    def rank_scores(self, name: str) -> torch.Tensor:
+        """(r,) importance of each rank of one module."""
+        return self.ema[name] * self.unc[name] if self.uncertainty else self.ema[name]
+
+    def scores(self) -> dict[str, float]:
+        """Module scores (sum over its ranks), normalised to sum to 1."""
+        return _normalised({n: float(self.rank_scores(n).sum()) for n in self.ema})
+
+    def scores_after(self, resizes: Mapping[str, Any]) -> dict[str, float]:
+        """What ``scores()`` will be once ``resizes`` (name -> ``Resize``) are applied and followed."""
+        return _normalised({n: float((self.rank_scores_after(n, list(resizes[n].keep), resizes[n].grow)
+                                      if n in resizes else self.rank_scores(n)).sum()) for n in self.ema})
+
+    def follow(self, name: str, keep: Sequence[int] | torch.Tensor, grow: int) -> None:
+        """Follow a resize of module ``name`` (``follow_ranks`` on both EMAs)."""
+        for table in (self.ema, self.unc):
+            table[name] = follow_ranks(table[name], keep, grow)
+
+    def rank_scores_after(self, name: str, keep: Sequence[int], grow: int) -> torch.Tensor:
+        """What ``rank_scores(name)`` will be once a resize (keep, grow) has been applied."""
+        ema = follow_ranks(self.ema[name], keep, grow)
+        return ema * follow_ranks(self.unc[name], keep, grow) if self.uncertainty else ema
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": {n: t.cpu().tolist() for n, t in self.ema.items()},
+                "unc": {n: t.cpu().tolist() for n, t in self.unc.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.ema = {n: torch.tensor(v, dtype=torch.float32) for n, v in state["ema"].items()}
+        self.unc = {n: torch.tensor(v, dtype=torch.float32) for n, v in state["unc"].items()}
+
+    def detach(self) -> None:
+        """No hooks to remove."""

@@ -1,0 +1,1 @@
+"""Tools on top of training: compare, report, plots, summary, generate."""

@@ -1,0 +1,317 @@
+"""``dynlora compare``: every method side by side on one task, one rank budget, the same steps.
+
+Each (method, seed) cell is one :func:`dynlora.train.train` run into ``DIR/cells/<method>-s<seed>/``.
+Within a seed every method sees the same training subset in the same order for the same number of
+optimizer steps. ``DIR/results.jsonl`` gets one row per finished cell (appended and flushed at once),
+so re-running the same command resumes; ``DIR/meta.json`` holds the settings (a resume with other
+settings is refused), the command, machine and date; ``DIR/summary.md`` and the plots are rewritten
+at the end of every invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import shlex
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dynlora import __version__
+from dynlora.core.inject import parse_targets
+from dynlora.data.instruct import is_instruct
+from dynlora.errors import DynloraError
+from dynlora.methods import registry
+from dynlora.tools.rows import CompareRow, make_row
+from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
+from dynlora.training.options import TrainOptions
+from dynlora.training.pipeline import train
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Training settings shared by every cell (a named preset; CLI flags override single values)."""
+
+    name: str
+    model: str | None = None
+    train_size: int | None = 3000
+    epochs: float = 1.0
+    max_steps: int = -1
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str = "all-linear"
+    batch_size: int = 16
+    lr: float = 1e-3
+    max_length: int = 64
+    seeds: tuple[int, ...] = (0,)
+
+
+PROFILES: dict[str, Profile] = {
+    # 2 CPU cores: 3000 snippets (as `dynlora train`), 1 epoch = 188 steps per cell. Measured for lora, peft-lora,
+    # peft-adalora x 1 seed: 5.5 min wall (about 0.49 s/step + 15 s load/eval per cell, one torch thread on a
+    # shared machine; 0.28 s/step with two idle threads), so later dynamic methods still fit in ~15 min.
+    "quick": Profile("quick"),
+    # a GPU: the whole rt-polarity train split (8,493), 3 epochs = 1,593 steps per cell, 3 seeds
+    "full": Profile("full", train_size=None, epochs=3.0, seeds=(0, 1, 2)),
+}
+# causal-LM instruction tuning (chatterbot, *-instruct, prompt/response JSONL) on the embedded SmolLM2
+LM_PROFILES: dict[str, Profile] = {
+    # 2 CPU cores: SmolLM2-135M, 800 pairs, batch 8 x <= 64 tokens = 100 steps, about 5 min per cell
+    "quick": Profile("quick", model="smollm2", train_size=800, batch_size=8, max_length=64),
+    # a GPU: the whole training split, 3 epochs, longer sequences, 3 seeds
+    "full": Profile("full", model="smollm2", train_size=None, epochs=3.0, max_length=128, seeds=(0, 1, 2)),
+}
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """One compare invocation: a profile, the methods and seeds, the data and the output folder."""
+
+    profile: Profile
+    methods: tuple[str, ...] = field(default_factory=registry.compare_defaults)
+    seeds: tuple[int, ...] = (0,)
+    output: str = "runs/compare"
+    task: str | None = None
+    dataset: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise DynloraError("methods is empty; give e.g. --methods lora,peft-lora,peft-adalora")
+        for method in self.methods:
+            registry.get(split_method(method)[0])  # names an unknown method or variant
+        for name, values in (("method", self.methods), ("seed", self.seeds)):
+            dupes = sorted({str(v) for v in values if values.count(v) > 1})
+            if dupes:
+                raise DynloraError(f"{name} {dupes[0]} is given twice")
+        if not self.seeds or min(self.seeds) < 0:
+            raise DynloraError(f"seeds {list(self.seeds)} must be a non-empty list of integers >= 0")
+        if self.task is None and self.dataset is None:
+            object.__setattr__(self, "task", "rt-polarity")
+        self.cell_options(self.methods[0], self.seeds[0])  # checks the profile values
+
+    def settings(self) -> dict[str, Any]:
+        """What every cell shares; a folder made with other settings is not resumed."""
+        shared = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("name", "seeds")}
+        return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
+                "label_column": self.label_column, "profile": self.profile.name, **shared,
+                # every method's default config: cells of any method may join the folder later
+                "method_configs": {spec.name: dataclasses.asdict(spec.make_config())
+                                   for spec in registry.specs() if spec.config is not None}}
+
+    def cell_options(self, method: str, seed: int) -> TrainOptions:
+        p = self.profile
+        name, own = split_method(method)
+        return TrainOptions(model=p.model, task=self.task, dataset=self.dataset, text_column=self.text_column,
+                            label_column=self.label_column, method=name, rank=p.rank, alpha=p.alpha,
+                            targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
+                            train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
+                            max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)))
+
+
+def split_method(spec: str) -> tuple[str, dict[str, float]]:
+    """``peft-adalora@lr=0.02`` -> ``("peft-adalora", {"lr": 0.02})``: a method with its own learning rate.
+
+    Only ``lr`` can differ per method; data, steps, rank budget and every other setting stay shared.
+    """
+    name, _, rest = spec.partition("@")
+    own: dict[str, float] = {}
+    for item in filter(None, rest.split("@")):
+        key, _, value = item.partition("=")
+        if key != "lr":
+            raise DynloraError(f"method option {item!r} in {spec!r}: only lr=<float> may be set per method")
+        try:
+            own["lr"] = float(value)
+        except ValueError:
+            raise DynloraError(f"method option {item!r} in {spec!r}: lr must be a number") from None
+        if not own["lr"] > 0:
+            raise DynloraError(f"method option {item!r} in {spec!r}: lr must be > 0")
+    return name, own
+
+
+def machine() -> dict[str, Any]:
+    """Where this ran: platform, CPU count, library versions and the device."""
+    import peft
+    import transformers
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "dynlora": __version__, "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def read_rows(path: Path) -> list[CompareRow]:
+    """Rows of results.jsonl; a torn last line (a run killed mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def check_settings(root: Path, settings: dict[str, Any]) -> None:
+    """Refuse a folder that is not a compare folder, or one made with other settings."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    meta = root / "meta.json"
+    if not meta.is_file():
+        raise DynloraError(f"output {str(root)!r} exists and is not a dynlora compare folder; give a new folder")
+    stored = json.loads(meta.read_text()).get("settings", {})
+    diff = [f"{k} {stored.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(set(stored) | set(settings))
+            if stored.get(k) != settings.get(k)]
+    if diff:
+        raise DynloraError(f"output {str(root)!r} was made with other settings ({'; '.join(diff)}); "
+                           "give a new --output or the same settings")
+
+
+def check_budgets(budgets: dict[str, int]) -> None:
+    """Every method must hold the same total rank budget; names the first that differs."""
+    first, expected = next(iter(budgets.items()))
+    for method, budget in budgets.items():
+        if budget != expected:
+            raise DynloraError(f"method {method!r} has a total rank budget of {budget}, but {first!r} has "
+                               f"{expected}; every method in a compare needs the same budget")
+
+
+def preflight_budgets(opts: CompareOptions, methods: list[str]) -> dict[str, int]:
+    """Each method's budget from its recipe on a freshly loaded model, before any training."""
+    from dynlora.training.fit import total_optimizer_steps
+    from dynlora.training.prepare import prepare
+
+    first = opts.cell_options(methods[0], opts.seeds[0])
+    budgets = {}
+    for method in methods:
+        model, examples = _fresh_model(first)
+        budgets[method] = prepare(model, opts.cell_options(method, opts.seeds[0]),
+                                  total_optimizer_steps(first, examples)).budget
+    gc.collect()
+    return budgets
+
+
+def _fresh_model(opts: TrainOptions) -> tuple[torch.nn.Module, int]:
+    """(a freshly loaded base model, the number of training examples) for one cell's options."""
+    if is_instruct(opts.task, opts.dataset):
+        from dynlora.data.instruct import load_instruct
+        from dynlora.hf.models import load_causal_lm
+
+        pairs = load_instruct(opts.dataset or opts.task, opts.train_size, opts.seed)
+        return load_causal_lm(opts.model, log=tqdm.write)[0], len(pairs.train)
+    from dynlora.data.text import load_task
+    from dynlora.hf.models import load_classifier
+
+    data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
+                     train_size=opts.train_size, seed=opts.seed)
+    return load_classifier(opts.model, data.num_labels)[0], len(data.train)
+
+
+def run_compare(opts: CompareOptions) -> list[CompareRow]:
+    """Train every missing (method, seed) cell, then write summary.md, meta.json and the plots."""
+    root = Path(opts.output)
+    settings = opts.settings()
+    check_settings(root, settings)
+    root.mkdir(parents=True, exist_ok=True)
+    started = datetime.now().isoformat(timespec="seconds")
+    meta = {"command": opts.command, "date": started, "machine": machine(), "settings": settings,
+            "methods": list(opts.methods), "seeds": list(opts.seeds)}
+    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    results = root / "results.jsonl"
+    rows = read_rows(results)
+    done = {(r["method"], r["seed"]) for r in rows}
+    # seed-major order: a full round of methods finishes before the next seed starts
+    todo = [(m, s) for s in opts.seeds for m in opts.methods if (m, s) not in done]
+    budgets = {r["method"]: r["budget"] for r in rows}
+    unknown = [m for m in opts.methods if m not in budgets and any(m == t[0] for t in todo)]
+    if unknown:
+        budgets.update(preflight_budgets(opts, unknown))
+        check_budgets(budgets)
+    bar = tqdm(todo, desc="compare", unit="cell", position=0, dynamic_ncols=True, disable=not todo)
+    for i, (method, seed) in enumerate(bar, 1):
+        bar.set_description(f"compare {method} seed {seed} ({i}/{len(todo)})")
+        metrics = train(opts.cell_options(method, seed), log=tqdm.write)
+        check_budgets({**budgets, method: metrics["budget"]})
+        row = make_row(method, seed, metrics, cell=str(Path(metrics["output"]).relative_to(root)),
+                       invocation=started, device=meta["machine"]["device"])
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        rows.append(row)
+        gc.collect()
+    bar.close()
+    wanted = [r for r in rows if r["method"] in opts.methods and r["seed"] in opts.seeds]
+    (root / "summary.md").write_text(summary_markdown(wanted, opts.methods, meta))
+    draw_plots(wanted, opts.methods, root)
+    print(f"dynlora: compare of {len(opts.methods)} methods x {len(opts.seeds)} seeds written to {root}")
+    return wanted
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise DynloraError(f"seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``dynlora compare`` flags; profile values apply where a flag is not given."""
+    p.add_argument("--profile", default="quick", help=f"preset: {', '.join(PROFILES)} (default quick)")
+    p.add_argument("--methods", default=",".join(registry.compare_defaults()),
+                   help=f"comma-separated: {', '.join(registry.names())}")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
+    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default), trec6; causal LM "
+                   "(SmolLM2 profiles): chatterbot, rt-polarity-instruct, trec6-instruct")
+    p.add_argument("--dataset", default=None, help="local .csv/.jsonl file instead of a task (prompt/response "
+                   "JSONL: causal LM)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--output", default=None, help="compare folder (default runs/compare-<profile>-<task>)")
+    for flag, kind in (("model", str), ("train-size", int), ("epochs", float), ("max-steps", int), ("rank", int),
+                       ("alpha", float), ("targets", str), ("batch-size", int), ("lr", float), ("max-length", int)):
+        p.add_argument(f"--{flag}", type=kind, default=None, help="overrides the profile" +
+                       ("; 0 = the whole training split" if flag == "train-size" else ""))
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line as typed (rebuilt from ``args`` when called in-process), with thread settings."""
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ]
+    if sys.argv[1:2] == ["compare"]:
+        return shlex.join([*env, "dynlora", *sys.argv[1:]])
+    given = [x for k, v in vars(args).items() if k != "command" and v is not None
+             for x in (f"--{k.replace('_', '-')}", str(v))]
+    return shlex.join([*env, "dynlora", "compare", *given])
+
+
+def options_from_args(args: argparse.Namespace) -> CompareOptions:
+    """CompareOptions from parsed ``dynlora compare`` flags."""
+    if args.profile not in PROFILES:
+        raise DynloraError(f"unknown profile {args.profile!r}; valid: {', '.join(PROFILES)}")
+    names = {f.name for f in dataclasses.fields(Profile)}
+    overrides = {k: v for k, v in vars(args).items() if k in names - {"name", "seeds"} and v is not None}
+    if overrides.get("train_size") == 0:
+        overrides["train_size"] = None
+    presets = LM_PROFILES if is_instruct(args.task, args.dataset) else PROFILES
+    profile = dataclasses.replace(presets[args.profile], **overrides)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    seeds = profile.seeds if args.seeds is None else parse_seeds(args.seeds)
+    where = args.task or (Path(args.dataset).stem if args.dataset else "rt-polarity")
+    return CompareOptions(profile=profile, methods=methods, seeds=seeds, task=args.task, dataset=args.dataset,
+                          text_column=args.text_column, label_column=args.label_column, command=_command(args),
+                          output=args.output or f"runs/compare-{args.profile}-{where}")
+
+
+def run_from_args(args: argparse.Namespace) -> list[CompareRow]:
+    """``dynlora compare``: parse the flags and run."""
+    return run_compare(options_from_args(args))

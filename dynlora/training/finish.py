@@ -1,0 +1,74 @@
+"""The finish stage: what every run records, and the run folder's files (written, then renamed into place)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dynlora import __version__
+from dynlora.control.events import Event
+from dynlora.core.count import trainable_parameters
+from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
+from dynlora.io.checkpoint import replace_folder
+from dynlora.methods.base import Prepared
+from dynlora.report.run_report import write_report
+from dynlora.training.options import TrainOptions
+from dynlora.training.records import RunCost
+from dynlora.training.run_folder import RUN_MARKER
+
+
+def run_cost(prepared: Prepared, result: Any, seconds: float, steps_run: int, memory: ActivationMemoryCallback,
+             mem: PeakMemory) -> RunCost:
+    """What every run records besides its task metrics: size, cost, speed and memory (speed and memory of
+    this process's part of the run: after a resume, of the resumed steps)."""
+    ranks = prepared.ranks()
+    return RunCost(trainable_params=trainable_parameters(prepared.model), adapter_flops=prepared.flops(),
+                   total_rank=sum(ranks.values()), budget=prepared.budget, modules=len(ranks),
+                   train_seconds=round(seconds, 2), step_seconds=round(seconds / max(1, steps_run), 4),
+                   peak_memory_mb=round(mem.peak_mb, 1), activation_mb=round(memory.peak_bytes / 2**20, 2),
+                   activation_steady_mb=round(memory.steady_bytes / 2**20, 2),
+                   grads_optimizer_mb=round(memory.state_bytes / 2**20, 3),
+                   train_loss=float(result.training_loss), steps=int(result.global_step))
+
+
+def history(prepared: Prepared, trainer: Any) -> list[Event]:
+    """The controller's history, or (no controller) the Trainer's log lines as events."""
+    if prepared.controller is not None:
+        return list(prepared.controller.history)
+    return [Event(step=int(row.get("step", 0)), event="log", detail=row) for row in trainer.state.log_history]
+
+
+def _write_jsonl(path: Path, events: Sequence[Event]) -> None:
+    with path.open("w") as f:
+        for event in events:
+            f.write(json.dumps(event.row()) + "\n")
+
+
+def write_run_files(work: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]], metrics: dict[str, Any],
+                    prepared: Prepared, trainer: Any) -> None:
+    """metrics.json, history.jsonl, ranks.json, gates.json (gated adapters), report/ and run.json."""
+    (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_jsonl(work / "history.jsonl", history(prepared, trainer))
+    (work / "ranks.json").write_text(json.dumps(prepared.ranks(), indent=1) + "\n")
+    controller = prepared.controller
+    if controller is not None and any(layer.gate is not None for layer in controller.layers.values()):
+        gates = {n: layer.gate.detach().tolist() for n, layer in controller.layers.items() if layer.gate is not None}
+        (work / "gates.json").write_text(json.dumps(gates) + "\n")
+    write_report(work, opts.method)
+    num_labels, label_names = labels
+    run = {"dynlora_version": __version__, "options": opts.as_dict(), "num_labels": num_labels,
+           "label_names": list(label_names), "finished": datetime.now().isoformat(timespec="seconds")}
+    (work / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")
+
+
+def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]], metrics: dict[str, Any],
+               prepared: Prepared, trainer: Any, gate_means: dict[str, float] | None) -> None:
+    """Write the run files and the PEFT adapter into ``work``, then rename it to ``final``."""
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    write_run_files(work, opts, labels, metrics, prepared, trainer)
+    prepared.save_adapter(work / "adapter", gate_means=gate_means)
+    replace_folder(work, final)  # replaces an earlier dynlora run of the same name

@@ -1,0 +1,107 @@
+"""The fit stage: the run length, the HF Trainer around the adapted model, and ``trainer.train()``."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from dynlora.hf.callback import DynloraCallback, StepHooks
+from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
+from dynlora.hf.trainer import CheckpointDone, DynloraTrainer, save_interval
+from dynlora.io.checkpoint import last_complete_checkpoint
+from dynlora.methods.base import Prepared
+from dynlora.training.options import TrainOptions
+from dynlora.training.prepare import prepare
+
+
+def fit_max_length(max_length: int, model: Any, log: Callable[[str], None]) -> int:
+    """``max_length``, capped (with a warning) at the model's position limit, so long texts are truncated."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and 1 < limit < max_length:
+        log(f"dynlora: warning: max_length {max_length} is longer than the model's limit of {limit} tokens; "
+            f"texts are truncated to {limit}")
+        return limit
+    return max_length
+
+
+def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
+    """The optimizer steps the Trainer will take (its own formula), known before training starts."""
+    if opts.max_steps > 0:
+        return opts.max_steps
+    # in N processes accelerate deals the batches out round-robin, so each process (and the run) takes 1/N of them
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batches = math.ceil(math.ceil(num_examples / opts.batch_size) / processes)
+    return max(1, math.ceil(opts.epochs * batches))
+
+
+def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across_devices: bool) -> TrainingArguments:
+    """The Trainer's arguments for a run of exactly ``total_steps`` optimizer steps."""
+    every = save_interval(opts.save_every, total_steps)
+    return TrainingArguments(
+        # the Trainer scales each process's loss by the number of processes, which is right only for a loss
+        # that divides by the global token count (causal LMs); a classifier's mean loss would count double
+        average_tokens_across_devices=tokens_across_devices,
+        output_dir=str(out / "checkpoints"), save_strategy="steps" if every else "no", save_steps=every or 500,
+        save_total_limit=2, per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=max(opts.batch_size, 64), learning_rate=opts.lr,
+        num_train_epochs=opts.epochs, max_steps=total_steps,  # exactly the steps the methods' schedules assume
+        warmup_steps=opts.warmup_ratio,
+        seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
+        eval_strategy="no", report_to="none", disable_tqdm=False,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, train_ds: Any, collator: Any,
+                  tokens_across_devices: bool, extra_callbacks: Sequence[TrainerCallback] = ()
+                  ) -> tuple[Prepared, DynloraTrainer, ActivationMemoryCallback]:
+    """The method's adapted model, an HF Trainer around it, and the activation-memory recorder."""
+    prepared = prepare(model, opts, total_steps)
+    memory = ActivationMemoryCallback()
+    groups = prepared.param_groups
+    controller = prepared.controller
+    if groups is None and controller is not None:
+        # built here, over every adapter, so that a resume (which may restore switched-off adapters before the
+        # Trainer would build its optimizer) gets the same parameter groups as the original run
+        groups = [{"params": [p for p in prepared.model.parameters() if p.requires_grad], "lr": opts.lr,
+                   "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups) if groups else None
+    callbacks: list[TrainerCallback] = []
+    if controller is not None:
+        controller.optimizer = optimizer  # rank restores on resume must follow this optimizer
+        callbacks.append(DynloraCallback(controller))
+    if prepared.step_hooks:
+        callbacks.append(StepHooks(prepared.step_hooks))
+    trainer = DynloraTrainer(model=prepared.model, args=training_args(opts, work, total_steps, tokens_across_devices),
+                             train_dataset=train_ds, data_collator=collator, optimizers=(optimizer, None),
+                             callbacks=[*callbacks, memory, *extra_callbacks, CheckpointDone()])
+    trainer.controller = controller
+    return prepared, trainer, memory
+
+
+def fit(trainer: DynloraTrainer, work: Path, resume: bool,
+        log: Callable[[str], None]) -> tuple[Any, float, PeakMemory, int]:
+    """``trainer.train()``, from the last complete checkpoint when resuming.
+
+    Returns (result, seconds, memory, steps taken by this call: fewer than the run's after a resume).
+    """
+    checkpoint = last_complete_checkpoint(work / "checkpoints") if resume else None
+    if checkpoint is not None:
+        log(f"dynlora: resuming from {checkpoint}")
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, DynloraCallback):
+                callback.restore(checkpoint)  # every module's rank before the Trainer loads weights
+    elif resume:
+        log("dynlora: no complete checkpoint yet; starting from the beginning")
+    start = time.perf_counter()
+    with PeakMemory() as mem:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    done_before = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    return result, time.perf_counter() - start, mem, result.global_step - done_before

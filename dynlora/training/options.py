@@ -1,0 +1,82 @@
+"""``TrainOptions``: everything one ``dynlora train`` run takes, checked on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynlora.decide.schedule import check_span
+from dynlora.errors import DynloraError
+from dynlora.methods import registry
+from dynlora.methods.base import AdapterSettings
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """One run's options. ``method`` is ``name`` or ``name:variant`` (see ``dynlora.methods``);
+    ``method_config`` is that method's config (its defaults when None; a dict is read as its fields)."""
+
+    model: str | None = None
+    task: str | None = None
+    dataset: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    method: str = field(default_factory=registry.default_method)
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str | tuple[str, ...] = "all-linear"
+    epochs: float = 1.0
+    max_steps: int = -1
+    train_size: int | None = 3000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_ratio: float = 0.06
+    max_length: int = 64
+    seed: int = 0
+    output: str | None = None
+    rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
+    save_every: float = 0.1  # checkpoint every N steps, or that fraction (< 1) of the run; 0 = never
+    method_config: Any = None
+
+    def __post_init__(self) -> None:
+        spec = registry.get(self.method)  # an unknown method or variant is named here
+        _, variant = registry.split(self.method)
+        config = self.method_config
+        if isinstance(config, dict):
+            config = spec.make_config(variant, **config)
+        elif config is None:
+            config = spec.make_config(variant)
+        elif spec.config is None or not isinstance(config, spec.config):
+            raise DynloraError(f"method_config {type(config).__name__} is not the config of method {self.method!r}"
+                               f" ({spec.config.__name__ if spec.config else 'none'})")
+        elif variant:
+            config = spec.variant(variant, config)  # type: ignore[misc]
+        object.__setattr__(self, "method_config", config)
+        checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
+                  "epochs": self.epochs > 0, "max_length": self.max_length > 1,
+                  "max_steps": self.max_steps == -1 or self.max_steps > 0,
+                  "train_size": self.train_size is None or self.train_size > 0,
+                  "rank_budget": self.rank_budget is None or self.rank_budget > 0,
+                  "warmup_ratio": 0 <= self.warmup_ratio < 1}
+        for name, ok in checks.items():
+            if not ok:
+                raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
+        check_span("save_every", self.save_every, zero=True)
+
+    def adapter_settings(self) -> AdapterSettings:
+        """What a method's preparation reads of these options."""
+        return AdapterSettings(method=self.method, rank=self.rank, alpha=self.alpha, dropout=self.dropout,
+                               targets=self.targets, rank_budget=self.rank_budget, seed=self.seed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready options (``run.json``); ``from_dict`` reads them back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainOptions":
+        """Options written by ``as_dict`` (JSON lists become tuples; the method config is rebuilt)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+        return cls(**kwargs)

@@ -1,0 +1,75 @@
+"""``dynlora train``: one pipeline for every task kind — load -> prepare -> fit -> finish.
+
+A run folder holds ``run.json`` (the options), ``metrics.json``, ``history.jsonl`` and ``adapter/``
+(a plain PEFT LoRA adapter). It is written into a hidden temporary folder beside the target and
+renamed at the end, so an interrupted or failed run leaves nothing half-written. The task kind
+(``Classification`` or ``CausalLM``) supplies the data, the model, the collator and the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from transformers import TrainerCallback, set_seed
+
+from dynlora.core.distributed import is_main_process
+from dynlora.data.instruct import is_instruct
+from dynlora.io.checkpoint import save_checkpoint
+from dynlora.io.input_gates import input_gated
+from dynlora.training.causal_lm import CausalLM
+from dynlora.training.classification import Classification
+from dynlora.training.finish import finish_run, run_cost
+from dynlora.training.fit import build_trainer, fit, fit_max_length, total_optimizer_steps
+from dynlora.training.input_gate import input_gate_export
+from dynlora.training.options import TrainOptions
+from dynlora.training.run_folder import abandon, start_run
+from dynlora.training.task import TaskKind
+
+
+def task_kind(opts: TrainOptions) -> TaskKind:
+    """Causal-LM instruction tuning for ``*-instruct`` / ``chatterbot`` / prompt-response JSONL, else classification."""
+    return CausalLM() if is_instruct(opts.task, opts.dataset) else Classification()
+
+
+def train(opts: TrainOptions, log: Callable[[str], None] = print,
+          extra_callbacks: Sequence[TrainerCallback] = (), resume: bool = False) -> dict[str, Any]:
+    """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json.
+
+    ``resume``: go on with the unfinished run at ``opts.output`` from its last complete checkpoint.
+    In a multi-process run every process trains and evaluates; only the main process writes files.
+    """
+    kind = task_kind(opts)
+    data = kind.load_data(opts)  # load
+    final, work = start_run(opts.output, opts.as_dict(), resume)
+    try:
+        set_seed(opts.seed)
+        model, tokenizer = kind.load_model(opts, data, log)
+        max_length = fit_max_length(opts.max_length, model, log)
+        train_ds = kind.split(data, "train", tokenizer, max_length)
+        test_ds = kind.split(data, "test", tokenizer, max_length)
+        total_steps = total_optimizer_steps(opts, len(train_ds))
+        collate = kind.collator(tokenizer)
+        prepared, trainer, memory = build_trainer(model, opts, work, total_steps, train_ds, collate,  # prepare
+                                                  kind.tokens_across_devices, extra_callbacks)
+        log(kind.describe(opts, prepared, len(train_ds), total_steps))
+        result, seconds, mem, steps_run = fit(trainer, work, resume, log)  # fit
+        metrics: dict[str, Any] = {"task": data.name, "method": opts.method, "seed": opts.seed,  # finish
+                                   **kind.evaluate(trainer, prepared, tokenizer, data, test_ds),
+                                   **run_cost(prepared, result, seconds, steps_run, memory, mem),
+                                   "train_examples": len(train_ds), "test_examples": len(test_ds)}
+        gate_means = None
+        if input_gated(prepared.model):  # fold each gate's mean over the validation split into B for PEFT
+            calibration = kind.split(data, "validation", tokenizer, max_length)
+            gate_means, gate_metrics = input_gate_export(prepared, calibration, collate,
+                                                         kind.export_score(trainer, data, test_ds))
+            metrics.update(gate_metrics)
+        if is_main_process():
+            if gate_means is not None:  # the exact model, gate and all
+                save_checkpoint(work / "dynlora_state", prepared.model, prepared.controller)
+            finish_run(work, final, opts, kind.labels(data), metrics, prepared, trainer, gate_means)
+    except BaseException as err:
+        raise abandon(work, err, final) from None
+    log(f"{kind.summary(metrics)}; run written to {final}")
+    metrics["output"] = str(final)
+    return metrics

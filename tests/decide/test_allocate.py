@@ -1,0 +1,118 @@
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynlora.decide.allocate import even_ranks, prune_and_redistribute
+
+gate_lists = st.lists(st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([f"m{i}" for i in range(12)]), gate_lists, min_size=1),
+       st.sampled_from([0.0, 1e-6, 0.05, 0.3]), st.integers(0, 2), st.one_of(st.none(), st.integers(2, 10)))
+def test_budget_conserved_and_bounds_respected(gates, threshold, min_rank, max_rank):
+    if max_rank is not None and max_rank < max(len(v) for v in gates.values()):
+        max_rank = max(len(v) for v in gates.values())
+    plan = prune_and_redistribute(gates, threshold, min_rank, max_rank)
+    after = {n: len(v) for n, v in gates.items()}
+    for name, resize in plan.resizes.items():
+        assert len(set(resize.keep)) == len(resize.keep)
+        after[name] = len(resize.keep) + resize.grow
+    assert sum(after.values()) + plan.unplaced == sum(len(v) for v in gates.values())
+    if plan.unplaced:
+        assert max_rank is not None and all(after[n] == max_rank for n in gates)
+    for name, values in gates.items():
+        assert after[name] >= min(min_rank, len(values))
+        if max_rank is not None and name in plan.grown:
+            assert after[name] <= max_rank
+        if name in plan.pruned:
+            if name in plan.grown:  # a pruner receives only when no non-pruner had room
+                assert plan.recycled > 0
+            kept = plan.resizes[name].keep
+            dropped = set(range(len(values))) - set(kept)
+            assert all(values[i] < threshold for i in dropped)
+
+
+def test_unplaced_only_when_every_receiver_is_full():
+    gates = {"a": [0.0, 0.0, 0.9], "b": [0.8, 0.7], "c": [0.6, 0.5]}
+    plan = prune_and_redistribute(gates, 1e-6, max_rank=3)
+    assert plan.pruned == {"a": 2} and plan.grown == {"b": 1, "c": 1} and plan.unplaced == 0
+    plan = prune_and_redistribute(gates, 1e-6, max_rank=2)  # b and c full: a takes one back, fresh; then all are full
+    assert plan.recycled == 1 and plan.unplaced == 1 and plan.grown == {"a": 1}
+    plan = prune_and_redistribute({"a": [0.0, 0.0, 0.9], "b": [0.8, 0.7, 0.1]}, 1e-6, max_rank=3)
+    assert plan.unplaced == 0 and plan.recycled == 2
+    plan = prune_and_redistribute({"a": [0.0, 0.9], "b": [0.8]}, 1e-6, max_rank=1)
+    assert plan.unplaced == 1 and plan.grown == {}
+
+
+def test_when_every_module_pruned_ranks_are_recycled_not_lost():
+    plan = prune_and_redistribute({"a": [0.0, 0.0, 0.5], "b": [0.0, 0.9], "c": [0.0, 0.0]}, 1e-6)
+    assert plan.pruned == {"a": 2, "b": 1, "c": 1}  # c keeps min_rank 1
+    assert plan.unplaced == 0 and plan.recycled == 4
+    after = {n: len(r.keep) + r.grow for n, r in plan.resizes.items()}
+    assert sum(after.values()) == 7
+
+
+def test_round_robin_by_smallest_gate_largest_first():
+    gates = {"p": [0.0, 0.0, 0.0, 0.0, 0.5], "weak": [0.2, 0.9], "strong": [0.8, 0.95], "mid": [0.5, 0.6]}
+    plan = prune_and_redistribute(gates, 1e-6)
+    # 4 freed: strong, mid, weak, strong
+    assert plan.grown == {"strong": 2, "mid": 1, "weak": 1}
+    assert plan.resizes["p"].keep == (4,)
+
+
+def test_min_rank_keeps_the_strongest():
+    plan = prune_and_redistribute({"a": [0.0, 0.0, 0.0], "b": [1.0]}, 1e-6, min_rank=1)
+    assert plan.resizes["a"].keep == (0,) and plan.pruned == {"a": 2} and plan.grown == {"b": 2}
+
+
+def test_deterministic_and_nothing_to_do():
+    rnd = random.Random(0)
+    gates = {f"m{i}": [rnd.choice([0.0, rnd.random()]) for _ in range(4)] for i in range(10)}
+    assert prune_and_redistribute(gates, 1e-6) == prune_and_redistribute(dict(gates), 1e-6)
+    assert prune_and_redistribute({"a": [0.5, 0.4], "b": [1.0]}, 1e-6).resizes == {}
+
+
+def test_even_ranks():
+    assert even_ranks(["a", "b", "c"], 8) == {"a": 3, "b": 3, "c": 2}
+    with pytest.raises(ValueError):
+        even_ranks(["a", "b", "c"], 2)
+
+
+from dynlora.decide.allocate import limit_moves, proportional_targets  # noqa: E402
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0, allow_nan=False), min_size=1, max_size=40),
+       st.integers(0, 3), st.one_of(st.none(), st.integers(4, 24)), st.integers(0, 10_000))
+def test_proportional_targets_sum_to_budget_within_bounds(scores, min_rank, max_rank, seed):
+    names = {f"m{i}": s for i, s in enumerate(scores)}
+    cap = max_rank if max_rank is not None else 10**6
+    lo, hi = len(names) * min_rank, len(names) * min(cap, 30)
+    budget = lo + (seed % (hi - lo + 1))
+    targets = proportional_targets(names, budget, min_rank, max_rank)
+    assert sum(targets.values()) == budget
+    assert all(min_rank <= t <= cap for t in targets.values())
+    ranked = sorted(names, key=lambda k: -names[k])
+    for a, b in zip(ranked, ranked[1:]):  # more important never gets less, up to one rank of rounding
+        if names[a] > names[b]:
+            assert targets[a] + 1 >= targets[b] or targets[a] == cap or targets[b] == min_rank
+
+
+def test_proportional_targets_examples():
+    assert proportional_targets({"a": 3.0, "b": 1.0}, 8) == {"a": 6, "b": 2}
+    assert proportional_targets({"a": 1.0, "b": 1.0, "c": 1.0}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert proportional_targets({"a": 100.0, "b": 1.0, "c": 1.0}, 12, min_rank=2, max_rank=6) == {"a": 6, "b": 3, "c": 3}
+    with pytest.raises(ValueError):
+        proportional_targets({"a": 1.0, "b": 1.0}, 3, min_rank=2)
+
+
+def test_limit_moves_keeps_the_total_and_the_cap():
+    current = {"a": 4, "b": 4, "c": 4}
+    targets = {"a": 8, "b": 2, "c": 2}
+    assert limit_moves(current, targets, None) == targets
+    limited = limit_moves(current, targets, 2)
+    assert sum(limited.values()) == 12 and limited["a"] == 6
+    assert sum(max(0, limited[k] - current[k]) for k in current) == 2

