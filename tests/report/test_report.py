@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dynlora.cli import main
-from dynlora.report.run_report import gains_table, module_type, rank_by_type, type_gains, write_report
+from dynlora.report.run_report import gains_table, module_type, rank_by_type, read_history, type_gains, write_report
 
 NAMES = [f"bert.encoder.layer.{i}.{t}" for i in range(2) for t in ("attention.self.query", "output.dense")]
 
@@ -24,7 +24,7 @@ def test_types_and_gains(tmp_path):
     assert module_type(NAMES[1], NAMES) == "output.dense"
     assert module_type("model.layers.3.mlp.down_proj") == "mlp.down_proj"
     assert rank_by_type({NAMES[0]: 2, NAMES[2]: 3}) == {"attention.self.query": 5}
-    history = [json.loads(line) for line in (_run_dir(tmp_path) / "history.jsonl").read_text().splitlines()]
+    history = read_history(_run_dir(tmp_path) / "history.jsonl")
     gains = {g["type"]: g["change"] for g in type_gains(history)}
     assert gains == {"output.dense": 3, "attention.self.query": -3}
 

