@@ -27,8 +27,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from dynlora.data.text import load_task
 from dynlora.core.inject import AdapterConfig, inject
+from dynlora.data.text import load_task
 from dynlora.hf.memory import PeakMemory, SavedTensorBytes, training_state_bytes
 from dynlora.hf.models import quiet_loading, resolve_model
 

@@ -1,4 +1,4 @@
-"""dynlora: dynamic LoRA fine-tuning (L1RA, module allocation, adaptive) that exports plain PEFT LoRA.
+"""dynlora: dynamic LoRA fine-tuning (ranks that move, adapters that switch) that exports plain PEFT LoRA.
 
 ``import dynlora`` is cheap: the public names below load their module on first use (PEP 562), so
 ``dynlora.core`` (torch only) never pulls in transformers or peft.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from dynlora.errors import DynloraError
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
         self.exit(2, f"dynlora: error: {message}\n")
@@ -60,7 +61,7 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
     A flag several methods share (``--min-rank``) is added once; every method that has it reads it.
     """
     from dynlora.methods import registry
-    from dynlora.methods.config import flag_of, knobs
+    from dynlora.methods.config import flag_of, knobs, type_of
 
     seen: set[str] = set()
     for spec in registry.specs():
@@ -72,7 +73,7 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
             if flag in seen:
                 continue
             seen.add(flag)
-            kind = meta["type"] or type(f.default)
+            kind = type_of(f)
             if kind is bool:
                 group.add_argument(flag, dest=_dest(flag), action=argparse.BooleanOptionalAction, default=f.default,
                                    help=meta["help"])

@@ -5,7 +5,7 @@ Trainer wraps the model in ``DistributedDataParallel``. Two things DDP does not 
 
 - importance signals measured on each process's own micro-batches (output norms) differ between
   processes, so every score is averaged across processes before a method decides;
-- a resize installs new Parameter objects and module-alloc switches ``requires_grad``; DDP's reducer
+- a resize installs new Parameter objects and a switch changes ``requires_grad``; DDP's reducer
   holds the parameter list it was built with, so the wrapper is rebuilt (``rewrap``) before the next
   forward. The rebuild broadcasts rank 0's parameters, so ``check_replicas`` compares a checksum of
   every process's adapter state *before* that, after every event: a divergence is an error, never

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
 from dynlora.core.layer import LoraLayer
 from dynlora.core.linear import is_linear
 from dynlora.errors import DynloraError

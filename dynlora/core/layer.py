@@ -3,9 +3,9 @@
     h = base(x) + ((dropout(x) @ A.T) * c) @ B.T * scale
 
 A is (r, in), B is (out, r) — the same layout as PEFT's ``lora_A.weight`` / ``lora_B.weight`` so
-that export is a copy. ``c`` is an optional per-rank gate (L1RA). ``scale`` is fixed when the layer
-is created (alpha / initial rank) and never follows the current rank: a resize must not move the
-output.
+that export is a copy. ``c`` is an optional per-rank gate (a method drives it to 0 to free ranks).
+``scale`` is fixed when the layer is created (alpha / initial rank) and never follows the current
+rank: a resize must not move the output.
 
 ``resize`` puts new Parameter objects in place (swapping ``.data`` to a new shape is not safe: autograd
 caches the old shape in the parameter's gradient accumulator while any earlier graph is alive). The

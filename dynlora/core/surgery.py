@@ -1,6 +1,6 @@
 """Optimizer surgery: the one place that fixes optimizer state after a rank change.
 
-Every method (l1ra, adaptive, any later one) resizes through ``LoraLayer.resize`` and then calls
+Every rank change (whichever method decided it) goes through ``LoraLayer.resize`` and then calls
 ``remap_optimizer_state`` with the returned records. Surviving ranks keep their moments bit for bit;
 new ranks start from zero moments; pruned ranks' moments are dropped. Scalar state (Adam's ``step``)
 is kept as it is.

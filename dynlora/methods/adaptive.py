@@ -153,7 +153,8 @@ class Adaptive(MethodBase):
         if resize is None:
             return size
         # a fresh rank has a zero B column: magnitude 0
-        return torch.cat([size.index_select(0, torch.tensor(resize.keep, dtype=torch.long)), size.new_zeros(resize.grow)])
+        kept = size.index_select(0, torch.tensor(resize.keep, dtype=torch.long))
+        return torch.cat([kept, size.new_zeros(resize.grow)])
 
     def _start_fades(self, layers: Mapping[str, LoraLayer], resizes: Mapping[str, Resize]
                      ) -> tuple[dict[str, tuple[int, ...]], int, dict[str, int], dict[str, float]]:

@@ -37,6 +37,21 @@ def knobs(config_type: type) -> list[tuple[dataclasses.Field, dict[str, Any]]]:
     return [(f, f.metadata["knob"]) for f in dataclasses.fields(config_type) if "knob" in f.metadata]
 
 
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def type_of(f: dataclasses.Field) -> type:
+    """The CLI type of a knob: its ``type`` metadata, else its annotation (``float``, ``int | None``), else the
+    type of its default."""
+    if f.metadata["knob"]["type"] is not None:
+        return f.metadata["knob"]["type"]
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    kinds = [part.strip() for part in annotation.split("|") if part.strip() != "None"]
+    if len(kinds) == 1 and kinds[0] in _TYPES:
+        return _TYPES[kinds[0]]
+    return type(f.default)
+
+
 def flag_of(f: dataclasses.Field) -> str:
     """The CLI option of a knob field: ``--l1ra-lambda`` or ``--<name>``."""
     return f.metadata["knob"]["flag"] or "--" + f.name.replace("_", "-")

@@ -1,9 +1,10 @@
 """The method registry: every method registers its ``MethodSpec`` once; shared code asks here.
 
 The built-in methods register when ``dynlora.methods`` is imported (its ``__init__`` imports each
-module), which happens before this module is used. ``dynlora train``'s method flags, ``dynlora compare``'s method list and the summary's baseline all come
-from the registry, so a new method is one module that calls ``register`` (and, to ship with dynlora,
-one import line in ``methods/__init__.py``). Method names may carry a variant: ``name:variant``.
+module), which happens before this module is used. ``dynlora train``'s method flags, ``dynlora
+compare``'s method list and the summary's baseline all come from the registry, so a new method is
+one module that calls ``register`` (and, to ship with dynlora, one import line in
+``methods/__init__.py``). Method names may carry a variant: ``name:variant``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from dynlora.control.events import Event
 from dynlora.errors import DynloraError
 from dynlora.methods import registry
-from dynlora.report.plots import save_figure, short_names, parse_module_name, rank_heatmap
+from dynlora.report.plots import parse_module_name, rank_heatmap, save_figure, short_names
 
 
 def module_type(name: str, names: Sequence[str] | None = None) -> str:
@@ -98,7 +98,8 @@ def select_events(history: Sequence[Event]) -> list[Event]:
 def plot_activity(history: Sequence[Event], names: Sequence[str], path: str | Path) -> None:
     """Activity map: adapters (rows) x selection events (columns), dark = trained; plus counts per adapter."""
     events = select_events(history)
-    grid = [[1.0 if name in set(event.active or ()) else 0.0 for event in events] for name in names]  # (modules, events)
+    # (modules, events)
+    grid = [[1.0 if name in set(event.active or ()) else 0.0 for event in events] for name in names]
     counts = [sum(r) for r in grid]
     short = short_names(list(names))
     labels = [short[n] for n in names]

@@ -56,8 +56,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # 2 CPU cores: 3000 snippets (as `dynlora train`), 1 epoch = 188 steps per cell. Measured for lora, peft-lora,
-    # peft-adalora x 1 seed: 5.5 min wall (about 0.49 s/step + 15 s load/eval per cell, one torch thread on a
+    # 2 CPU cores: 3000 snippets (as `dynlora train`), 1 epoch = 188 steps per cell. Measured for the three default
+    # methods x 1 seed: 5.5 min wall (about 0.49 s/step + 15 s load/eval per cell, one torch thread on a
     # shared machine; 0.28 s/step with two idle threads), so later dynamic methods still fit in ~15 min.
     "quick": Profile("quick"),
     # a GPU: the whole rt-polarity train split (8,493), 3 epochs = 1,593 steps per cell, 3 seeds
@@ -88,7 +88,8 @@ class CompareOptions:
 
     def __post_init__(self) -> None:
         if not self.methods:
-            raise DynloraError("methods is empty; give e.g. --methods lora,peft-lora,peft-adalora")
+            raise DynloraError("methods is empty; give e.g. --methods "
+                               + ",".join(registry.compare_defaults()))
         for method in self.methods:
             registry.get(split_method(method)[0])  # names an unknown method or variant
         for name, values in (("method", self.methods), ("seed", self.seeds)):
@@ -121,7 +122,7 @@ class CompareOptions:
 
 
 def split_method(spec: str) -> tuple[str, dict[str, float]]:
-    """``peft-adalora@lr=0.02`` -> ``("peft-adalora", {"lr": 0.02})``: a method with its own learning rate.
+    """``name@lr=0.02`` -> ``("name", {"lr": 0.02})``: a method with its own learning rate.
 
     Only ``lr`` can differ per method; data, steps, rank budget and every other setting stay shared.
     """

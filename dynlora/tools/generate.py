@@ -54,8 +54,8 @@ def load_for_generation(opts: GenerateOptions, log: Any = print) -> tuple[Any, A
     from peft import PeftConfig, PeftModel
     from safetensors import SafetensorError
 
-    from dynlora.io.adapter_file import check_adapter_folder
     from dynlora.hf.models import load_causal_lm
+    from dynlora.io.adapter_file import check_adapter_folder
 
     folder, run_model = adapter_folder(opts.adapter)
     config = PeftConfig.from_pretrained(str(folder))

@@ -58,4 +58,5 @@ class Classification:
         return data.num_labels, tuple(data.label_names)
 
     def summary(self, metrics: dict[str, Any]) -> str:
-        return f"dynlora: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1']:.4f}  ({metrics['train_seconds']:.0f} s)"
+        return (f"dynlora: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1']:.4f}  "
+                f"({metrics['train_seconds']:.0f} s)")

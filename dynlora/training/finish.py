@@ -65,8 +65,8 @@ def write_run_files(work: Path, opts: TrainOptions, labels: tuple[int, tuple[str
     (work / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")
 
 
-def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]], metrics: dict[str, Any],
-               prepared: Prepared, trainer: Any, gate_means: dict[str, float] | None) -> None:
+def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]],
+               metrics: dict[str, Any], prepared: Prepared, trainer: Any, gate_means: dict[str, float] | None) -> None:
     """Write the run files and the PEFT adapter into ``work``, then rename it to ``final``."""
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     write_run_files(work, opts, labels, metrics, prepared, trainer)

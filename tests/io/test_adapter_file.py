@@ -9,11 +9,11 @@ from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dynlora.io.adapter_file import check_adapter_folder
+from dynlora.core.inject import AdapterConfig, adapters, inject
 from dynlora.errors import DynloraError
+from dynlora.io.adapter_file import check_adapter_folder
 from dynlora.io.export import export_peft
 from dynlora.io.load import load_peft
-from dynlora.core.inject import AdapterConfig, adapters, inject
 from tests.conftest import TINY, tiny_bert, tiny_gpt2, tiny_llama
 
 WEIGHTS = "adapter_model.safetensors"

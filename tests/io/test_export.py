@@ -9,10 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from dynlora.core.inject import AdapterConfig, adapters, inject
 from dynlora.errors import DynloraError
 from dynlora.io.export import export_peft
 from dynlora.io.load import load_peft
-from dynlora.core.inject import AdapterConfig, adapters, inject
 from tests.conftest import TINY, tiny_gpt2, tiny_llama, tokens
 
 

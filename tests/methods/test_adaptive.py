@@ -5,13 +5,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from dynlora.methods.adaptive import Adaptive, AdaptiveConfig
-from dynlora.io.checkpoint import load_checkpoint, save_checkpoint
 from dynlora.control.controller import Controller
+from dynlora.core.inject import AdapterConfig, adapters, inject
 from dynlora.errors import DynloraError
+from dynlora.io.checkpoint import load_checkpoint, save_checkpoint
 from dynlora.io.export import export_peft
 from dynlora.io.input_gates import calibrate_input_gates, constant_input_gates
-from dynlora.core.inject import AdapterConfig, adapters, inject
+from dynlora.methods.adaptive import Adaptive, AdaptiveConfig
 from tests.conftest import tiny_bert, train_steps
 
 STEPS = 24

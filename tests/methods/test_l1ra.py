@@ -6,14 +6,14 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from dynlora.io.checkpoint import load_checkpoint, save_checkpoint
 from dynlora.control.controller import Controller
-from dynlora.errors import DynloraError
-from dynlora.io.export import export_peft
 from dynlora.core.inject import AdapterConfig, inject
+from dynlora.core.layer import LoraLayer
+from dynlora.errors import DynloraError
+from dynlora.io.checkpoint import load_checkpoint, save_checkpoint
+from dynlora.io.export import export_peft
 from dynlora.methods.base import View
 from dynlora.methods.l1ra import L1RA, L1RAConfig, gate_param_groups
-from dynlora.core.layer import LoraLayer
 from tests.conftest import tiny_bert, train_steps
 
 STEPS = 24

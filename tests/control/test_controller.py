@@ -1,0 +1,121 @@
+"""The controller's loop: observe -> per-step hook -> decide (when scheduled) -> apply -> record, and its
+typed history; plans resize, switch and fade through the one apply path."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from dynlora.control.controller import Controller
+from dynlora.control.events import Event
+from dynlora.core.inject import AdapterConfig, inject
+from dynlora.decide.plan import Plan, Resize
+from dynlora.decide.schedule import Schedule
+from dynlora.methods.base import MethodBase, View
+from tests.conftest import tiny_bert
+
+
+@dataclass(frozen=True)
+class Why:
+    reason: str
+    count: int | None = None
+
+
+class Scripted(MethodBase):
+    """Returns the plans it is given, one per scheduled step; logs the order of calls."""
+
+    name = "scripted"
+
+    def __init__(self, plans: list[Plan], every: int = 2, total: int = 10) -> None:
+        self.plans = list(plans)
+        self.schedule = Schedule("every", every).for_run(total)
+        self.calls: list[tuple[str, int]] = []
+        tracker = self
+
+        class Probe:
+            def attach(self, layers): tracker.calls.append(("attach", 0))
+
+            def step(self, layers): tracker.calls.append(("observe", 0))
+
+            def scores(self): return {}
+
+            def state_dict(self): return {"probe": 1}
+
+            def load_state_dict(self, state): tracker.calls.append(("load", state["probe"]))
+
+            def detach(self): pass
+
+        self.trackers = (Probe(),)
+
+    def per_step(self, step: int, view: View) -> None:
+        self.calls.append(("hook", step))
+
+    def decide(self, step: int, view: View) -> Plan | None:
+        self.calls.append(("decide", step))
+        return self.plans.pop(0) if self.plans else None
+
+
+def _model():
+    model = tiny_bert()
+    inject(model, AdapterConfig(rank=4, alpha=8, fade=True), generator=torch.Generator().manual_seed(0))
+    return model
+
+
+def test_loop_order_and_schedule():
+    method = Scripted([Plan("a"), Plan("b")], every=2, total=6)
+    controller = Controller(_model(), method)
+    for _ in range(5):
+        controller.step()
+    assert method.calls[0] == ("attach", 0)
+    assert method.calls[1:4] == [("observe", 0), ("hook", 1), ("observe", 0)]
+    assert [c for c in method.calls if c[0] == "decide"] == [("decide", 2), ("decide", 4)]
+    assert [e.event for e in controller.history] == ["init", "a", "b"]
+
+
+def test_plan_resizes_switches_fades_and_records_a_typed_event():
+    model = _model()
+    names = list(Controller(_model()).layers)
+    plan = Plan("move", resizes={names[0]: Resize(keep=(0, 1)), names[1]: Resize(keep=(0, 1, 2, 3), grow=2)},
+                active=tuple(names[:3]), fade={names[1]: (5,)}, fade_steps=4, detail=Why("test"))
+    method = Scripted([plan], every=1, total=5)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    controller = Controller(model, method, optimizer=opt)
+    before = controller.generation
+    controller.step()
+    layers = controller.layers
+    assert layers[names[0]].rank == 2 and layers[names[1]].rank == 6
+    assert [n for n, layer in layers.items() if layer.lora_A.requires_grad] == names[:3]
+    assert float(layers[names[1]].fade[5]) == pytest.approx(0.75) and float(layers[names[1]].fade[4]) == 1.0
+    assert controller.generation > before and controller.active == tuple(names[:3])
+    event = controller.history[-1]
+    assert isinstance(event, Event) and event.detail == {"reason": "test"}  # None fields are left out
+    row = event.row()
+    assert row["event"] == "move" and row["active"] == names[:3]
+    assert row["total_rank"] == sum(controller.ranks().values())
+    assert Event.from_row(json.loads(json.dumps(row))) == event
+    assert event["reason"] == "test" and "count" not in event  # reads like the row it writes
+
+
+def test_state_dict_restores_ranks_active_set_and_tracker_state():
+    names = list(Controller(_model()).layers)
+    plan = Plan("move", resizes={names[0]: Resize(keep=(0,))}, active=(names[0],))
+    first = Controller(_model(), Scripted([plan], every=1, total=5))
+    first.step()
+    state = json.loads(json.dumps({k: v for k, v in first.state_dict().items() if k != "generator"}))
+    state["generator"] = first.generator.get_state()
+    method = Scripted([])
+    again = Controller(_model(), method)
+    again.load_state_dict(state)
+    assert again.ranks() == first.ranks() and again.active == (names[0],) and again.global_step == 1
+    assert ("load", 1) in method.calls
+    assert [e.row() for e in again.history] == [e.row() for e in first.history]
+
+
+def test_note_adds_a_log_line_without_ranks():
+    controller = Controller(_model())
+    controller.note("log", loss=0.5)
+    assert controller.history[-1].row() == {"step": 0, "event": "log", "loss": 0.5}
+    assert controller.history[-1].ranks is None and controller.method_name is None
