@@ -5,24 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from dynlora.training.records import GATE_KEYS, QUALITY_KEYS, RUN_KEYS, RunCost, RunMetrics
+from dynlora.training.records import GATE_KEYS, QUALITY_KEYS, RUN_KEYS, GateExport, Quality, RunCost, RunMetrics
 
 
-class CompareRow(RunCost, total=False):
+class CompareRow(RunCost, Quality, GateExport, total=False):
     """A cell's row: the run's cost (every row), its task metrics and gate export (where it has them)."""
 
     method: str  # as given to compare: ``name[:variant][@lr=...]``
     seed: int
-    accuracy: float
-    f1: float
-    eval_loss: float
-    perplexity: float
-    exact_match: float
-    input_gate_flops: int
-    input_gate_flops_share: float
-    export_logits_max_error: float
-    export_accuracy: float
-    export_eval_loss: float
     cell: str
     invocation: str
     device: str

@@ -1,7 +1,7 @@
 """The schema of ``metrics.json``: one typed record per run, written once and read back by compare.
 
-``RUN_KEYS`` every run has; a task kind adds its ``quality`` keys (``CLASSIFICATION_KEYS`` or
-``CAUSAL_LM_KEYS``); ``GATE_KEYS`` appear when the model has an input gate folded into the export.
+``RUN_KEYS`` every run has; a task kind adds its ``QUALITY_KEYS`` (accuracy and F1, or eval loss,
+perplexity and exact match); ``GATE_KEYS`` appear when the model has an input gate folded into the export.
 """
 
 from __future__ import annotations
@@ -38,24 +38,27 @@ class GateExport(TypedDict, total=False):
     input_gate_flops_share: float
 
 
-class RunMetrics(RunCost, GateExport, total=False):
-    """``metrics.json``: the run, its task metrics, its cost and (input gate) its export."""
+class Quality(TypedDict, total=False):
+    """The task's metrics on the test split: classification, or causal-LM instruction tuning."""
 
-    task: str
-    method: str
-    seed: int
     accuracy: float
     f1: float
     eval_loss: float
     perplexity: float
     exact_match: float
+
+
+class RunMetrics(RunCost, Quality, GateExport, total=False):
+    """``metrics.json``: the run, its task metrics, its cost and (input gate) its export."""
+
+    task: str
+    method: str
+    seed: int
     train_examples: int
     test_examples: int
     output: str
 
 
 RUN_KEYS: tuple[str, ...] = tuple(RunCost.__annotations__)
-CLASSIFICATION_KEYS: tuple[str, ...] = ("accuracy", "f1")
-CAUSAL_LM_KEYS: tuple[str, ...] = ("eval_loss", "perplexity", "exact_match")
-QUALITY_KEYS: tuple[str, ...] = CLASSIFICATION_KEYS + CAUSAL_LM_KEYS
+QUALITY_KEYS: tuple[str, ...] = tuple(Quality.__annotations__)
 GATE_KEYS: tuple[str, ...] = tuple(k for k in GateExport.__annotations__ if k != "input_gate_mean")
