@@ -1,0 +1,86 @@
+"""Trackers collect their signal and decide nothing: activation norms, gradient norms, EMA, sensitivity."""
+
+import pytest
+import torch
+from torch import nn
+
+from dynlora.core.inject import AdapterConfig, inject
+from dynlora.decide.plan import Resize
+from dynlora.observe import ActivationNorm, GradientNorm, Sensitivity, follow_ranks
+from tests.conftest import tiny_bert
+
+
+def _batch(step: int):
+    g = torch.Generator().manual_seed(500 + step)
+    return torch.randint(1, 100, (8, 10), generator=g), torch.randint(0, 2, (8,), generator=g)
+
+
+def _model():
+    model = tiny_bert()
+    layers = inject(model, AdapterConfig(rank=4, alpha=8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.05)
+    return model, layers
+
+
+def test_activation_tracker_sums_training_output_norms_only():
+    model, layers = _model()
+    tracker = ActivationNorm()
+    tracker.attach(layers)
+    expected = {n: 0.0 for n in layers}
+
+    def record(module, args, out, name):
+        if module.training:
+            expected[name] += float(out.norm())
+
+    for name, layer in layers.items():
+        layer.register_forward_hook(lambda m, a, out, name=name: record(m, a, out, name))
+    model.train()
+    for step in range(2):
+        model(input_ids=_batch(step)[0])
+    model.eval()
+    model(input_ids=_batch(9)[0])  # evaluation passes do not count
+    tracker.step(layers)
+    assert tracker.raw == pytest.approx(expected, rel=1e-5)
+    assert all(v > 0 for v in expected.values())
+    assert sum(tracker.scores().values()) == pytest.approx(1.0)
+
+
+def test_gradient_tracker_counts_once_per_optimizer_step():
+    model, layers = _model()
+    tracker = GradientNorm()
+    tracker.attach(layers)
+    model.train()
+    for micro in range(4):  # gradient accumulation: four backward passes, one optimizer step
+        ids, labels = _batch(micro)
+        nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+    tracker.step(layers)
+    for name, layer in layers.items():
+        expected = torch.sqrt(layer.lora_A.grad.pow(2).sum() + layer.lora_B.grad.pow(2).sum())
+        assert tracker.raw[name] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_decay_is_an_exponential_moving_average():
+    tracker = GradientNorm(decay=0.5)
+    tracker.fold({"a": 4.0})
+    tracker.fold({"a": 2.0})
+    assert tracker.raw["a"] == 3.0
+
+
+def test_sensitivity_follows_a_resize_and_predicts_its_scores():
+    model, layers = _model()
+    tracker = Sensitivity(beta=0.5)
+    tracker.attach(layers)
+    model.train()
+    ids, labels = _batch(0)
+    nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+    tracker.step(layers)
+    name = next(iter(layers))
+    before = tracker.rank_scores(name).clone()
+    predicted = tracker.scores_after({name: Resize(keep=(0, 2), grow=1)})
+    tracker.follow(name, [0, 2], 1)
+    after = tracker.rank_scores(name)
+    assert torch.equal(after[:2], before[[0, 2]]) and after[2] == before[[0, 2]].mean()  # new rank: the kept mean
+    assert tracker.scores() == predicted
+    assert torch.equal(follow_ranks(torch.tensor([1.0, 3.0]), [], 2), torch.zeros(2))
