@@ -61,6 +61,9 @@ class Event:
         """An event with ``detail`` given as a dataclass (None fields left out) or a mapping."""
         if dataclasses.is_dataclass(detail):
             detail = {k: v for k, v in dataclasses.asdict(detail).items() if v is not None}
+        clash = set(detail or {}) & set(_CORE)
+        if clash:  # the detail is flattened into the row: it must not shadow the event's own fields
+            raise ValueError(f"event {event!r}: detail fields {sorted(clash)} are reserved")
         return cls(step=step, event=event, method=method, ranks=dict(ranks) if ranks is not None else None,
                    active=active, detail=dict(detail or {}))
 

@@ -119,3 +119,12 @@ def test_note_adds_a_log_line_without_ranks():
     controller.note("log", loss=0.5)
     assert controller.history[-1].row() == {"step": 0, "event": "log", "loss": 0.5}
     assert controller.history[-1].ranks is None and controller.method_name is None
+
+
+def test_a_detail_may_not_shadow_the_event_fields():
+    @dataclass(frozen=True)
+    class Bad:
+        ranks: int
+
+    with pytest.raises(ValueError, match="reserved"):
+        Event.of(1, "x", None, {}, Bad(3))

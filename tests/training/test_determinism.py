@@ -1,6 +1,6 @@
 """Same seed, same run: every method gives bit-identical adapters, metrics, ranks and decisions.
 
-Two ``dynlora.train.train`` runs per method on conftest's tiny saved BERT and CSV, 8 optimizer steps,
+Two ``dynlora.training.pipeline.train`` runs per method on conftest's tiny saved BERT and CSV, 8 optimizer steps,
 with intervals short enough that each dynamic method decides (and resizes or re-selects) at least once.
 """
 
