@@ -16,6 +16,7 @@ from dynlora.errors import DynloraError
 ALL_LINEAR = "all-linear"
 HEAD_NAMES = ("classifier", "score", "lm_head")  # output layers: never adapted, classifier heads train
 _REGEX_CHARS = set("*()[]|^$\\?+{}")
+ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "base": None}
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class AdapterConfig:
     ``rank_pattern`` maps full module names to a rank other than ``rank`` (used to load adapters with
     unequal ranks); ``scale_pattern`` likewise overrides ``alpha / rank``. ``input_gate`` adds the
     per-token gate ``g(x) = sigmoid(w . x + b)`` on each adapter's output (w = 0, b = ``input_gate_bias``).
+    ``dtype`` is what the adapters' weights are kept in: float32 (masters, the default, as PEFT does),
+    bfloat16 / float16, or ``"base"`` (each base layer's compute dtype; never a quantized storage dtype).
     ``fade`` gives every adapter a per-rank multiplier (all ones) that a method can lower to switch ranks
     off smoothly.
     """
@@ -40,6 +43,7 @@ class AdapterConfig:
     input_gate: bool = False
     input_gate_bias: float = 4.0
     fade: bool = False
+    dtype: str = "float32"  # the adapters' own weights; "base": the base layer's compute dtype
     train_head: bool = True
     rank_pattern: Mapping[str, int] = field(default_factory=dict)
     scale_pattern: Mapping[str, float] = field(default_factory=dict)
@@ -57,6 +61,8 @@ class AdapterConfig:
             object.__setattr__(self, "targets", tuple(self.targets))
         elif not isinstance(self.targets, str) or not self.targets:
             raise DynloraError(f"targets must be 'all-linear', a regex or a list of names, got {self.targets!r}")
+        if self.dtype not in ADAPTER_DTYPES:
+            raise DynloraError(f"adapter dtype {self.dtype!r} is not valid; valid: {', '.join(ADAPTER_DTYPES)}")
         bad = {k: v for k, v in self.rank_pattern.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise DynloraError(f"rank_pattern ranks must be integers >= 0, got {bad}")
@@ -122,27 +128,37 @@ def match_targets(model: nn.Module, targets: str | tuple[str, ...]) -> list[str]
 def inject(model: nn.Module, config: AdapterConfig, generator: torch.Generator | None = None) -> dict[str, LoraLayer]:
     """Freeze the model, wrap each target module in a ``LoraLayer``, unfreeze the task head.
 
+    Every adapter is built before the model is touched: if one cannot be (an unsupported layer), the
+    call raises a ``DynloraError`` naming the module and its type and leaves the model as it was.
     Returns the adapters by full module name, in model order.
     """
     if adapters(model):
         raise DynloraError("model already has dynlora adapters; remove them before injecting again")
     names = match_targets(model, config.targets)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    layers: dict[str, LoraLayer] = {}
+    built: list[tuple[nn.Module, str, LoraLayer]] = []
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        rank = config.rank_pattern.get(name, config.rank)
-        layer = LoraLayer(getattr(parent, child), rank=rank, alpha=config.alpha, dropout=config.dropout,
-                          use_gate=config.use_gate, generator=generator, input_gate=config.input_gate,
-                          input_gate_bias=config.input_gate_bias)
+        base = getattr(parent, child)
+        try:
+            layer = LoraLayer(base, rank=config.rank_pattern.get(name, config.rank), alpha=config.alpha,
+                              dropout=config.dropout, use_gate=config.use_gate, generator=generator,
+                              input_gate=config.input_gate, input_gate_bias=config.input_gate_bias,
+                              dtype=ADAPTER_DTYPES[config.dtype])
+        except (TypeError, RuntimeError, AttributeError, ValueError) as err:
+            first = (str(err) or type(err).__name__).splitlines()[0]
+            raise DynloraError(f"cannot adapt {name} ({type(base).__name__}): {first}") from None
         if config.fade:
             layer.enable_fade()
         if name in config.scale_pattern:
             layer.scale.fill_(config.scale_pattern[name])
         elif name in config.rank_pattern:
             layer.scale.fill_(config.alpha / max(config.rank, 1))
+        built.append((parent, child, layer))
+    for p in model.parameters():  # nothing below can fail
+        p.requires_grad_(False)
+    layers: dict[str, LoraLayer] = {}
+    for (parent, child, layer), name in zip(built, names):
         setattr(parent, child, layer)
         layers[name] = layer
     if config.train_head:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dynlora.core.linear import in_out_features, is_conv1d
+from dynlora.core.linear import compute_dtype, in_out_features, is_conv1d
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,23 @@ class LoraLayer(nn.Module):
         generator: torch.Generator | None = None,
         input_gate: bool = False,
         input_gate_bias: float = 4.0,
+        dtype: torch.dtype | None = torch.float32,
     ) -> None:
+        """``dtype``: the adapter's own weights (float32 masters by default, as PEFT keeps them); None
+        takes the base's compute dtype. The base's storage dtype (a quantized int8 / uint8) is never used."""
         super().__init__()
         if rank < 0:
             raise ValueError(f"rank must be >= 0, got {rank}")
         self.base = base
         self.in_features, self.out_features = in_out_features(base)
         self.fan_in_fan_out = is_conv1d(base)
-        weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=weight.dtype, device=weight.device))
-        self.gate = nn.Parameter(torch.ones(rank, dtype=weight.dtype, device=weight.device)) if use_gate else None
+        own = {"dtype": dtype if dtype is not None else compute_dtype(base), "device": base.weight.device}
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **own))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **own))
+        self.gate = nn.Parameter(torch.ones(rank, **own)) if use_gate else None
         # input-feature gate g(x) = sigmoid(w . x + b): w = 0 and b = 4 give g = 0.982 for every token
-        self.gate_w = nn.Parameter(torch.zeros(self.in_features, dtype=weight.dtype, device=weight.device)) \
-            if input_gate else None
-        self.gate_b = nn.Parameter(torch.full((1,), input_gate_bias, dtype=weight.dtype, device=weight.device)) \
-            if input_gate else None
+        self.gate_w = nn.Parameter(torch.zeros(self.in_features, **own)) if input_gate else None
+        self.gate_b = nn.Parameter(torch.full((1,), input_gate_bias, **own)) if input_gate else None
         self.register_buffer("scale", torch.tensor(alpha / max(rank, 1), dtype=torch.float32))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -131,7 +132,9 @@ class LoraLayer(nn.Module):
             # g(x) is one scalar per token, so scaling h (rank space) equals scaling the output, and
             # autograd then keeps (..., r) for backward instead of (..., out)
             h = h * g
-        return out + F.linear(h, self.lora_B).to(out.dtype) * self.scale  # (..., out)
+        # added in the adapter's precision and rounded once to the base's (as PEFT does): an fp32 master
+        # update is not first rounded to a bf16 base's dtype
+        return (out + F.linear(h, self.lora_B) * self.scale).to(out.dtype)  # (..., out)
 
     def _rank_multiplier(self) -> torch.Tensor | None:
         """(r,) gate * fade, or None when the layer has neither."""
@@ -163,6 +166,9 @@ class LoraLayer(nn.Module):
             return
         if self.has_input_gate:
             raise RuntimeError("an input-gated adapter depends on x and cannot be merged into the weight")
+        if not self.base.weight.is_floating_point():
+            raise RuntimeError(f"the base stores its weight as {self.base.weight.dtype} (quantized): an adapter "
+                               "cannot be merged into it; export it as a PEFT adapter instead")
         self._add_to_base(self.delta_weight())
         self.merged = True
 

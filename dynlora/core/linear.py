@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from torch import nn
 
 
@@ -26,6 +27,16 @@ def is_conv1d(module: nn.Module) -> bool:
 def is_linear(module: nn.Module) -> bool:
     """True for a module an adapter can wrap: ``nn.Linear`` or transformers' ``Conv1D``."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a base computes in: its weight's when floating, else its ``compute_dtype`` (quantized
+    layers such as bitsandbytes' ``Linear4bit`` keep integer storage), else float32."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        return weight.dtype
+    dtype = getattr(module, "compute_dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:
