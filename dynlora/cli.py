@@ -49,6 +49,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="total rank over all adapters, split evenly (default: rank x number of adapters)")
     p.add_argument("--save-every", type=float, default=d["save_every"].default,
                    help="checkpoint every N steps, or that fraction (< 1) of the run; 0 = never")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="the base model's weights (default: as transformers loads them)")
+    p.add_argument("--adapter-dtype", default=d["adapter_dtype"].default,
+                   help="the adapters' weights: float32 (masters, default), bfloat16, float16, or base")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast) through the Trainer")
+    p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (autocast, loss scaling); needs a GPU")
+    p.add_argument("--grad-accum", type=int, default=d["grad_accum"].default,
+                   help="micro-batches per optimizer step (the methods act once per optimizer step)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each block in backward (non-reentrant): less activation memory")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the unfinished (killed) run RUN from its last complete checkpoint, with the "
                         "options it was started with (other flags are ignored)")
@@ -169,7 +179,9 @@ def _train(args: argparse.Namespace) -> None:
         dropout=args.dropout, targets=parse_targets(args.targets), epochs=args.epochs, max_steps=args.max_steps,
         train_size=None if args.train_size == 0 else args.train_size, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
-        save_every=args.save_every, method_config=method_config(args))
+        save_every=args.save_every, dtype=args.dtype, adapter_dtype=args.adapter_dtype, bf16=args.bf16,
+        fp16=args.fp16, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
+        method_config=method_config(args))
     train(opts)
 
 

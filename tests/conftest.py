@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
 import shutil
@@ -135,3 +136,17 @@ def tiny_assets(tmp_path_factory):
     lines = ["text,label"] + [f"the film number {i} was {rnd.choice(words[i % 2])} overall,{i % 2}" for i in range(120)]
     (root / "d.csv").write_text("\n".join(lines) + "\n")
     return str(root / "model"), str(root / "d.csv")
+
+
+@pytest.fixture(scope="session")
+def no_dropout_model(tiny_assets, tmp_path_factory):
+    """(model folder, csv): ``tiny_assets``' BERT with every dropout off, so that only the machinery differs."""
+    model, data = tiny_assets
+    folder = tmp_path_factory.mktemp("nodrop") / "model"
+    folder.mkdir()
+    for item in Path(model).iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder), data

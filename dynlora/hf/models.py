@@ -66,8 +66,23 @@ def quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_classifier(name: str | None, num_labels: int) -> tuple[nn.Module, object]:
-    """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _dtype_kwargs(dtype: str | None) -> dict[str, Any]:
+    """``from_pretrained``'s dtype argument for a dtype name (None: the library's default)."""
+    if dtype is None:
+        return {}
+    if dtype not in DTYPES:
+        raise DynloraError(f"dtype {dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+    import torch
+
+    return {"dtype": getattr(torch, dtype)}
+
+
+def load_classifier(name: str | None, num_labels: int, dtype: str | None = None) -> tuple[nn.Module, object]:
+    """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head; ``dtype`` is the
+    base weights' (None: transformers' default).
 
     A saved classifier whose head has another number of labels gets a fresh head of the right size.
     """
@@ -78,8 +93,8 @@ def load_classifier(name: str | None, num_labels: int) -> tuple[nn.Module, objec
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where)
             other_head = AutoConfig.from_pretrained(where).num_labels != num_labels  # only the head may differ
-            model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels,
-                                                                       ignore_mismatched_sizes=other_head)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **_dtype_kwargs(dtype))
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None
@@ -141,7 +156,7 @@ def gguf_folder(alias: str, log: Any = print) -> Path:
     return convert_gguf(Path(spec.origin).parent, filename, cache_root() / alias, log)
 
 
-def load_causal_lm(name: str | None, log: Any = print) -> tuple[nn.Module, object]:
+def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None) -> tuple[nn.Module, object]:
     """(model, tokenizer) for a causal LM: ``smollm2`` (embedded, converted once), a folder or hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,7 +164,7 @@ def load_causal_lm(name: str | None, log: Any = print) -> tuple[nn.Module, objec
     try:
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, **_dtype_kwargs(dtype))
     except (OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load causal LM {name!r}: {first}") from None

@@ -1,7 +1,10 @@
 """The L2 norm of each adapted module's output ``(W + dW) x`` over training forward passes (LoRA-drop).
 
-Every micro-batch counts; in a data-parallel run the processes' sums are averaged before they are
-folded, so that every process decides alike.
+Per optimizer step the signal is the norm of the module's output over the whole step's batch:
+with gradient accumulation the micro-batches' norms combine as ``sqrt(sum n_i^2)``, so 8 x 2
+accumulation scores exactly like one batch of 16. A block that gradient checkpointing recomputes
+during backward is not counted again. In a data-parallel run the processes' values are averaged
+before they are folded, so that every process decides alike.
 """
 
 from __future__ import annotations
@@ -17,12 +20,23 @@ from dynlora.core.layer import LoraLayer
 from dynlora.observe.scores import RunningScores
 
 
+def in_backward() -> bool:
+    """Whether autograd is running a backward pass now (where checkpointing recomputes forwards)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+def _combined(norms: list[torch.Tensor]) -> torch.Tensor:
+    """The norm over several micro-batches' outputs from their norms: sqrt(sum n_i^2)."""
+    return norms[0] if len(norms) == 1 else torch.stack(norms).pow(2).sum().sqrt()
+
+
 class ActivationNorm(RunningScores):
-    """Accumulated L2 norm of each adapted module's output over training forward passes."""
+    """Accumulated L2 norm of each adapted module's output over each optimizer step's batch."""
 
     def __init__(self, decay: float | None = None) -> None:
         super().__init__(decay)
-        self._pending: dict[str, torch.Tensor] = {}
+        self._pending: dict[str, list[torch.Tensor]] = {}
         self._handles: list[Any] = []
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
@@ -32,16 +46,17 @@ class ActivationNorm(RunningScores):
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            if module.training:
-                norm = output.detach().float().norm()  # stays on the device: no sync per module
-                self._pending[name] = self._pending[name] + norm if name in self._pending else norm
+            if module.training and not in_backward():  # a checkpointed block's recompute is not a new batch
+                # stays on the device: no sync per module
+                self._pending.setdefault(name, []).append(output.detach().float().norm())
         return hook
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
         if self._pending:
             names = sorted(self._pending)
             # each process saw its own micro-batches: average over processes so that every one decides alike
-            values = mean_across_processes(torch.stack([self._pending[n] for n in names])).tolist()  # one sync
+            norms = [_combined(self._pending[n]) for n in names]
+            values = mean_across_processes(torch.stack(norms)).tolist()  # one sync
             self.fold(dict(zip(names, values)))
         self._pending.clear()
 

@@ -38,7 +38,7 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
     # in N processes accelerate deals the batches out round-robin, so each process (and the run) takes 1/N of them
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     batches = math.ceil(math.ceil(num_examples / opts.batch_size) / processes)
-    return max(1, math.ceil(opts.epochs * batches))
+    return max(1, math.ceil(opts.epochs * batches / opts.grad_accum))  # accumulation: one step per grad_accum batches
 
 
 def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across_devices: bool) -> TrainingArguments:
@@ -56,6 +56,9 @@ def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across
         seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
         eval_strategy="no", report_to="none", disable_tqdm=False,
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        bf16=opts.bf16, fp16=opts.fp16, gradient_accumulation_steps=opts.grad_accum,
+        gradient_checkpointing=opts.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
     )
 
 
@@ -83,6 +86,10 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
                              train_dataset=train_ds, data_collator=collator, optimizers=(optimizer, None),
                              callbacks=[*callbacks, memory, *extra_callbacks, CheckpointDone()])
     trainer.controller = controller
+    if not tokens_across_devices:
+        # a mean loss that ignores num_items_in_batch (a classifier's): the Trainer must divide it by the
+        # accumulation steps, or 8 x 2 accumulation would train on twice the gradient of one batch of 16
+        trainer.loss_is_scaled_for_ga = False
     return prepared, trainer, memory
 
 

@@ -6,9 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from dynlora.core.inject import ADAPTER_DTYPES
 from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
 from dynlora.methods import registry
+from dynlora.hf.models import DTYPES
 from dynlora.methods.base import AdapterSettings
 
 
@@ -38,6 +40,12 @@ class TrainOptions:
     output: str | None = None
     rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
     save_every: float = 0.1  # checkpoint every N steps, or that fraction (< 1) of the run; 0 = never
+    dtype: str | None = None  # the base weights: float32 | bfloat16 | float16 (None: as transformers loads them)
+    adapter_dtype: str = "float32"  # the adapters' own weights: float32 masters, or bfloat16 | float16 | base
+    bf16: bool = False  # mixed precision through the Trainer (autocast)
+    fp16: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step
+    gradient_checkpointing: bool = False  # non-reentrant, recomputing each block in backward
     method_config: Any = None
 
     def __post_init__(self) -> None:
@@ -59,11 +67,18 @@ class TrainOptions:
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
                   "train_size": self.train_size is None or self.train_size > 0,
                   "rank_budget": self.rank_budget is None or self.rank_budget > 0,
-                  "warmup_ratio": 0 <= self.warmup_ratio < 1}
+                  "warmup_ratio": 0 <= self.warmup_ratio < 1,
+                  "grad_accum": isinstance(self.grad_accum, int) and self.grad_accum >= 1}
         for name, ok in checks.items():
             if not ok:
                 raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
         check_span("save_every", self.save_every, zero=True)
+        if self.bf16 and self.fp16:
+            raise DynloraError("bf16 and fp16 are both set; choose one mixed precision")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise DynloraError(f"dtype {self.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+        if self.adapter_dtype not in ADAPTER_DTYPES:
+            raise DynloraError(f"adapter_dtype {self.adapter_dtype!r} is not valid; valid: {', '.join(ADAPTER_DTYPES)}")
 
     def adapter_settings(self) -> AdapterSettings:
         """What a method's preparation reads of these options."""

@@ -36,7 +36,7 @@ def adapter_config(model: nn.Module, opts: TrainOptions, spec: MethodSpec) -> Ad
     needs = spec.needs(opts.method_config)
     return AdapterConfig(rank=opts.rank, alpha=opts.alpha, dropout=opts.dropout, targets=opts.targets,
                          use_gate=needs.gate, rank_pattern=pattern, input_gate=needs.input_gate,
-                         input_gate_bias=needs.input_gate_bias, fade=needs.fade)
+                         input_gate_bias=needs.input_gate_bias, fade=needs.fade, dtype=opts.adapter_dtype)
 
 
 def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total_steps: int) -> Prepared:
@@ -57,6 +57,10 @@ def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total
 def prepare(model: nn.Module, opts: TrainOptions, total_steps: int) -> Prepared:
     """The adapted model for ``opts.method`` (``name`` or ``name:variant``)."""
     spec = registry.get(opts.method)
+    if opts.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        # as PEFT does: with a frozen embedding a checkpointed block's input would need no grad, and
+        # reentrant checkpointing would then drop the adapters' gradients
+        model.enable_input_require_grads()
     if spec.prepare is not None:
         return spec.prepare(model, opts.adapter_settings(), opts.method_config, total_steps)
     return prepare_native(model, opts, spec, total_steps)

@@ -15,8 +15,11 @@ def _batch(step: int):
     return torch.randint(1, 100, (8, 10), generator=g), torch.randint(0, 2, (8,), generator=g)
 
 
-def _model():
+def _model(dropout: bool = True):
     model = tiny_bert()
+    if not dropout:  # the same forward twice: only the counting may differ
+        model = type(model)(type(model.config)(**{**model.config.to_dict(), "hidden_dropout_prob": 0.0,
+                                                  "attention_probs_dropout_prob": 0.0})).eval()
     layers = inject(model, AdapterConfig(rank=4, alpha=8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for layer in layers.values():
@@ -24,15 +27,15 @@ def _model():
     return model, layers
 
 
-def test_activation_tracker_sums_training_output_norms_only():
+def test_activation_tracker_takes_the_norm_over_the_steps_training_outputs_only():
     model, layers = _model()
     tracker = ActivationNorm()
     tracker.attach(layers)
-    expected = {n: 0.0 for n in layers}
+    expected = {n: 0.0 for n in layers}  # sum of squares over the step's micro-batches
 
     def record(module, args, out, name):
         if module.training:
-            expected[name] += float(out.norm())
+            expected[name] += float(out.detach().norm()) ** 2
 
     for name, layer in layers.items():
         layer.register_forward_hook(lambda m, a, out, name=name: record(m, a, out, name))
@@ -42,6 +45,7 @@ def test_activation_tracker_sums_training_output_norms_only():
     model.eval()
     model(input_ids=_batch(9)[0])  # evaluation passes do not count
     tracker.step(layers)
+    expected = {n: v ** 0.5 for n, v in expected.items()}  # = the norm over both micro-batches at once
     assert tracker.raw == pytest.approx(expected, rel=1e-5)
     assert all(v > 0 for v in expected.values())
     assert sum(tracker.scores().values()) == pytest.approx(1.0)
@@ -84,3 +88,40 @@ def test_sensitivity_follows_a_resize_and_predicts_its_scores():
     assert torch.equal(after[:2], before[[0, 2]]) and after[2] == before[[0, 2]].mean()  # new rank: the kept mean
     assert tracker.scores() == predicted
     assert torch.equal(follow_ranks(torch.tensor([1.0, 3.0]), [], 2), torch.zeros(2))
+
+
+def test_activation_tracker_counts_a_checkpointed_block_once():
+    from torch.utils.checkpoint import checkpoint
+
+    model, layers = _model(dropout=False)
+    plain, checked = ActivationNorm(), ActivationNorm()
+    plain.attach(layers)
+    model.train()
+    ids, labels = _batch(0)
+    nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+    plain.step(layers)
+    plain.detach()
+    checked.attach(layers)
+    encoder = model.bert.encoder
+    for i, block in enumerate(encoder.layer):
+        forward = block.forward
+        block.forward = lambda *a, forward=forward, **k: checkpoint(forward, *a, use_reentrant=False, **k)
+    nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+    checked.step(layers)
+    assert checked.raw == pytest.approx(plain.raw, rel=1e-6)
+
+
+def test_activation_scores_of_one_batch_equal_two_accumulated_halves():
+    model, layers = _model(dropout=False)
+    whole, halves = ActivationNorm(), ActivationNorm()
+    ids = torch.cat([_batch(0)[0], _batch(1)[0]])  # (16, 10)
+    model.train()
+    whole.attach(layers)
+    model(input_ids=ids)
+    whole.step(layers)
+    whole.detach()
+    halves.attach(layers)
+    model(input_ids=ids[:8])
+    model(input_ids=ids[8:])
+    halves.step(layers)
+    assert halves.raw == pytest.approx(whole.raw, rel=1e-5)

