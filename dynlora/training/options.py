@@ -9,8 +9,8 @@ from typing import Any
 from dynlora.core.inject import ADAPTER_DTYPES
 from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
-from dynlora.methods import registry
 from dynlora.hf.models import DTYPES
+from dynlora.methods import registry
 from dynlora.methods.base import AdapterSettings
 
 
