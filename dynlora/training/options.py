@@ -9,7 +9,7 @@ from typing import Any
 from dynlora.core.inject import ADAPTER_DTYPES
 from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
-from dynlora.hf.models import DTYPES
+from dynlora.hf.models import DTYPES, QUANTIZATIONS
 from dynlora.methods import registry
 from dynlora.methods.base import AdapterSettings
 
@@ -46,6 +46,7 @@ class TrainOptions:
     fp16: bool = False
     grad_accum: int = 1  # micro-batches per optimizer step
     gradient_checkpointing: bool = False  # non-reentrant, recomputing each block in backward
+    quantize: str | None = None  # a bitsandbytes base: 4bit (nf4, QLoRA) | 8bit
     method_config: Any = None
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class TrainOptions:
             raise DynloraError("bf16 and fp16 are both set; choose one mixed precision")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise DynloraError(f"dtype {self.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise DynloraError(f"quantize {self.quantize!r} is not valid; valid: {', '.join(QUANTIZATIONS)}")
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise DynloraError(f"adapter_dtype {self.adapter_dtype!r} is not valid; valid: {', '.join(ADAPTER_DTYPES)}")
 

@@ -42,6 +42,10 @@ def adapter_config(model: nn.Module, opts: TrainOptions, spec: MethodSpec) -> Ad
 def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total_steps: int) -> Prepared:
     """Inject dynlora adapters and wrap the method in a controller."""
     inject(model, adapter_config(model, opts, spec), generator=torch.Generator().manual_seed(opts.seed))
+    if getattr(model, "is_quantized", False):
+        # transformers refuses to train a quantized model unless it knows trainable adapters are attached;
+        # this is the flag its own adapter integration sets
+        model._hf_peft_config_loaded = True
     assert spec.build is not None
     method = spec.build(opts.method_config, total_steps)
     controller = Controller(model, method, seed=opts.seed)
@@ -57,6 +61,12 @@ def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total
 def prepare(model: nn.Module, opts: TrainOptions, total_steps: int) -> Prepared:
     """The adapted model for ``opts.method`` (``name`` or ``name:variant``)."""
     spec = registry.get(opts.method)
+    if getattr(model, "is_quantized", False):
+        from peft import prepare_model_for_kbit_training
+
+        # PEFT's own preparation: non-quantized weights (norms, embeddings, head) to float32, input grads on
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=opts.gradient_checkpointing,
+                                        gradient_checkpointing_kwargs={"use_reentrant": False})
     if opts.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         # as PEFT does: with a frozen embedding a checkpointed block's input would need no grad, and
         # reentrant checkpointing would then drop the adapters' gradients

@@ -1,0 +1,93 @@
+"""4-bit (nf4) and 8-bit bitsandbytes bases on this CPU: dynlora wraps Linear4bit / Linear8bitLt with
+float32 adapters, matches PEFT LoRA on the same quantized model, and its export loads in plain PEFT
+with the same logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+from dynlora.control.controller import Controller
+from dynlora.core.inject import AdapterConfig, inject
+from dynlora.decide.plan import Resize
+from dynlora.io.export import export_peft
+from tests.conftest import tokens
+
+bnb = pytest.importorskip("bitsandbytes")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TARGETS = ("q_proj", "v_proj", "down_proj")
+QUANT = {"4bit": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                      bnb_4bit_compute_dtype=torch.bfloat16),
+         "8bit": dict(load_in_8bit=True)}
+LAYER = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    path = tmp_path_factory.mktemp("tiny-llama-q")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def load(folder, kind):
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=BitsAndBytesConfig(**QUANT[kind]),
+                                                 device_map="cpu")
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False).eval()
+
+
+def ours(folder, kind):
+    model = load(folder, kind)
+    layers = inject(model, AdapterConfig(rank=4, alpha=8, targets=TARGETS), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.05, generator=torch.Generator().manual_seed(1))
+    return model, layers
+
+
+@pytest.mark.parametrize("kind", sorted(QUANT))
+def test_adapters_wrap_the_quantized_layer_in_float32_and_train(folder, kind):
+    model, layers = ours(folder, kind)
+    for layer in layers.values():
+        assert type(layer.base).__name__ == LAYER[kind] and not layer.base.weight.is_floating_point()
+        assert layer.quantized and layer.lora_A.dtype == layer.lora_B.dtype == torch.float32
+    batch = tokens(seq=8)
+    model.train()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(layer.lora_A.grad is not None and float(layer.lora_A.grad.abs().sum()) > 0 for layer in layers.values())
+    with pytest.raises(RuntimeError, match="quantized"):
+        next(iter(layers.values())).merge()
+
+
+@pytest.mark.parametrize("kind", sorted(QUANT))
+def test_same_logits_as_peft_lora_on_the_same_quantized_base(folder, kind):
+    model, layers = ours(folder, kind)
+    peft_model = get_peft_model(load(folder, kind), LoraConfig(r=4, lora_alpha=8, target_modules=list(TARGETS))).eval()
+    with torch.no_grad():
+        for name, layer in layers.items():
+            module = peft_model.base_model.model.get_submodule(name)
+            module.lora_A["default"].weight.copy_(layer.lora_A)
+            module.lora_B["default"].weight.copy_(layer.lora_B)
+        batch = tokens(seq=8)
+        torch.testing.assert_close(model(**batch).logits, peft_model(**batch).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", sorted(QUANT))
+def test_export_loads_in_plain_peft_onto_the_quantized_base_with_the_same_logits(folder, kind, tmp_path):
+    model, layers = ours(folder, kind)
+    controller = Controller(model)
+    name = next(iter(layers))
+    with torch.no_grad():
+        layers[name].lora_B[:, 1] = 0.0  # a rank that no longer contributes can be cut without moving the output
+        before = model(**tokens(seq=8)).logits
+        controller.resize({name: Resize(keep=(0, 2, 3), grow=2)})  # unequal ranks, as after a reallocation
+        torch.testing.assert_close(model(**tokens(seq=8)).logits, before, atol=1e-6, rtol=1e-5)
+    export_peft(model, tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(load(folder, kind), str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**tokens(seq=8)).logits, model(**tokens(seq=8)).logits,
+                                   atol=1e-5, rtol=1e-4)
