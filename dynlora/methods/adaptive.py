@@ -113,11 +113,10 @@ class Adaptive(MethodBase):
     @torch.no_grad()
     def per_step(self, step: int, view: View) -> None:
         """Ranks on their way out lose 1/interval of their weight per step, reaching 0 at the next event."""
-        for layer in view.layers.values():
-            fading = layer.fade < 1
-            if bool(fading.any()):
-                layer.fade[fading] = (layer.fade[fading] - 1.0 / self.interval).clamp_(min=0.0)
-                layer.fade[layer.fade < 1e-6] = 0.0
+        for layer in view.layers.values():  # on the device: no step waits for it
+            fade = layer.fade
+            fade.copy_(torch.where(fade < 1, (fade - 1.0 / self.interval).clamp_(min=0.0), fade))
+            fade.masked_fill_(fade < 1e-6, 0.0)
 
     def decide(self, step: int, view: View) -> Plan:
         resizes = self._finish(view.layers)

@@ -41,7 +41,7 @@ class ActivationNorm(RunningScores):
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
         for name, layer in layers.items():
-            self.raw.setdefault(name, 0.0)
+            self._raw.setdefault(name, 0.0)
             self._handles.append(layer.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str):
@@ -56,8 +56,8 @@ class ActivationNorm(RunningScores):
             names = sorted(self._pending)
             # each process saw its own micro-batches: average over processes so that every one decides alike
             norms = [_combined(self._pending[n]) for n in names]
-            values = mean_across_processes(torch.stack(norms)).tolist()  # one sync
-            self.fold(dict(zip(names, values)))
+            values = mean_across_processes(torch.stack(norms))  # (modules,), on the device
+            self.fold(dict(zip(names, values.unbind())))
         self._pending.clear()
 
     def detach(self) -> None:

@@ -18,7 +18,7 @@ class GateMagnitude(RunningScores):
             raise ValueError("the gate score needs adapters with per-rank gates")
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
-        self.raw = {n: float(layer.gate.detach().abs().sum()) for n, layer in layers.items()}
+        self.raw = {n: layer.gate.detach().abs().sum() for n, layer in layers.items()}  # on the device
 
 
 def rank_magnitude(layer: LoraLayer) -> torch.Tensor:

@@ -18,7 +18,7 @@ class GradientNorm(RunningScores):
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
         for name in layers:
-            self.raw.setdefault(name, 0.0)
+            self._raw.setdefault(name, 0.0)
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
         names, norms = [], []
@@ -28,4 +28,4 @@ class GradientNorm(RunningScores):
                 names.append(name)
                 norms.append(torch.sqrt(sum(g.detach().float().pow(2).sum() for g in grads)))
         if names:
-            self.fold(dict(zip(names, torch.stack(norms).tolist())))
+            self.fold(dict(zip(names, torch.stack(norms).unbind())))  # stays on the device

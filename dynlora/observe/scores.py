@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import torch
+
 from dynlora.core.layer import LoraLayer
 
 
@@ -35,30 +37,48 @@ class Tracker(Protocol):
 
 
 class RunningScores:
-    """Per-module running scores with an optional EMA decay."""
+    """Per-module running scores with an optional EMA decay.
+
+    Values folded in as tensors stay on their device (float64, so the arithmetic is the same as on
+    Python floats): a step without a decision never waits for the device. ``raw`` and ``scores()``
+    read them back, once, when a method decides.
+    """
 
     def __init__(self, decay: float | None = None) -> None:
         if decay is not None and not 0 <= decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.raw: dict[str, float] = {}
+        self._raw: dict[str, float | torch.Tensor] = {}
 
-    def fold(self, values: Mapping[str, float]) -> None:
+    @property
+    def raw(self) -> dict[str, float]:
+        """The running value per module, as Python floats (reads device values back)."""
+        return {name: float(value) for name, value in self._raw.items()}
+
+    @raw.setter
+    def raw(self, values: Mapping[str, float | torch.Tensor]) -> None:
+        self._raw = dict(values)
+
+    def fold(self, values: Mapping[str, float | torch.Tensor]) -> None:
+        """Add (or, with a decay, average in) one step's value per module; tensors are 0-dim."""
         for name, value in values.items():
-            old = self.raw.get(name)
+            if isinstance(value, torch.Tensor):
+                value = value.detach().double()
+            old = self._raw.get(name)
             if self.decay is None:
-                self.raw[name] = (old or 0.0) + value
+                self._raw[name] = (old if old is not None else 0.0) + value
             else:
-                self.raw[name] = value if old is None else self.decay * old + (1 - self.decay) * value
+                self._raw[name] = value if old is None else self.decay * old + (1 - self.decay) * value
 
     def scores(self) -> dict[str, float]:
-        total = sum(self.raw.values())
+        raw = self.raw
+        total = sum(raw.values())
         if total <= 0:
-            return {n: 1.0 / len(self.raw) for n in self.raw} if self.raw else {}
-        return {n: v / total for n, v in self.raw.items()}
+            return {n: 1.0 / len(raw) for n in raw} if raw else {}
+        return {n: v / total for n, v in raw.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"raw": dict(self.raw)}
+        return {"raw": self.raw}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.raw = {k: float(v) for k, v in state["raw"].items()}
