@@ -53,6 +53,9 @@ class Profile:
     lr: float = 1e-3
     max_length: int = 64
     seeds: tuple[int, ...] = (0,)
+    dtype: str | None = None  # the base weights (None: as transformers loads them)
+    bf16: bool = False  # mixed precision
+    quantize: str | None = None  # 4bit | 8bit bitsandbytes base (QLoRA)
 
 
 PROFILES: dict[str, Profile] = {
@@ -118,7 +121,8 @@ class CompareOptions:
                             label_column=self.label_column, method=name, rank=p.rank, alpha=p.alpha,
                             targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
                             train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
-                            max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)))
+                            max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)),
+                            dtype=p.dtype, bf16=p.bf16, quantize=p.quantize)
 
 
 def split_method(spec: str) -> tuple[str, dict[str, float]]:
@@ -283,6 +287,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        ("alpha", float), ("targets", str), ("batch-size", int), ("lr", float), ("max-length", int)):
         p.add_argument(f"--{flag}", type=kind, default=None, help="overrides the profile" +
                        ("; 0 = the whole training split" if flag == "train-size" else ""))
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="the base weights")
+    p.add_argument("--bf16", action="store_const", const=True, default=None, help="bf16 mixed precision")
+    p.add_argument("--load-in-4bit", dest="quantize", action="store_const", const="4bit", default=None,
+                   help="a 4-bit nf4 base (QLoRA) for every cell")
+    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit", help="an 8-bit base")
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -254,3 +254,14 @@ def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
     assert {"eval_loss_vs_params.png", "ranks_l1ra.png"} <= {p.name for p in out.iterdir()}
     settings = json.loads((out / "meta.json").read_text())["settings"]
     assert settings["batch_size"] == 4 and settings["max_length"] == compare.LM_PROFILES["quick"].max_length
+
+
+def test_compare_in_bf16_records_the_precision(assets, tmp_path):
+    model, data = assets
+    out = tmp_path / "bf16"
+    assert main(["compare", "--model", model, "--dataset", data, "--methods", "lora,peft-lora", "--seeds", "0",
+                 "--max-steps", "3", "--batch-size", "8", "--bf16", "--output", str(out)]) == 0
+    settings = json.loads((out / "meta.json").read_text())["settings"]
+    assert settings["bf16"] is True and settings["quantize"] is None
+    assert [r["method"] for r in rows_of(out)] == ["lora", "peft-lora"]
+    assert "bf16 True" in (out / "summary.md").read_text()
