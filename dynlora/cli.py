@@ -6,6 +6,7 @@ Bad input raises ``DynloraError``; ``main`` prints it as one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -214,9 +215,20 @@ def _compare(args: argparse.Namespace) -> None:
     run_from_args(args)
 
 
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+def quiet_imports() -> None:
+    """Keep stderr for dynlora's one-line errors: on a CPU with AVX512-BF16, bitsandbytes (which peft
+    imports) warns on import that an optional speed-up kernel from the hub cannot be loaded."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynlora`` command; returns the exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_imports()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
