@@ -259,9 +259,9 @@ def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
 def test_compare_in_bf16_records_the_precision(assets, tmp_path):
     model, data = assets
     out = tmp_path / "bf16"
-    assert main(["compare", "--model", model, "--dataset", data, "--methods", "lora,peft-lora", "--seeds", "0",
+    assert main(["compare", "--model", model, "--dataset", data, "--methods", "lora", "--seeds", "0",
                  "--max-steps", "3", "--batch-size", "8", "--bf16", "--output", str(out)]) == 0
     settings = json.loads((out / "meta.json").read_text())["settings"]
     assert settings["bf16"] is True and settings["quantize"] is None
-    assert [r["method"] for r in rows_of(out)] == ["lora", "peft-lora"]
+    assert [r["method"] for r in rows_of(out)] == ["lora"]
     assert "bf16 True" in (out / "summary.md").read_text()
