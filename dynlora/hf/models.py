@@ -91,11 +91,15 @@ def _dtype_kwargs(dtype: str | None, quantize: str | None = None) -> dict[str, A
         raise DynloraError(f"a {quantize} base needs bitsandbytes: pip install bitsandbytes (it keeps your torch)")
     from transformers import BitsAndBytesConfig
 
+    from dynlora.core.inject import HEAD_NAMES
+
+    # the task head trains (and PEFT copies it into modules_to_save): it must stay a float layer
+    keep = {"llm_int8_skip_modules": list(HEAD_NAMES)}
     if quantize == "4bit":
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=getattr(torch, dtype or "bfloat16"))
+                                    bnb_4bit_compute_dtype=getattr(torch, dtype or "bfloat16"), **keep)
     else:
-        config = BitsAndBytesConfig(load_in_8bit=True)
+        config = BitsAndBytesConfig(load_in_8bit=True, **keep)
     return {**kwargs, "quantization_config": config, "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from dynlora.cli import main
@@ -57,3 +58,13 @@ def test_quantization_config_is_qlora_by_default():
     config = _dtype_kwargs(None, "4bit")["quantization_config"]
     assert isinstance(config, BitsAndBytesConfig) and config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_use_double_quant and config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_a_quantized_classifier_keeps_a_float_head_that_trains(tiny_assets, tmp_path):
+    _, data = tiny_assets  # the embedded MiniLM: 384 wide, as bitsandbytes' CPU kernels want
+    for method in ("l1ra", "peft-lora"):
+        out = tmp_path / method
+        assert main(["train", "--dataset", data, "--method", method, "--load-in-4bit",
+                     "--max-steps", "3", "--batch-size", "8", "--train-size", "32", "--save-every", "0",
+                     "--output", str(out)]) == 0
+        assert "base_model.model.classifier.weight" in load_file(str(out / "adapter" / "adapter_model.safetensors"))
