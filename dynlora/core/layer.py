@@ -116,9 +116,11 @@ class LoraLayer(nn.Module):
         out = self.base(x)
         if self.merged or self.rank == 0:
             return out
-        xd = self.dropout(x).to(self.lora_A.dtype)
+        xd = self.dropout(x)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmuls pick their own dtype
+            xd = xd.to(self.lora_A.dtype)
         g = None
-        if self.gate_w is not None and self.input_gate_constant is None and xd is x:
+        if self.gate_w is not None and self.input_gate_constant is None and isinstance(self.dropout, nn.Identity):
             # one matmul for A and the gate's w: (..., r + 1)
             hx = F.linear(xd, torch.cat([self.lora_A, self.gate_w.unsqueeze(0)]))
             h, g = hx[..., : self.rank], torch.sigmoid(hx[..., self.rank:] + self.gate_b)  # (..., r), (..., 1)
