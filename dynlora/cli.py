@@ -20,6 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from dynlora.hf.models import DTYPES
     from dynlora.methods import registry
     from dynlora.training.options import TrainOptions
 
@@ -50,7 +51,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="total rank over all adapters, split evenly (default: rank x number of adapters)")
     p.add_argument("--save-every", type=float, default=d["save_every"].default,
                    help="checkpoint every N steps, or that fraction (< 1) of the run; 0 = never")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+    p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="the base model's weights (default: as transformers loads them)")
     p.add_argument("--adapter-dtype", default=d["adapter_dtype"].default,
                    help="the adapters' weights: float32 (masters, default), bfloat16, float16, or base")
@@ -102,7 +103,7 @@ def _dest(flag: str) -> str:
 
 
 def method_config(args: argparse.Namespace) -> object:
-    """The chosen method's config from its flags (``--method name:variant`` applies the variant)."""
+    """The chosen method's config from its flags (``TrainOptions`` then applies a ``name:variant``)."""
     from dynlora.methods import registry
     from dynlora.methods.config import flag_of, knobs
 
@@ -110,7 +111,7 @@ def method_config(args: argparse.Namespace) -> object:
     if spec.config is None:
         return None
     values = {f.name: getattr(args, _dest(flag_of(f))) for f, _ in knobs(spec.config)}
-    return spec.make_config(registry.split(args.method)[1], **values)
+    return spec.make_config(**values)  # TrainOptions applies a name:variant
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

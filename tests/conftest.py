@@ -60,6 +60,27 @@ def tiny_model(request):
     return request.param, TINY[request.param]()
 
 
+def labelled_batch(step: int, seed: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (8, 10), labels (8,)) for a classification step, drawn from ``seed + step``."""
+    g = torch.Generator().manual_seed(seed + step)
+    return torch.randint(1, 100, (8, 10), generator=g), torch.randint(0, 2, (8,), generator=g)
+
+
+def adapted_bert(dropout: bool = True):
+    """(tiny BERT with rank-4 adapters whose B is random, the adapters): the output depends on them."""
+    from dynlora.core.inject import AdapterConfig, inject
+
+    model = tiny_bert()
+    if not dropout:  # the same forward twice: only what is measured may differ
+        model = type(model)(type(model.config)(**{**model.config.to_dict(), "hidden_dropout_prob": 0.0,
+                                                  "attention_probs_dropout_prob": 0.0})).eval()
+    layers = inject(model, AdapterConfig(rank=4, alpha=8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.05)
+    return model, layers
+
+
 def tokens(batch: int = 2, seq: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 100, (batch, seq), generator=g)

@@ -30,6 +30,7 @@ from dynlora import __version__
 from dynlora.core.inject import parse_targets
 from dynlora.data.instruct import is_instruct
 from dynlora.errors import DynloraError
+from dynlora.hf.models import DTYPES
 from dynlora.methods import registry
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
@@ -287,7 +288,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        ("alpha", float), ("targets", str), ("batch-size", int), ("lr", float), ("max-length", int)):
         p.add_argument(f"--{flag}", type=kind, default=None, help="overrides the profile" +
                        ("; 0 = the whole training split" if flag == "train-size" else ""))
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="the base weights")
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="the base weights")
     p.add_argument("--bf16", action="store_const", const=True, default=None, help="bf16 mixed precision")
     p.add_argument("--load-in-4bit", dest="quantize", action="store_const", const="4bit", default=None,
                    help="a 4-bit nf4 base (QLoRA) for every cell")

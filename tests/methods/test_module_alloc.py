@@ -7,34 +7,19 @@ from transformers import Trainer, TrainingArguments
 
 from dynlora.control.controller import Controller
 from dynlora.core.count import trainable_parameters
-from dynlora.core.inject import AdapterConfig, inject
 from dynlora.core.switch import set_trainable
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import DynloraCallback
 from dynlora.hf.memory import SavedTensorBytes
 from dynlora.methods.module_alloc import ModuleAlloc, ModuleAllocConfig, parse_variant
-from tests.conftest import tiny_bert
-
-
-def _batch(step: int):
-    g = torch.Generator().manual_seed(500 + step)
-    return torch.randint(1, 100, (8, 10), generator=g), torch.randint(0, 2, (8,), generator=g)
-
-
-def _model():
-    model = tiny_bert()
-    layers = inject(model, AdapterConfig(rank=4, alpha=8), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for layer in layers.values():
-            layer.lora_B.normal_(std=0.05)
-    return model, layers
+from tests.conftest import adapted_bert, labelled_batch
 
 
 def test_inactive_adapters_get_no_gradient_do_not_change_and_keep_optimizer_state():
-    model, layers = _model()
+    model, layers = adapted_bert()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    ids, labels = _batch(0)
+    ids, labels = labelled_batch(0)
     nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
     opt.step()
     opt.zero_grad()
@@ -46,7 +31,7 @@ def test_inactive_adapters_get_no_gradient_do_not_change_and_keep_optimizer_stat
     frozen = {n: (layers[n].lora_A.detach().clone(), {k: v.clone() for k, v in opt.state[layers[n].lora_A].items()})
               for n in off}
     for step in range(1, 4):
-        ids, labels = _batch(step)
+        ids, labels = labelled_batch(step)
         nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
         for n in off:
             assert layers[n].lora_A.grad is None and layers[n].lora_B.grad is None
@@ -60,9 +45,9 @@ def test_inactive_adapters_get_no_gradient_do_not_change_and_keep_optimizer_stat
 
 
 def test_fewer_active_adapters_save_fewer_activations():
-    model, layers = _model()
+    model, layers = adapted_bert()
     model.train()
-    ids, _ = _batch(0)
+    ids, _ = labelled_batch(0)
 
     def saved() -> int:
         with SavedTensorBytes(model) as counter:
@@ -78,10 +63,10 @@ def test_fewer_active_adapters_save_fewer_activations():
 
 @pytest.mark.parametrize("accumulation", [1, 4])
 def test_schedule_fires_on_optimizer_steps_under_accumulation(accumulation, tmp_path):
-    model, layers = _model()
+    model, layers = adapted_bert()
     method = ModuleAlloc(ModuleAllocConfig(score="gradient", strategy="topk", schedule="every:3", k=0.5), 12)
     controller = Controller(model, method, seed=0)
-    data = [{"input_ids": _batch(i)[0][0], "labels": int(_batch(i)[1][0])} for i in range(200)]
+    data = [{"input_ids": labelled_batch(i)[0][0], "labels": int(labelled_batch(i)[1][0])} for i in range(200)]
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
                              gradient_accumulation_steps=accumulation, max_steps=12, report_to="none",
                              save_strategy="no", use_cpu=True, disable_tqdm=True)
@@ -95,13 +80,13 @@ def test_schedule_fires_on_optimizer_steps_under_accumulation(accumulation, tmp_
 
 def test_same_seed_same_selections_for_random_strategies():
     def run():
-        model, layers = _model()
+        model, layers = adapted_bert()
         method = ModuleAlloc(ModuleAllocConfig(strategy="discounted", schedule="every:2", k=0.3), 10)
         controller = Controller(model, method, seed=3)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         model.train()
         for step in range(10):
-            ids, labels = _batch(step)
+            ids, labels = labelled_batch(step)
             nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
             opt.step()
             controller.step()

@@ -4,31 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from dynlora.core.inject import AdapterConfig, inject
 from dynlora.decide.plan import Resize
 from dynlora.observe import ActivationNorm, GradientNorm, Sensitivity, follow_ranks
-from tests.conftest import tiny_bert
-
-
-def _batch(step: int):
-    g = torch.Generator().manual_seed(500 + step)
-    return torch.randint(1, 100, (8, 10), generator=g), torch.randint(0, 2, (8,), generator=g)
-
-
-def _model(dropout: bool = True):
-    model = tiny_bert()
-    if not dropout:  # the same forward twice: only the counting may differ
-        model = type(model)(type(model.config)(**{**model.config.to_dict(), "hidden_dropout_prob": 0.0,
-                                                  "attention_probs_dropout_prob": 0.0})).eval()
-    layers = inject(model, AdapterConfig(rank=4, alpha=8), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for layer in layers.values():
-            layer.lora_B.normal_(std=0.05)
-    return model, layers
+from tests.conftest import adapted_bert, labelled_batch
 
 
 def test_activation_tracker_takes_the_norm_over_the_steps_training_outputs_only():
-    model, layers = _model()
+    model, layers = adapted_bert()
     tracker = ActivationNorm()
     tracker.attach(layers)
     expected = {n: 0.0 for n in layers}  # sum of squares over the step's micro-batches
@@ -41,9 +23,9 @@ def test_activation_tracker_takes_the_norm_over_the_steps_training_outputs_only(
         layer.register_forward_hook(lambda m, a, out, name=name: record(m, a, out, name))
     model.train()
     for step in range(2):
-        model(input_ids=_batch(step)[0])
+        model(input_ids=labelled_batch(step)[0])
     model.eval()
-    model(input_ids=_batch(9)[0])  # evaluation passes do not count
+    model(input_ids=labelled_batch(9)[0])  # evaluation passes do not count
     tracker.step(layers)
     expected = {n: v ** 0.5 for n, v in expected.items()}  # = the norm over both micro-batches at once
     assert tracker.raw == pytest.approx(expected, rel=1e-5)
@@ -52,12 +34,12 @@ def test_activation_tracker_takes_the_norm_over_the_steps_training_outputs_only(
 
 
 def test_gradient_tracker_counts_once_per_optimizer_step():
-    model, layers = _model()
+    model, layers = adapted_bert()
     tracker = GradientNorm()
     tracker.attach(layers)
     model.train()
     for micro in range(4):  # gradient accumulation: four backward passes, one optimizer step
-        ids, labels = _batch(micro)
+        ids, labels = labelled_batch(micro)
         nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
     tracker.step(layers)
     for name, layer in layers.items():
@@ -73,11 +55,11 @@ def test_decay_is_an_exponential_moving_average():
 
 
 def test_sensitivity_follows_a_resize_and_predicts_its_scores():
-    model, layers = _model()
+    model, layers = adapted_bert()
     tracker = Sensitivity(beta=0.5)
     tracker.attach(layers)
     model.train()
-    ids, labels = _batch(0)
+    ids, labels = labelled_batch(0)
     nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
     tracker.step(layers)
     name = next(iter(layers))
@@ -93,11 +75,11 @@ def test_sensitivity_follows_a_resize_and_predicts_its_scores():
 def test_activation_tracker_counts_a_checkpointed_block_once():
     from torch.utils.checkpoint import checkpoint
 
-    model, layers = _model(dropout=False)
+    model, layers = adapted_bert(dropout=False)
     plain, checked = ActivationNorm(), ActivationNorm()
     plain.attach(layers)
     model.train()
-    ids, labels = _batch(0)
+    ids, labels = labelled_batch(0)
     nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
     plain.step(layers)
     plain.detach()
@@ -112,9 +94,9 @@ def test_activation_tracker_counts_a_checkpointed_block_once():
 
 
 def test_activation_scores_of_one_batch_equal_two_accumulated_halves():
-    model, layers = _model(dropout=False)
+    model, layers = adapted_bert(dropout=False)
     whole, halves = ActivationNorm(), ActivationNorm()
-    ids = torch.cat([_batch(0)[0], _batch(1)[0]])  # (16, 10)
+    ids = torch.cat([labelled_batch(0)[0], labelled_batch(1)[0]])  # (16, 10)
     model.train()
     whole.attach(layers)
     model(input_ids=ids)
