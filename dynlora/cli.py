@@ -20,6 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from dynlora.hf.device import DEVICES
     from dynlora.hf.models import DTYPES
     from dynlora.methods import registry
     from dynlora.training.options import TrainOptions
@@ -56,7 +57,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter-dtype", default=d["adapter_dtype"].default,
                    help="the adapters' weights: float32 (masters, default), bfloat16, float16, or base")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast) through the Trainer")
-    p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (autocast, loss scaling); needs a GPU")
+    p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (autocast, loss scaling)")
     p.add_argument("--grad-accum", type=int, default=d["grad_accum"].default,
                    help="micro-batches per optimizer step (the methods act once per optimizer step)")
     p.add_argument("--gradient-checkpointing", action="store_true",
@@ -65,6 +66,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a 4-bit nf4 base (QLoRA; double quantisation, computing in --dtype, bfloat16 by default)")
     p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit",
                    help="an 8-bit (LLM.int8) base")
+    p.add_argument("--device", default=d["device"].default, choices=DEVICES,
+                   help="where to train: auto (CUDA when there is one; default), cpu, cuda "
+                        "(pick a GPU with CUDA_VISIBLE_DEVICES)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the unfinished (killed) run RUN from its last complete checkpoint, with the "
                         "options it was started with (other flags are ignored)")
@@ -187,7 +191,7 @@ def _train(args: argparse.Namespace) -> None:
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
         save_every=args.save_every, dtype=args.dtype, adapter_dtype=args.adapter_dtype, bf16=args.bf16,
         fp16=args.fp16, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
-        quantize=args.quantize,
+        quantize=args.quantize, device=args.device,
         method_config=method_config(args))
     train(opts)
 

@@ -28,12 +28,13 @@ class PeakMemory:
     """Context manager: ``peak_mb`` (peak during the block) and ``delta_mb`` (peak minus the start).
 
     On CUDA it reads ``torch.cuda.max_memory_allocated``; on CPU a thread samples the RSS every
-    ``interval`` seconds, so very short spikes can be missed.
+    ``interval`` seconds, so very short spikes can be missed. ``cuda`` (default: whether there is a GPU)
+    says which: a CPU run on a GPU machine measures the RSS.
     """
 
-    def __init__(self, interval: float = 0.005) -> None:
+    def __init__(self, interval: float = 0.005, cuda: bool | None = None) -> None:
         self.interval = interval
-        self.cuda = torch.cuda.is_available()
+        self.cuda = torch.cuda.is_available() if cuda is None else cuda
         self.start_mb = self.peak_mb = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

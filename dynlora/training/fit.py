@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from dynlora.hf.callback import DynloraCallback, StepHooks
+from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.hf.trainer import CheckpointDone, DynloraTrainer, save_interval
 from dynlora.io.checkpoint import last_complete_checkpoint
@@ -55,7 +56,7 @@ def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across
         warmup_steps=opts.warmup_ratio,
         seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
         eval_strategy="no", report_to="none", disable_tqdm=False,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, use_cpu=resolve_device(opts.device) == "cpu",
         bf16=opts.bf16, fp16=opts.fp16, gradient_accumulation_steps=opts.grad_accum,
         gradient_checkpointing=opts.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
@@ -108,7 +109,7 @@ def fit(trainer: DynloraTrainer, work: Path, resume: bool,
     elif resume:
         log("dynlora: no complete checkpoint yet; starting from the beginning")
     start = time.perf_counter()
-    with PeakMemory() as mem:
+    with PeakMemory(cuda=trainer.args.device.type == "cuda") as mem:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     done_before = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
     return result, time.perf_counter() - start, mem, result.global_step - done_before

@@ -9,6 +9,7 @@ from typing import Any
 from dynlora.core.inject import ADAPTER_DTYPES
 from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
+from dynlora.hf.device import check_device
 from dynlora.hf.models import DTYPES, QUANTIZATIONS
 from dynlora.methods import registry
 from dynlora.methods.base import AdapterSettings
@@ -47,6 +48,7 @@ class TrainOptions:
     grad_accum: int = 1  # micro-batches per optimizer step
     gradient_checkpointing: bool = False  # non-reentrant, recomputing each block in backward
     quantize: str | None = None  # a bitsandbytes base: 4bit (nf4, QLoRA) | 8bit
+    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda
     method_config: Any = None
 
     def __post_init__(self) -> None:
@@ -80,6 +82,7 @@ class TrainOptions:
             raise DynloraError(f"dtype {self.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise DynloraError(f"quantize {self.quantize!r} is not valid; valid: {', '.join(QUANTIZATIONS)}")
+        check_device(self.device)
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise DynloraError(f"adapter_dtype {self.adapter_dtype!r} is not valid; valid: {', '.join(ADAPTER_DTYPES)}")
 

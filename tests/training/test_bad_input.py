@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from dynlora.cli import main
 
@@ -100,11 +101,22 @@ def _train(assets, tmp_path, capsys, *extra: str, dataset: str = "d.csv") -> str
     (["--method", "l1ra", "--l1ra-interval", "5"], ["interval 5", "5 steps"]),
     (["--method", "l1ra", "--l1ra-interval", "2.5"], ["--l1ra-interval 2.5"]),
     (["--method", "adaptive", "--realloc-interval", "50"], ["interval 50", "run of 5 steps"]),
+    # devices
+    pytest.param(["--device", "cuda"], ["'cuda'", "not available", "auto, cpu"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_train_options(assets, tmp_path, capsys, extra, needles):
     line = _train(assets, tmp_path, capsys, *extra)
     for needle in needles:
         assert needle in line, line
+
+
+def test_bad_device_is_argparse_one_line(assets, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _train(assets, tmp_path, capsys, "--device", "gpu")
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.count("\n") == 0 and "'gpu'" in err and "'auto', 'cpu', 'cuda'" in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_model_folder_without_config(assets, tmp_path, capsys):
