@@ -6,8 +6,10 @@
   rebuilds it (``core.distributed.rewrap``) and runs the step through the new one. Inside a gradient
   accumulation window the loop's ``no_sync`` still names the old wrapper, so the new one all-reduces
   every micro-batch until the next optimizer step: correct, a little more communication.
-- **Non-finite loss**: a NaN or infinite loss stops the run with an error naming the step (the
-  Trainer's default would quietly drop it from the logged average and train on).
+- **Non-finite loss**: a NaN or infinite loss stops the run with an error naming the first step it
+  happened (the Trainer's default would quietly drop it from the logged average and train on). The
+  check stays on the device until the Trainer reads the loss anyway (a log line, a checkpoint, the
+  end), so a GPU step without an event never waits for the host; a poisoned checkpoint is never written.
 - **Checkpoints**: only ``trainable_state`` (adapters, trainable head) goes into a checkpoint, not
   the frozen base model; the base is rebuilt from its source on resume. ``CheckpointDone`` writes
   ``checkpoint-N/dynlora-complete`` last (atomically, after every process has written its files):
@@ -38,16 +40,35 @@ class DynloraTrainer(Trainer):
     """``transformers.Trainer`` that follows rank changes under DDP and stops on a non-finite loss."""
 
     _signature: Any = None
+    _first_bad: torch.Tensor | None = None  # () long: the first optimizer step with a non-finite loss, 0: none
+    _bad_loss: torch.Tensor | None = None  # () float: that step's loss
     controller: Any = None  # dynlora's Controller: its ``generation`` changes with every resize or switch
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         loss = super().training_step(self._current_wrapper(model), inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
-            step = self.state.global_step + 1
-            raise NonFiniteLoss(f"the training loss is {float(loss.float().mean())} at optimizer step {step}; "
-                                "stopped (lower --lr, or check the data)")
+        value = loss.detach().float().mean()
+        if self._first_bad is None or self._bad_loss is None:
+            self._first_bad = torch.zeros((), dtype=torch.long, device=value.device)
+            self._bad_loss = torch.zeros((), device=value.device)
+        first = ~torch.isfinite(value) & (self._first_bad == 0)
+        self._first_bad = torch.where(first, self.state.global_step + 1, self._first_bad)
+        self._bad_loss = torch.where(first, value, self._bad_loss)
         return loss
+
+    def check_finite(self) -> None:
+        """Raise ``NonFiniteLoss`` naming the first step whose loss was NaN or infinite (a host sync)."""
+        if self._first_bad is not None and self._bad_loss is not None and int(self._first_bad) > 0:
+            raise NonFiniteLoss(f"the training loss is {float(self._bad_loss)} at optimizer step "
+                                f"{int(self._first_bad)}; stopped (lower --lr, or check the data)")
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self.check_finite()
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        self.check_finite()
+        super()._save_checkpoint(model, trial)
 
     def _current_wrapper(self, model: torch.nn.Module) -> torch.nn.Module:
         """The loop's model, or a rebuilt DDP wrapper when the adapters' parameters changed."""

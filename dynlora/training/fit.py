@@ -56,6 +56,7 @@ def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across
         warmup_steps=opts.warmup_ratio,
         seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
         eval_strategy="no", report_to="none", disable_tqdm=False,
+        logging_nan_inf_filter=False,  # its per-step isnan() waits for the device; DynloraTrainer stops on NaN instead
         dataloader_num_workers=0, use_cpu=resolve_device(opts.device) == "cpu",
         bf16=opts.bf16, fp16=opts.fp16, gradient_accumulation_steps=opts.grad_accum,
         gradient_checkpointing=opts.gradient_checkpointing,

@@ -42,6 +42,19 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_assets, tmp_
     assert (partial_folder(out) / "checkpoints" / "checkpoint-4" / COMPLETE_MARKER).is_file()
 
 
+def test_nan_found_at_a_later_log_step_names_its_first_step(tiny_assets, tmp_path):
+    # 45 steps log every 2nd step: the NaN of step 5 is read on the device at step 6's log line
+    model, data = tiny_assets
+    out = tmp_path / "run"
+    opts = TrainOptions(model=model, dataset=data, method="lora", max_steps=45, batch_size=8, rank=2,
+                        save_every=4, output=str(out))
+    with pytest.raises(DynloraError) as caught:
+        train(opts, log=lambda s: None, extra_callbacks=[Poison(4)])
+    assert "loss is nan at optimizer step 5" in str(caught.value) and "checkpoint-4" in str(caught.value)
+    checkpoints = partial_folder(out) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-4"]  # no poisoned checkpoint-8
+
+
 def test_max_length_beyond_the_model_is_capped_with_a_warning(tiny_assets, tmp_path):
     model, data = tiny_assets  # the tiny BERT has 64 positions
     said: list[str] = []
