@@ -113,6 +113,10 @@ class LoraLayer(nn.Module):
 
     # ---- forward / merge -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantized and torch.is_autocast_enabled(x.device.type):
+            # one cast for the base and the adapter: autocast would cast x for each matmul, and autograd
+            # would keep both low-precision copies for backward (the values are the same either way)
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         out = self.base(x)
         if self.merged or self.rank == 0:
             return out

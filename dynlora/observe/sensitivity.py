@@ -59,9 +59,10 @@ class Sensitivity:
             if layer.gate is not None and layer.gate.grad is not None:
                 s = s + (layer.gate * layer.gate.grad).abs()
             s = s.detach().float()  # stays on the device: no host sync per module and step
-            old, unc = self.ema[name].to(s.device), self.unc[name].to(s.device)
-            self.ema[name] = self.beta * old + (1 - self.beta) * s
-            self.unc[name] = self.beta_u * unc + (1 - self.beta_u) * (s - self.ema[name]).abs()
+            self.ema[name] = self.beta * self.ema[name].to(s.device) + (1 - self.beta) * s
+            if self.uncertainty:  # U is read only then: four fewer small kernels per module and step
+                unc = self.unc[name].to(s.device)
+                self.unc[name] = self.beta_u * unc + (1 - self.beta_u) * (s - self.ema[name]).abs()
 
     def rank_scores(self, name: str) -> torch.Tensor:
         """(r,) importance of each rank of one module."""
