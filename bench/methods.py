@@ -48,7 +48,7 @@ from torch import nn
 
 from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import SavedTensorBytes, training_state_bytes
-from dynlora.hf.models import load_causal_lm, load_classifier, quiet_loading, resolve_model
+from dynlora.hf.models import load_classifier, pretrained_kwargs, quiet_loading, resolve_model
 from dynlora.training.options import TrainOptions
 from dynlora.training.prepare import prepare
 
@@ -76,12 +76,13 @@ def is_causal_lm(folder: str) -> bool:
 
 def random_model(config_file: Path, where: Path) -> str:
     """A model folder with random weights (seed 0) from ``config_file``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(config_file)
+    if not any(a.endswith("ForCausalLM") for a in config.architectures or []):
+        raise SystemExit(f"--random-from {config_file}: a causal LM config is needed (its batch is random token ids)")
     torch.manual_seed(0)
-    lm = any(a.endswith("ForCausalLM") for a in config.architectures or [])
-    model = (AutoModelForCausalLM if lm else AutoModelForSequenceClassification).from_config(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(where)
     return str(where)
 
@@ -109,8 +110,10 @@ def build(method: str, folder: str, lm: bool, args: argparse.Namespace, total_st
     torch.manual_seed(0)
     opts = TrainOptions(model=folder, method=method, rank=args.rank, alpha=2.0 * args.rank, dtype=args.dtype,
                         bf16=args.bf16, quantize=args.quantize, device=args.device, max_steps=total_steps)
-    if lm:
-        model, _ = load_causal_lm(folder, lambda s: None, args.dtype, args.quantize, args.device)
+    if lm:  # as load_causal_lm loads it, without needing a tokenizer (random token ids)
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, **pretrained_kwargs(args.dtype, args.quantize, args.device))
     else:
         model, _ = load_classifier(folder, 2, args.dtype, args.quantize, args.device)
     if not args.quantize:

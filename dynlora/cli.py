@@ -22,6 +22,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from dynlora.hf.device import DEVICES
     from dynlora.hf.models import DTYPES
+    from dynlora.io.export import EXPORT_DTYPES
     from dynlora.methods import registry
     from dynlora.training.options import TrainOptions
 
@@ -66,6 +67,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a 4-bit nf4 base (QLoRA; double quantisation, computing in --dtype, bfloat16 by default)")
     p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit",
                    help="an 8-bit (LLM.int8) base")
+    p.add_argument("--export-dtype", default=d["export_dtype"].default, choices=EXPORT_DTYPES,
+                   help="the exported PEFT adapter's weights: base (each base layer's compute dtype: bf16 for a bf16 "
+                        "or 4-bit base; default), float32 (the masters, exact), bfloat16, float16")
     p.add_argument("--device", default=d["device"].default, choices=DEVICES,
                    help="where to train: auto (CUDA when there is one; default), cpu, cuda "
                         "(pick a GPU with CUDA_VISIBLE_DEVICES)")
@@ -191,7 +195,7 @@ def _train(args: argparse.Namespace) -> None:
         max_length=args.max_length, seed=args.seed, output=args.output, rank_budget=args.rank_budget,
         save_every=args.save_every, dtype=args.dtype, adapter_dtype=args.adapter_dtype, bf16=args.bf16,
         fp16=args.fp16, grad_accum=args.grad_accum, gradient_checkpointing=args.gradient_checkpointing,
-        quantize=args.quantize, device=args.device,
+        quantize=args.quantize, device=args.device, export_dtype=args.export_dtype,
         method_config=method_config(args))
     train(opts)
 

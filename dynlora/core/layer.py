@@ -132,14 +132,20 @@ class LoraLayer(nn.Module):
             h = F.linear(xd, self.lora_A)  # (..., r)
             if self.gate_w is not None:
                 g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
+        b = self.lora_B  # (out, r)
         per_rank = self._rank_multiplier()
         if per_rank is not None:
-            h = h * per_rank
+            # B diag(c) h == B (c * h): scale whichever is smaller, since autograd keeps the scaled tensor for
+            # backward besides h; (out, r) is far smaller than (tokens, r) at training batch sizes
+            if h.numel() > b.numel():
+                b = b * per_rank
+            else:
+                h = h * per_rank
         if g is not None:
             # g(x) is one scalar per token, so scaling h (rank space) equals scaling the output, and
             # autograd then keeps (..., r) for backward instead of (..., out)
             h = h * g
-        update = F.linear(h, self.lora_B) * self.scale  # (..., out), in the adapter's precision
+        update = F.linear(h, b) * self.scale  # (..., out), in the adapter's precision
         if self.quantized:  # PEFT's bitsandbytes layers round the update to the base's output dtype, then add
             return out + update.to(out.dtype)
         # PEFT's plain layers add in the adapter's precision and round once: an fp32 master update is not

@@ -73,7 +73,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("4bit", "8bit")
 
 
-def _dtype_kwargs(dtype: str | None, quantize: str | None = None, device: str = "auto") -> dict[str, Any]:
+def pretrained_kwargs(dtype: str | None, quantize: str | None = None, device: str = "auto") -> dict[str, Any]:
     """``from_pretrained``'s dtype (None: the library's default) and bitsandbytes quantization arguments.
 
     ``4bit``: nf4 with double quantisation, computing in ``dtype`` (bfloat16 by default), as QLoRA does;
@@ -120,7 +120,7 @@ def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
             tokenizer = AutoTokenizer.from_pretrained(where)
             other_head = AutoConfig.from_pretrained(where).num_labels != num_labels  # only the head may differ
             model = AutoModelForSequenceClassification.from_pretrained(
-                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **_dtype_kwargs(dtype, quantize, device))
+                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **pretrained_kwargs(dtype, quantize, device))
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None
@@ -191,7 +191,7 @@ def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None,
     try:
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, **_dtype_kwargs(dtype, quantize, device))
+            model = AutoModelForCausalLM.from_pretrained(where, **pretrained_kwargs(dtype, quantize, device))
     except (OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load causal LM {name!r}: {first}") from None

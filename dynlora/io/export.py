@@ -20,23 +20,35 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dynlora.core.inject import adapters, head_names, peft_task_type
+from dynlora.core.linear import compute_dtype
 from dynlora.errors import DynloraError
 from dynlora.io.adapter_file import PREFIX, WEIGHTS_NAME
 from dynlora.io.input_gates import input_gated
 
 _PREFIX = PREFIX
+# the dtype of the exported lora_A / lora_B: "base" is each base layer's compute dtype (bf16 for a bf16 or a
+# 4-bit bf16-compute base: what a server loads them in), else one dtype for all
+EXPORT_DTYPES = {"base": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _base_name(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
-    """PEFT-named tensors: folded lora_A / lora_B of every non-empty adapter plus the task head.
+def check_export_dtype(dtype: str) -> None:
+    if dtype not in EXPORT_DTYPES:
+        raise DynloraError(f"export dtype {dtype!r} is not valid; valid: {', '.join(EXPORT_DTYPES)}")
+
+
+def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None = None,
+                      dtype: str = "base") -> dict[str, torch.Tensor]:
+    """PEFT-named tensors: folded lora_A / lora_B of every non-empty adapter (in ``dtype``, see
+    ``EXPORT_DTYPES``; folded in the adapter's own precision, rounded once) plus the task head as it is.
 
     An input-gated adapter needs ``gate_means`` (``calibrate_input_gates``): its mean gate is folded
     into B, an approximation (the PEFT adapter then applies the average gate to every token).
     """
+    check_export_dtype(dtype)
     gated = input_gated(model)
     if gated and (gate_means is None or set(gated) - set(gate_means)):
         raise DynloraError(f"{len(gated)} adapters have an input-dependent gate g(x), which standard PEFT LoRA "
@@ -51,8 +63,9 @@ def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None =
         b = layer.folded_b().detach()
         if layer.has_input_gate:
             b = b * gate_means[name]  # type: ignore[index]
-        tensors[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
-        tensors[f"{_PREFIX}{name}.lora_B.weight"] = b
+        to = EXPORT_DTYPES[dtype] or compute_dtype(layer.base)
+        tensors[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().to(to)
+        tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.to(to)
     for head in head_names(model):
         for pname, p in model.get_submodule(head).named_parameters():
             tensors[f"{_PREFIX}{head}.{pname}"] = p.detach()
@@ -83,8 +96,9 @@ def peft_config(model: nn.Module, dropout: float = 0.0) -> LoraConfig:
 
 
 def export_peft(model: nn.Module, folder: str | os.PathLike, dropout: float = 0.0,
-                gate_means: Mapping[str, float] | None = None) -> Path:
-    """Write a plain PEFT LoRA adapter folder; written to a temporary folder, then renamed.
+                gate_means: Mapping[str, float] | None = None, dtype: str = "base") -> Path:
+    """Write a plain PEFT LoRA adapter folder (adapter weights in ``dtype``); written to a temporary
+    folder, then renamed.
 
     Input-gated adapters need ``gate_means`` (see ``export_state_dict``); without them this refuses.
     """
@@ -92,7 +106,7 @@ def export_peft(model: nn.Module, folder: str | os.PathLike, dropout: float = 0.
     if folder.exists() and any(folder.iterdir()):
         raise DynloraError(f"export folder {folder} exists and is not empty; choose a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tensors = export_state_dict(model, gate_means)  # refuses before anything is written
+    tensors = export_state_dict(model, gate_means, dtype)  # refuses before anything is written
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         peft_config(model, dropout).save_pretrained(str(tmp))

@@ -11,6 +11,7 @@ from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
 from dynlora.hf.device import check_device
 from dynlora.hf.models import DTYPES, QUANTIZATIONS
+from dynlora.io.export import check_export_dtype
 from dynlora.methods import registry
 from dynlora.methods.base import AdapterSettings
 
@@ -49,6 +50,7 @@ class TrainOptions:
     gradient_checkpointing: bool = False  # non-reentrant, recomputing each block in backward
     quantize: str | None = None  # a bitsandbytes base: 4bit (nf4, QLoRA) | 8bit
     device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda
+    export_dtype: str = "base"  # the exported PEFT adapter's weights: base (each layer's compute dtype) | float32 | ...
     method_config: Any = None
 
     def __post_init__(self) -> None:
@@ -83,6 +85,7 @@ class TrainOptions:
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise DynloraError(f"quantize {self.quantize!r} is not valid; valid: {', '.join(QUANTIZATIONS)}")
         check_device(self.device)
+        check_export_dtype(self.export_dtype)
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise DynloraError(f"adapter_dtype {self.adapter_dtype!r} is not valid; valid: {', '.join(ADAPTER_DTYPES)}")
 

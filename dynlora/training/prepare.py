@@ -52,7 +52,7 @@ def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total
     groups = spec.param_groups(model, opts.lr, opts.method_config) if spec.param_groups is not None else None
 
     def save(folder: Path, gate_means: Any = None) -> Path:
-        return export_peft(model, folder, opts.dropout, gate_means=gate_means)
+        return export_peft(model, folder, opts.dropout, gate_means=gate_means, dtype=opts.export_dtype)
 
     return Prepared(model, save, ranks=controller.ranks, flops=lambda: adapter_flops_per_token(model),
                     budget=sum(controller.ranks().values()), controller=controller, param_groups=groups)

@@ -58,8 +58,12 @@ def test_accumulation_and_checkpointing_equal_one_big_batch(no_dropout_model, tm
             torch.testing.assert_close(other["adapter"][key], tensor, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("extra", [["--bf16"], ["--dtype", "bfloat16", "--bf16"]], ids=["bf16", "bf16-base"])
-def test_mixed_precision_runs_export_float32_adapters_peft_loads(no_dropout_model, tmp_path, extra):
+@pytest.mark.parametrize("extra,exported", [
+    (["--bf16"], torch.float32),  # a float32 base: the export is float32
+    (["--dtype", "bfloat16", "--bf16"], torch.bfloat16),  # the base's dtype by default
+    (["--dtype", "bfloat16", "--bf16", "--export-dtype", "float32"], torch.float32),  # the masters, asked for
+], ids=["bf16", "bf16-base", "bf16-base-float32-export"])
+def test_mixed_precision_runs_export_adapters_peft_loads(no_dropout_model, tmp_path, extra, exported):
     model, data = no_dropout_model
     out = tmp_path / "run"
     assert main(["train", "--model", model, "--dataset", data, "--method", "l1ra", *METHODS["l1ra"], "--max-steps",
@@ -68,7 +72,7 @@ def test_mixed_precision_runs_export_float32_adapters_peft_loads(no_dropout_mode
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and metrics["train_loss"] == metrics["train_loss"]  # finite, not NaN
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
-    assert {t.dtype for k, t in weights.items() if "lora_" in k} == {torch.float32}
+    assert {t.dtype for k, t in weights.items() if "lora_" in k} == {exported}
     base = AutoModelForSequenceClassification.from_pretrained(model, num_labels=2)
     peft_model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
     ranks = json.loads((out / "ranks.json").read_text())

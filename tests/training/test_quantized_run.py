@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from dynlora.cli import main
-from dynlora.hf.models import _dtype_kwargs
+from dynlora.hf.models import pretrained_kwargs
 
 pytest.importorskip("bitsandbytes")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,15 +47,18 @@ def test_quantized_run_finishes_and_exports_for_plain_peft(wide_lm, tmp_path, fl
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert any(r["event"] in ("realloc", "select") for r in history)
     kind = flag.removeprefix("--load-in-")
-    base = AutoModelForCausalLM.from_pretrained(wide_lm, **_dtype_kwargs(None, kind))
+    base = AutoModelForCausalLM.from_pretrained(wide_lm, **pretrained_kwargs(None, kind))
     assert "Linear" in type(base.model.layers[0].self_attn.q_proj).__name__ and \
         not base.model.layers[0].self_attn.q_proj.weight.is_floating_point()
     peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
     assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+    # written in the base's compute dtype by default: bf16 for QLoRA's 4-bit, float32 for LLM.int8()
+    weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert {t.dtype for k, t in weights.items() if "lora_" in k} == {torch.bfloat16 if kind == "4bit" else torch.float32}
 
 
 def test_quantization_config_is_qlora_by_default():
-    config = _dtype_kwargs(None, "4bit")["quantization_config"]
+    config = pretrained_kwargs(None, "4bit")["quantization_config"]
     assert isinstance(config, BitsAndBytesConfig) and config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_use_double_quant and config.bnb_4bit_compute_dtype == torch.bfloat16
 
