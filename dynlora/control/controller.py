@@ -27,6 +27,7 @@ from dynlora.control.events import Event
 from dynlora.core.distributed import check_replicas, world_size
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer, RankChange
+from dynlora.core.own_lr import OwnLearningRates
 from dynlora.core.surgery import remap_optimizer_state
 from dynlora.core.switch import set_trainable
 from dynlora.decide.plan import Plan, Resize
@@ -43,7 +44,8 @@ class Controller:
         if not self.layers:
             raise ValueError("the model has no dynlora adapters; call dynlora.inject first")
         self.method = method
-        self.optimizer = optimizer
+        self._optimizer: object | None = None
+        self._own_lr: OwnLearningRates | None = None
         self.global_step = 0
         self.generation = 0
         self.active: tuple[str, ...] | None = None  # None: every adapter trains
@@ -53,7 +55,29 @@ class Controller:
             method.attach(self.layers)
             for tracker in method.trackers:
                 tracker.attach(self.layers)
+        self.optimizer = optimizer
         self.record("init")
+
+    @property
+    def optimizer(self) -> object | None:
+        """The optimizer the controller fixes after resizes; a method's own learning rates follow it."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: object | None) -> None:
+        if optimizer is self._optimizer:
+            return
+        self._optimizer = optimizer
+        self._follow_own_lrs()
+
+    def _follow_own_lrs(self) -> None:
+        """(Re)install the step rescale for the method's own-lr parameters (new objects after a resize)."""
+        if self._own_lr is not None:
+            self._own_lr.close()
+            self._own_lr = None
+        wants = self.method.own_lrs(self.layers) if self.method is not None else {}
+        if self._optimizer is not None and wants:
+            self._own_lr = OwnLearningRates(self._optimizer, wants)
 
     @property
     def method_name(self) -> str | None:
@@ -63,7 +87,8 @@ class Controller:
         return {name: layer.rank for name, layer in self.layers.items()}
 
     def view(self) -> View:
-        return View(self.global_step, self.layers, self.generator, self.optimizer)
+        factors = self._own_lr.factors() if self._own_lr is not None else None
+        return View(self.global_step, self.layers, self.generator, self.optimizer, factors)
 
     def step(self) -> None:
         """Advance one optimizer step: observe, the per-step hook, and decide -> apply -> record when due."""
@@ -113,6 +138,7 @@ class Controller:
         remap_optimizer_state(self.optimizer, changes)
         if changes:
             self.generation += 1
+            self._follow_own_lrs()
         return changes
 
     def switch(self, active: tuple[str, ...]) -> None:

@@ -26,24 +26,26 @@ class View:
     """What a method may read at a step: the adapters, the decision generator, the learning rates."""
 
     def __init__(self, step: int, layers: Mapping[str, LoraLayer], generator: torch.Generator,
-                 optimizer: object | None = None) -> None:
+                 optimizer: object | None = None, lr_factors: Mapping[int, float] | None = None) -> None:
         self.step = step
         self.layers = layers
         self.generator = generator  # seeded from the run seed: every process draws alike
         self._optimizer = optimizer
+        self._factors = lr_factors or {}  # id(parameter) -> the rescale of its step (core.own_lr)
         self._lrs: dict[int, float] | None = None
 
     def ranks(self) -> dict[str, int]:
         return {name: layer.rank for name, layer in self.layers.items()}
 
     def learning_rates(self) -> dict[int, float]:
-        """id(parameter) -> the learning rate its optimizer group used at this step (empty: no optimizer)."""
+        """id(parameter) -> the learning rate its step used (its group's, rescaled where the method asked for
+        its own; empty: no optimizer)."""
         if self._lrs is None:
             self._lrs = {}
             if self._optimizer is not None:
                 for group in unwrap_optimizer(self._optimizer).param_groups:
                     for p in group["params"]:
-                        self._lrs[id(p)] = float(group["lr"])
+                        self._lrs[id(p)] = float(group["lr"]) * self._factors.get(id(p), 1.0)
         return self._lrs
 
 
@@ -62,6 +64,9 @@ class Method(Protocol):
 
     def decide(self, step: int, view: View) -> Plan | None:
         """At a scheduled step: what to change, or None."""
+
+    def own_lrs(self, layers: Mapping[str, LoraLayer]) -> dict[nn.Parameter, float]:
+        """Parameters that train at their own base learning rate, whoever built the optimizer."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -83,6 +88,9 @@ class MethodBase:
 
     def decide(self, step: int, view: View) -> Plan | None:
         return None
+
+    def own_lrs(self, layers: Mapping[str, LoraLayer]) -> dict[nn.Parameter, float]:
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

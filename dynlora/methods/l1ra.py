@@ -119,6 +119,10 @@ class L1RA(MethodBase):
                 continue
             layer.gate.sub_(lrs.get(id(layer.gate), self.config.lr_c) * self.config.lam).clamp_(0.0, 1.0)
 
+    def own_lrs(self, layers: Mapping[str, LoraLayer]) -> dict[nn.Parameter, float]:
+        """The gates train at ``lr_c`` in any optimizer (their own group, or a rescaled step)."""
+        return {layer.gate: self.config.lr_c for layer in layers.values() if layer.gate is not None}
+
     def decide(self, step: int, view: View) -> Plan:
         gates = {n: layer.gate.detach().tolist() for n, layer in view.layers.items()}
         plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank, self.config.max_rank)

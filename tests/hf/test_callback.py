@@ -1,0 +1,32 @@
+"""``DynloraCallback`` under a plain ``transformers.Trainer`` that builds its own optimizer: L1RA's gates
+still train at ``lr_c`` (the Trainer's groups have no gate group), so ranks move and the budget holds."""
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from dynlora.control.controller import Controller
+from dynlora.core.inject import AdapterConfig, inject
+from dynlora.hf.callback import DynloraCallback
+from dynlora.methods.l1ra import L1RA, L1RAConfig
+from tests.conftest import tiny_bert
+
+
+def _data(n: int = 64) -> list[dict]:
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(1, 100, (n, 10), generator=g)
+    return [{"input_ids": ids[i], "labels": int(ids[i, 0] % 2)} for i in range(n)]
+
+
+def test_l1ra_moves_ranks_with_the_trainers_own_optimizer(tmp_path):
+    model = tiny_bert()
+    inject(model, AdapterConfig(rank=4, alpha=8, use_gate=True), generator=torch.Generator().manual_seed(0))
+    budget = sum(layer.rank for layer in Controller(model).layers.values())
+    # a main lr 500 times below lr_c: in the Trainer's group the gates would never reach the threshold
+    controller = Controller(model, L1RA(L1RAConfig(lam=1.5, lr_c=0.05, interval=6), total_steps=20))
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=8,
+                             learning_rate=1e-4, lr_scheduler_type="constant", save_strategy="no",
+                             report_to="none", use_cpu=True, disable_tqdm=True, logging_steps=50)
+    Trainer(model=model, args=args, train_dataset=_data(), callbacks=[DynloraCallback(controller)]).train()
+    reallocs = [e for e in controller.history if e.event == "realloc"]
+    assert reallocs and sum(e.detail["moved"] for e in reallocs) > 0, [e.detail for e in reallocs]
+    assert sum(controller.ranks().values()) == budget
