@@ -35,12 +35,22 @@ _PUBLIC = {
     "load_peft": "dynlora.io.load",
     "DynloraCallback": "dynlora.hf.callback",
     "register": "dynlora.methods.registry",
+    "DynamicLoraConfig": "dynlora.methods.peft_configs",
+    "get_dynamic_model": "dynlora.control.wrap",
+    "attach": "dynlora.control.wrap",
 }
 
 __all__ = sorted([*_PUBLIC, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
+    if name.endswith("LoraConfig") and name != "DynamicLoraConfig":  # one per native method: L1RALoraConfig, ...
+        from dynlora.methods.peft_configs import config_classes
+
+        classes = config_classes()
+        if name in classes:
+            globals()[name] = classes[name]
+            return classes[name]
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value

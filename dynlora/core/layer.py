@@ -16,7 +16,9 @@ returned ``RankChange`` records name the old and the new parameter, and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +76,17 @@ class LoraLayer(nn.Module):
         self.register_buffer("fade", None)  # optional per-rank multiplier set by a method (not trained)
         with torch.no_grad():
             self.lora_A.copy_(self._init_a(rank, generator))
+        self._register_load_state_dict_pre_hook(self._take_saved_rank)
+
+    def _take_saved_rank(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        """Before ``load_state_dict``: take the rank (and fade) of the saved layer, so that any loader (a
+        Trainer resuming a checkpoint, ``from_pretrained``) fills a layer of the right shape."""
+        saved = state_dict.get(prefix + "lora_A")
+        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] != self.rank and not self.merged:
+            rank = int(saved.shape[0])
+            self.resize(keep=list(range(min(rank, self.rank))), grow=max(0, rank - self.rank))
+        if prefix + "fade" in state_dict and self.fade is None:
+            self.enable_fade()
 
     # ---- sizes -------------------------------------------------------------------------------
     @property

@@ -1,6 +1,6 @@
 """Parameters that need their own learning rate inside an optimizer that someone else grouped.
 
-A method may want some parameters at their own base learning rate (L1RA's gates at ``lr_c``). When
+A method may want some parameters at their own base learning rate (per-rank gates, say). When
 dynlora builds the optimizer it gives them their own param group. When the optimizer comes from
 elsewhere (the HF Trainer's or TRL's ``create_optimizer``, or a user's), the param groups cannot change:
 the checkpointed optimizer and scheduler state, and the scheduler's list of groups, must stay the

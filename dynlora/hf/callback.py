@@ -12,6 +12,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from dynlora.control.controller import Controller
+from dynlora.control.wrap import attach
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import CONTROLLER_FILE, controller_state_json, load_controller_json
 
@@ -19,17 +20,36 @@ from dynlora.io.checkpoint import CONTROLLER_FILE, controller_state_json, load_c
 class DynloraCallback(TrainerCallback):
     """Hands the Trainer's optimizer to the controller and steps it once per optimizer step.
 
+    ``DynloraCallback()`` on a ``get_dynamic_model`` model needs nothing else: when training begins it
+    builds the controller for the Trainer's ``max_steps`` around the Trainer's own optimizer, and on
+    ``resume_from_checkpoint`` it reads the controller back from ``output_dir/checkpoint-<step>`` (the
+    layers already took the checkpoint's ranks when the Trainer loaded its weights).
+    ``DynloraCallback(controller)`` drives a controller you built.
+
     ``on_optimizer_step`` runs after ``optimizer.step()`` and before ``zero_grad()``, so methods can
     still read gradients; it fires once per optimizer step, never per micro-batch. Every Trainer
-    checkpoint gets the controller's state (ranks, history, method state); ``restore`` reads it back
-    before ``trainer.train(resume_from_checkpoint=...)`` so the model has the checkpoint's ranks when
-    the Trainer loads weights and optimizer state.
+    checkpoint gets the controller's state (ranks, history, method state); with your own controller,
+    ``restore`` reads it back before ``trainer.train(resume_from_checkpoint=...)``.
     """
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, controller: Controller | None = None) -> None:
+        self._controller = controller
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+    @property
+    def controller(self) -> Controller:
+        if self._controller is None:
+            raise DynloraError("DynloraCallback() builds its controller when training begins")
+        return self._controller
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
+        if self._controller is None:  # a get_dynamic_model model: the run's length comes from the Trainer
+            self._controller = attach(model, optimizer, total_steps=state.max_steps)
+            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.global_step > 0 and (saved / CONTROLLER_FILE).is_file():
+                # resumed: the layers took the checkpoint's ranks when its weights were loaded; the rest
+                # of the controller (step, history, method and tracker state) comes from here
+                self.restore(saved)
         self.controller.optimizer = optimizer
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:

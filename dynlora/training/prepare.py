@@ -10,45 +10,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from dynlora.control.controller import Controller
+from dynlora.control.wrap import attach, get_dynamic_model
 from dynlora.core.count import adapter_flops_per_token
-from dynlora.core.inject import AdapterConfig, inject, match_targets
-from dynlora.decide.allocate import even_ranks
-from dynlora.errors import DynloraError
 from dynlora.io.export import export_peft
 from dynlora.methods import registry
 from dynlora.methods.base import MethodSpec, Prepared
+from dynlora.methods.peft_configs import DynamicLoraConfig
 from dynlora.training.options import TrainOptions
 
 
-def adapter_config(model: nn.Module, opts: TrainOptions, spec: MethodSpec) -> AdapterConfig:
-    """The injection config for ``opts``: what the method's adapters need, an even split of ``rank_budget``."""
-    pattern: dict[str, int] = {}
-    if opts.rank_budget is not None:
-        names = match_targets(model, opts.targets)
-        try:
-            pattern = even_ranks(names, opts.rank_budget, spec.min_rank(opts.method_config))
-        except ValueError as err:
-            raise DynloraError(f"rank_budget {opts.rank_budget}: {err}") from None
-    needs = spec.needs(opts.method_config)
-    return AdapterConfig(rank=opts.rank, alpha=opts.alpha, dropout=opts.dropout, targets=opts.targets,
-                         use_gate=needs.gate, rank_pattern=pattern, input_gate=needs.input_gate,
-                         input_gate_bias=needs.input_gate_bias, fade=needs.fade, dtype=opts.adapter_dtype)
+def dynamic_config(opts: TrainOptions) -> DynamicLoraConfig:
+    """The PEFT-shaped config of a run of a native method."""
+    return DynamicLoraConfig(method=opts.method, r=opts.rank, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
+                             target_modules=opts.targets, rank_budget=opts.rank_budget, seed=opts.seed,
+                             method_config=opts.method_config, adapter_dtype=opts.adapter_dtype)
 
 
 def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total_steps: int) -> Prepared:
-    """Inject dynlora adapters and wrap the method in a controller."""
-    inject(model, adapter_config(model, opts, spec), generator=torch.Generator().manual_seed(opts.seed))
+    """Inject dynlora adapters and wrap the method in a controller (what ``get_dynamic_model`` does)."""
+    get_dynamic_model(model, dynamic_config(opts))
     if getattr(model, "is_quantized", False):
         # transformers refuses to train a quantized model unless it knows trainable adapters are attached;
         # this is the flag its own adapter integration sets
         model._hf_peft_config_loaded = True
-    assert spec.build is not None
-    method = spec.build(opts.method_config, total_steps)
-    controller = Controller(model, method, seed=opts.seed)
+    controller = attach(model, total_steps=total_steps)
     groups = spec.param_groups(model, opts.lr, opts.method_config) if spec.param_groups is not None else None
 
     def save(folder: Path, gate_means: Any = None) -> Path:

@@ -121,3 +121,18 @@ def test_counts():
     assert layer.flops_per_token() == 2 * 4 * 22 + 4 + 10
     assert sum(p.numel() for p in layer.parameters() if p.requires_grad) - sum(
         p.numel() for p in layer.base.parameters()) == layer.num_parameters()
+
+
+def test_load_state_dict_takes_the_saved_rank_and_fade():
+    torch.manual_seed(0)
+    saved = LoraLayer(nn.Linear(6, 5), rank=2, alpha=4.0, use_gate=True)
+    saved.resize(keep=[1], grow=3)  # rank 4, as after a reallocation
+    saved.enable_fade()
+    with torch.no_grad():
+        saved.lora_B.normal_()
+        saved.fade[0] = 0.5
+    fresh = LoraLayer(nn.Linear(6, 5), rank=2, alpha=4.0, use_gate=True)
+    fresh.load_state_dict(saved.state_dict())
+    assert fresh.rank == 4 and fresh.fade is not None
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(fresh(x), saved(x))

@@ -2,7 +2,7 @@
 still train at ``lr_c`` (the Trainer's groups have no gate group), so ranks move and the budget holds."""
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from dynlora.control.controller import Controller
 from dynlora.core.inject import AdapterConfig, inject
@@ -30,3 +30,34 @@ def test_l1ra_moves_ranks_with_the_trainers_own_optimizer(tmp_path):
     reallocs = [e for e in controller.history if e.event == "realloc"]
     assert reallocs and sum(e.detail["moved"] for e in reallocs) > 0, [e.detail for e in reallocs]
     assert sum(controller.ranks().values()) == budget
+
+
+def _peft_shaped_run(tmp_path, max_steps: int, resume: bool = False):
+    import dynlora
+
+    model = dynlora.get_dynamic_model(tiny_bert(), dynlora.L1RALoraConfig(r=4, lora_alpha=8, lam=1.5, lr_c=0.05,
+                                                                         interval=6))
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=8,
+                             learning_rate=1e-4, save_strategy="steps", save_steps=6, report_to="none",
+                             use_cpu=True, disable_tqdm=True, logging_steps=50, seed=0, data_seed=0)
+    callback = dynlora.DynloraCallback()
+    trainer = Trainer(model=model, args=args, train_dataset=_data(), callbacks=[callback])
+    if max_steps < 20:  # stop early, as a killed run would: the last checkpoint stays
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                control.should_training_stop = state.global_step >= max_steps
+        trainer.add_callback(Stop())
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    return model, callback.controller
+
+
+def test_peft_shaped_entry_point_moves_ranks_and_resumes_bit_exact(tmp_path):
+    straight, controller = _peft_shaped_run(tmp_path / "straight", 20)
+    assert any(e.detail["moved"] for e in controller.history if e.event == "realloc")
+    _peft_shaped_run(tmp_path / "resumed", 13)  # checkpoints at 6 and 12, then stopped
+    resumed, again = _peft_shaped_run(tmp_path / "resumed", 20, resume=True)
+    assert again.ranks() == controller.ranks()
+    ours, theirs = resumed.state_dict(), straight.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
