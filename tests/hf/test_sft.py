@@ -1,0 +1,73 @@
+"""TRL's ``SFTTrainer`` with dynlora: the Trainer builds its own optimizer and L1RA's ranks still move; a
+PEFT LoRA SFT script runs l1ra with two lines changed (plus the import)."""
+
+from __future__ import annotations
+
+import difflib
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PEFT_SCRIPT = textwrap.dedent('''
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(MODEL)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"what is {i} plus one?"}],
+                               "completion": [{"role": "assistant", "content": f"{i + 1}"}]} for i in range(64)])
+    args = SFTConfig(output_dir=OUT, max_steps=20, per_device_train_batch_size=4, learning_rate=1e-4,
+                     lr_scheduler_type="constant", report_to="none", use_cpu=True, save_strategy="no",
+                     logging_steps=50, max_length=64, disable_tqdm=True, seed=0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+''')
+
+EDITS = {
+    "from peft import LoraConfig, get_peft_model": "import dynlora",
+    'model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))':
+        'model = dynlora.get_dynamic_model(model, dynlora.L1RALoraConfig(r=4, lora_alpha=8, target_modules="all-linear", '
+        "lam=1.5, lr_c=0.05, interval=6))",
+    "trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)":
+        "trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, "
+        "callbacks=[dynlora.DynloraCallback()])",
+}
+
+
+def _dynlora_script() -> str:
+    script = PEFT_SCRIPT
+    for old, new in EDITS.items():
+        assert script.count(old) == 1
+        script = script.replace(old, new)
+    return script
+
+
+def test_a_peft_sft_script_runs_l1ra_with_two_lines_changed_and_ranks_move(tiny_lm, tmp_path):
+    script = _dynlora_script()
+    changed = [line for line in difflib.unified_diff(PEFT_SCRIPT.splitlines(), script.splitlines(), lineterm="", n=0)
+               if line.startswith("+") and not line.startswith("+++")]
+    assert len(changed) == 3 and changed[0] == "+import dynlora"  # the import, the wrap call, the callback
+    scope = {"MODEL": str(tiny_lm), "OUT": str(tmp_path / "sft")}
+    exec(compile(script, "sft_dynlora.py", "exec"), scope)
+    trainer = scope["trainer"]
+    controller = next(c.controller for c in trainer.callback_handler.callbacks if hasattr(c, "_controller"))
+    # SFTTrainer built the optimizer (one main lr, 500 x below lr_c): the gates still trained at lr_c
+    assert trainer.optimizer is not None and len({g["lr"] for g in trainer.optimizer.param_groups}) == 1
+    reallocs = [e for e in controller.history if e.event == "realloc"]
+    assert sum(e.detail["moved"] for e in reallocs) > 0, [e.detail for e in reallocs]
+    budget = 4 * len(controller.layers)
+    assert sum(controller.ranks().values()) == budget
+
+
+def test_the_peft_script_itself_runs(tiny_lm, tmp_path):
+    scope = {"MODEL": str(tiny_lm), "OUT": str(tmp_path / "sft")}
+    exec(compile(PEFT_SCRIPT, "sft_peft.py", "exec"), scope)
+    assert scope["trainer"].state.global_step == 20
+    assert torch.isfinite(torch.tensor(scope["trainer"].state.log_history[-1]["train_loss"]))
