@@ -32,22 +32,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="built-in task: rt-polarity (default), trec6; causal LM: chatterbot, "
                    "rt-polarity-instruct, trec6-instruct")
     p.add_argument("--dataset", default=None, help="local .csv/.jsonl file (or a HF datasets name when online)")
-    p.add_argument("--text-column", default=d["text_column"].default)
-    p.add_argument("--label-column", default=d["label_column"].default)
+    p.add_argument("--text-column", default=d["text_column"].default,
+                   help="the text column of a --dataset file (default: text)")
+    p.add_argument("--label-column", default=d["label_column"].default,
+                   help="the label column of a --dataset file (default: label)")
     p.add_argument("--method", default=registry.default_method(),
                    help=f"one of: {', '.join(registry.names())} (name:variant where a method takes one)")
-    p.add_argument("--rank", type=int, default=d["rank"].default)
-    p.add_argument("--alpha", type=float, default=d["alpha"].default)
-    p.add_argument("--dropout", type=float, default=d["dropout"].default)
+    p.add_argument("--rank", type=int, default=d["rank"].default, help="LoRA rank r of every adapter (default 8)")
+    p.add_argument("--alpha", type=float, default=d["alpha"].default,
+                   help="LoRA alpha; the update is scaled by alpha / r (default 16)")
+    p.add_argument("--dropout", type=float, default=d["dropout"].default,
+                   help="dropout on the adapters' input (default 0)")
     p.add_argument("--targets", default="all-linear", help="all-linear, comma-separated names, or a regex")
-    p.add_argument("--epochs", type=float, default=d["epochs"].default)
-    p.add_argument("--max-steps", type=int, default=d["max_steps"].default)
+    p.add_argument("--epochs", type=float, default=d["epochs"].default,
+                   help="passes over the training split (default 1)")
+    p.add_argument("--max-steps", type=int, default=d["max_steps"].default,
+                   help="optimizer steps; overrides --epochs (default -1: from the epochs)")
     p.add_argument("--train-size", type=int, default=d["train_size"].default,
                    help="training examples to use (seeded subset); 0 = the whole training split")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    p.add_argument("--lr", type=float, default=d["lr"].default)
-    p.add_argument("--max-length", type=int, default=d["max_length"].default)
-    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default,
+                   help="examples per micro-batch and process (default 16)")
+    p.add_argument("--lr", type=float, default=d["lr"].default,
+                   help="peak learning rate, linear warm-up then decay (default 1e-3)")
+    p.add_argument("--max-length", type=int, default=d["max_length"].default,
+                   help="tokens per example, longer ones truncated (default 64)")
+    p.add_argument("--seed", type=int, default=d["seed"].default,
+                   help="seed of the data order, initialisation and the methods' draws (default 0)")
     p.add_argument("--output", default=None, help="run folder (default runs/<timestamp>)")
     p.add_argument("--rank-budget", type=int, default=None,
                    help="total rank over all adapters, split evenly (default: rank x number of adapters)")
@@ -139,9 +149,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", required=True, help="a PEFT adapter folder or a dynlora run folder")
     p.add_argument("prompts", nargs="+", help="one or more prompts")
     p.add_argument("--model", default=None, help="base model (default: the one the adapter names)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -1,5 +1,6 @@
 """Bad input: one line naming the bad value, exit code 2, nothing written."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -63,3 +64,12 @@ def test_argparse_errors_exit_2_in_a_real_process():
     proc = subprocess.run([sys.executable, "-m", "dynlora.cli", "train", "--rank", "eight"], capture_output=True,
                           text=True, env=env)
     assert proc.returncode == 2 and "eight" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_every_flag_of_every_command_has_a_line_of_help():
+    from dynlora.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = {name: [a.option_strings[0] for a in sub._actions if a.option_strings and not a.help]
+               for name, sub in commands.items()}
+    assert not any(missing.values()), missing

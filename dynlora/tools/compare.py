@@ -232,8 +232,8 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     check_settings(root, settings)
     root.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
-    meta = {"command": opts.command, "date": started, "machine": machine(opts.profile.device or "auto"), "settings": settings,
-            "methods": list(opts.methods), "seeds": list(opts.seeds)}
+    meta = {"command": opts.command, "date": started, "machine": machine(opts.profile.device or "auto"),
+            "settings": settings, "methods": list(opts.methods), "seeds": list(opts.seeds)}
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     results = root / "results.jsonl"
     rows = read_rows(results)
@@ -283,8 +283,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(SmolLM2 profiles): chatterbot, rt-polarity-instruct, trec6-instruct")
     p.add_argument("--dataset", default=None, help="local .csv/.jsonl file instead of a task (prompt/response "
                    "JSONL: causal LM)")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--text-column", default="text", help="the text column of a --dataset file")
+    p.add_argument("--label-column", default="label", help="the label column of a --dataset file")
     p.add_argument("--output", default=None, help="compare folder (default runs/compare-<profile>-<task>)")
     for flag, kind in (("model", str), ("train-size", int), ("epochs", float), ("max-steps", int), ("rank", int),
                        ("alpha", float), ("targets", str), ("batch-size", int), ("lr", float), ("max-length", int)):
