@@ -71,3 +71,63 @@ def test_the_peft_script_itself_runs(tiny_lm, tmp_path):
     exec(compile(PEFT_SCRIPT, "sft_peft.py", "exec"), scope)
     assert scope["trainer"].state.global_step == 20
     assert torch.isfinite(torch.tensor(scope["trainer"].state.log_history[-1]["train_loss"]))
+
+
+METHODS = {  # settings that act within a 12-step run of the tiny model
+    "lora": lambda dynlora: dynlora.StaticLoraConfig(r=4, lora_alpha=8),
+    "l1ra": lambda dynlora: dynlora.L1RALoraConfig(r=4, lora_alpha=8, lam=3.0, lr_c=0.1, interval=4),
+    "adaptive:no-gate": lambda dynlora: dynlora.DynamicLoraConfig(method="adaptive:no-gate", r=4, lora_alpha=8,
+                                                                 method_config={"interval": 4, "warmup": 2}),
+    "module-alloc": lambda dynlora: dynlora.ModuleAllocLoraConfig(r=4, lora_alpha=8, schedule="every:4"),
+}
+
+
+def _sft(tiny_lm, out, method: str, stop_at: int | None = None, resume: bool = False):
+    import dynlora
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm), METHODS[method](dynlora))
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"what is {i} plus one?"}],
+                               "completion": [{"role": "assistant", "content": f"{i + 1}"}]} for i in range(48)])
+    args = SFTConfig(output_dir=str(out), max_steps=12, per_device_train_batch_size=4, learning_rate=1e-2,
+                     report_to="none", use_cpu=True, save_strategy="steps", save_steps=4, logging_steps=50,
+                     max_length=64, disable_tqdm=True, seed=0, data_seed=0,
+                     bf16=False)  # TRL defaults to bf16, and accelerate then leaves model.forward under autocast
+    callback = dynlora.DynloraCallback()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[callback])
+    if stop_at is not None:
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                control.should_training_stop = state.global_step >= stop_at
+        trainer.add_callback(Stop())
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    return model, callback.controller, tokenizer
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_sft_every_method_moves_resumes_bit_exact_and_exports_for_plain_peft(tiny_lm, tmp_path, method):
+    import dynlora
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, controller, tokenizer = _sft(tiny_lm, tmp_path / "straight", method)
+    budget = 4 * len(controller.layers)
+    assert sum(controller.ranks().values()) == budget
+    events = [e for e in controller.history if e.event in ("realloc", "select")]
+    if method != "lora":
+        assert events, "the method made no decision"
+        assert any((e.detail.get("moved") if e.event == "realloc" else e.active is not None) for e in events)
+    _sft(tiny_lm, tmp_path / "resumed", method, stop_at=9)  # checkpoints at 4 and 8, then stopped
+    resumed, again, _ = _sft(tiny_lm, tmp_path / "resumed", method, resume=True)
+    assert again.ranks() == controller.ranks() and again.active == controller.active
+    ours, theirs = resumed.state_dict(), model.state_dict()
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
+    dynlora.export_peft(model, tmp_path / "adapter", dtype="float32")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), str(tmp_path / "adapter"))
+    ids = tokenizer(["what is 3 plus one?"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model.eval()(**ids).logits, model.eval()(**ids).logits, atol=1e-5, rtol=1e-4)
