@@ -34,6 +34,7 @@ _PUBLIC = {
     "export_peft": "dynlora.io.export",
     "load_peft": "dynlora.io.load",
     "DynloraCallback": "dynlora.hf.callback",
+    "DynloraTrainerMixin": "dynlora.hf.trainer",
     "register": "dynlora.methods.registry",
     "DynamicLoraConfig": "dynlora.methods.peft_configs",
     "get_dynamic_model": "dynlora.control.wrap",

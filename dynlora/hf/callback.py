@@ -13,8 +13,12 @@ from transformers import TrainerCallback
 
 from dynlora.control.controller import Controller
 from dynlora.control.wrap import attach
+from dynlora.core.distributed import world_size
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import CONTROLLER_FILE, controller_state_json, load_controller_json
+
+
+FOLLOWS_RANKS = "_dynlora_follows_ranks"  # set on the model by a Trainer that rebuilds DDP after rank changes
 
 
 class DynloraCallback(TrainerCallback):
@@ -43,6 +47,10 @@ class DynloraCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
+        if world_size() > 1 and not getattr(model, FOLLOWS_RANKS, False):
+            raise DynloraError(f"{world_size()} processes: after a rank change DDP must be rebuilt, which "
+                               f"{type(model).__name__}'s Trainer does not do; train with "
+                               "class MyTrainer(dynlora.DynloraTrainerMixin, YourTrainer)")
         if self._controller is None:  # a get_dynamic_model model: the run's length comes from the Trainer
             self._controller = attach(model, optimizer, total_steps=state.max_steps)
             saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback
 from dynlora.core.distributed import barrier, parameter_signature, rewrap
 from dynlora.decide.schedule import span_steps
 from dynlora.errors import DynloraError
+from dynlora.hf.callback import FOLLOWS_RANKS
 from dynlora.io.checkpoint import COMPLETE_MARKER, WEIGHTS_FILE, load_trainable_state, trainable_state
 
 
@@ -36,8 +37,14 @@ class NonFiniteLoss(DynloraError):
     """The training loss became NaN or infinite."""
 
 
-class DynloraTrainer(Trainer):
-    """``transformers.Trainer`` that follows rank changes under DDP and stops on a non-finite loss."""
+class DynloraTrainerMixin:
+    """What ``DynloraTrainer`` adds, for any ``transformers.Trainer`` subclass: ``class MyTrainer(
+    DynloraTrainerMixin, SFTTrainer)``. Needed with several processes (DDP must follow rank changes);
+    one process trains correctly with ``DynloraCallback()`` alone."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        setattr(self.model, FOLLOWS_RANKS, True)  # DynloraCallback checks it in multi-process runs
 
     _signature: Any = None
     _first_bad: torch.Tensor | None = None  # () long: the first optimizer step with a non-finite loss, 0: none
@@ -70,11 +77,22 @@ class DynloraTrainer(Trainer):
         self.check_finite()
         super()._save_checkpoint(model, trial)
 
+    def _controller(self) -> Any:
+        """The controller: set on the trainer, or the one a ``DynloraCallback`` among its callbacks built."""
+        if self.controller is not None:
+            return self.controller
+        for callback in self.callback_handler.callbacks:
+            found = getattr(callback, "_controller", None)
+            if found is not None:
+                return found
+        return None
+
     def _current_wrapper(self, model: torch.nn.Module) -> torch.nn.Module:
         """The loop's model, or a rebuilt DDP wrapper when the adapters' parameters changed."""
         if not isinstance(self.model_wrapped, torch.nn.parallel.DistributedDataParallel):
             return model
-        signature = (self.controller.generation if self.controller is not None
+        controller = self._controller()
+        signature = (controller.generation if controller is not None
                      else parameter_signature(self.model))  # PEFT baselines: watch the parameters themselves
         if self._signature is not None and signature != self._signature:
             self.model_wrapped = rewrap(self.model_wrapped)
@@ -89,6 +107,10 @@ class DynloraTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         load_trainable_state(self.model, resume_from_checkpoint)
+
+
+class DynloraTrainer(DynloraTrainerMixin, Trainer):
+    """``transformers.Trainer`` that follows rank changes under DDP and stops on a non-finite loss."""
 
 
 class CheckpointDone(TrainerCallback):

@@ -119,10 +119,11 @@ def load_trainable_state(model: nn.Module, folder: str | os.PathLike) -> None:
     weights = load_file(str(folder / WEIGHTS_FILE))
     unexpected = []
     own = model.state_dict()
+    resizable = tuple(f"{name}." for name in adapters(model))  # an adapter takes the saved rank as it loads
     for key in weights:
         if key not in own:
             unexpected.append(key)
-        elif own[key].shape != weights[key].shape:
+        elif own[key].shape != weights[key].shape and not key.startswith(resizable):
             raise DynloraError(f"{folder}: {key} has shape {tuple(weights[key].shape)}, "
                                f"the model has {tuple(own[key].shape)}")
     missing = [k for k in trainable_state(model) if k not in weights]

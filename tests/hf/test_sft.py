@@ -131,3 +131,40 @@ def test_sft_every_method_moves_resumes_bit_exact_and_exports_for_plain_peft(tin
     ids = tokenizer(["what is 3 plus one?"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(peft_model.eval()(**ids).logits, model.eval()(**ids).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_two_process_sft_trains_through_resizes_with_replicas_in_step(tiny_lm, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    worker = Path(__file__).with_name("sft_worker.py")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), str(tiny_lm), str(out), "l1ra"], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["decisions"] and run["replicas"] == [2] * len(run["decisions"])  # checked at every event
+    first = {n: 4 for n in run["ranks"]}
+    assert run["decisions"][0][2] != first and sum(run["ranks"].values()) == sum(first.values())  # moved, budget held
+    zero, one = load_file(str(out / "adapters-0.safetensors")), load_file(str(out / "adapters-1.safetensors"))
+    assert zero.keys() == one.keys()
+    for key in zero:
+        torch.testing.assert_close(one[key], zero[key], atol=0, rtol=0, msg=key)  # DDP kept the replicas equal
+
+
+def test_several_processes_without_the_mixin_is_a_clear_error(tiny_lm, monkeypatch):
+    import dynlora
+    from dynlora.errors import DynloraError
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr("dynlora.hf.callback.world_size", lambda: 2)
+    model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm), dynlora.StaticLoraConfig(r=2))
+    with pytest.raises(DynloraError, match="DynloraTrainerMixin"):
+        dynlora.DynloraCallback().on_train_begin(None, None, None, model=model)
