@@ -79,3 +79,22 @@ class Event:
 
     def keys(self) -> Iterator[str]:
         return iter(self.row())
+
+
+def rank_scalars(before: Event, after: Event, active: tuple[str, ...] | None = None) -> dict[str, float]:
+    """What a logger plots after a rank event: total rank, ranks grown and pruned since ``before``, the
+    adapters that train, and each module type's share of the rank (``q_proj``: the name's last part)."""
+    old, new = before.ranks or {}, after.ranks or {}
+    total = sum(new.values())
+    out: dict[str, float] = {
+        "dynlora/total_rank": float(total),
+        "dynlora/ranks_grown": float(sum(max(0, r - old.get(n, 0)) for n, r in new.items())),
+        "dynlora/ranks_pruned": float(sum(max(0, r - new.get(n, 0)) for n, r in old.items())),
+        "dynlora/active_adapters": float(len(active) if active is not None else sum(r > 0 for r in new.values())),
+    }
+    kinds: dict[str, int] = {}
+    for name, rank in new.items():
+        kinds[name.rsplit(".", 1)[-1]] = kinds.get(name.rsplit(".", 1)[-1], 0) + rank
+    for kind, rank in sorted(kinds.items()):
+        out[f"dynlora/rank_share/{kind}"] = rank / total if total else 0.0
+    return out

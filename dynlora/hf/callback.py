@@ -12,6 +12,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from dynlora.control.controller import Controller
+from dynlora.control.events import rank_scalars
 from dynlora.control.wrap import attach
 from dynlora.core.distributed import world_size
 from dynlora.errors import DynloraError
@@ -38,6 +39,7 @@ class DynloraCallback(TrainerCallback):
 
     def __init__(self, controller: Controller | None = None) -> None:
         self._controller = controller
+        self.pending_scalars: dict[str, float] = {}
 
     @property
     def controller(self) -> Controller:
@@ -63,10 +65,21 @@ class DynloraCallback(TrainerCallback):
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if optimizer is not None:
             self.controller.optimizer = optimizer
+        seen = len(self.controller.history)
         self.controller.step()
+        ranked = [e for e in self.controller.history if e.ranks is not None]
+        if len(self.controller.history) > seen and len(ranked) >= 2 and ranked[-1].step == self.controller.global_step:
+            # a rank event: its scalars go into the Trainer's next log line (DynloraTrainerMixin.log), now
+            self.pending_scalars = rank_scalars(ranked[-2], ranked[-1], self.controller.active)
+            control.should_log = True
+
+    def pop_scalars(self) -> dict[str, float]:
+        """The rank scalars of the last event, once (for the Trainer's log line)."""
+        scalars, self.pending_scalars = self.pending_scalars, {}
+        return scalars
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        self.controller.note("log", **(logs or {}))
+        self.controller.note("log", **{k: v for k, v in (logs or {}).items() if not k.startswith("dynlora/")})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:  # every process holds the same state; one writes it

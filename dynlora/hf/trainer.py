@@ -71,6 +71,10 @@ class DynloraTrainerMixin:
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self.check_finite()
+        for callback in self.callback_handler.callbacks:  # rank scalars reach every report_to logger
+            pop = getattr(callback, "pop_scalars", None)
+            if pop is not None and "loss" in logs:  # training log lines only, not eval or the final summary
+                logs = {**logs, **pop()}
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:

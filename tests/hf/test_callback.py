@@ -61,3 +61,35 @@ def test_peft_shaped_entry_point_moves_ranks_and_resumes_bit_exact(tmp_path):
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
+
+
+def test_rank_events_reach_the_trainers_loggers_as_scalars(tmp_path):
+    import dynlora
+    from dynlora.hf.trainer import DynloraTrainerMixin
+
+    class Recorder(TrainerCallback):  # what TensorBoard / W&B callbacks receive
+        def __init__(self):
+            self.lines = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.lines.append((state.global_step, dict(logs or {})))
+
+    class MyTrainer(DynloraTrainerMixin, Trainer):
+        pass
+
+    model = dynlora.get_dynamic_model(tiny_bert(), dynlora.L1RALoraConfig(r=4, lora_alpha=8, lam=1.5, lr_c=0.05,
+                                                                         interval=6))
+    recorder, callback = Recorder(), dynlora.DynloraCallback()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=8,
+                             learning_rate=1e-4, save_strategy="no", report_to="none", use_cpu=True,
+                             disable_tqdm=True, logging_steps=50)
+    MyTrainer(model=model, args=args, train_dataset=_data(), callbacks=[callback, recorder]).train()
+    events = [e.step for e in callback.controller.history if e.event == "realloc"]
+    logged = {step: logs for step, logs in recorder.lines if "dynlora/total_rank" in logs}
+    assert sorted(logged) == events == [6, 12, 18]  # a log line at each event, with logging_steps 50
+    budget = 4 * len(callback.controller.layers)
+    for logs in logged.values():
+        assert logs["dynlora/total_rank"] == budget and logs["dynlora/ranks_grown"] == logs["dynlora/ranks_pruned"]
+        shares = [v for k, v in logs.items() if k.startswith("dynlora/rank_share/")]
+        assert len(shares) >= 4 and abs(sum(shares) - 1) < 1e-9
+    assert sum(logs["dynlora/ranks_grown"] for logs in logged.values()) > 0
