@@ -18,7 +18,6 @@ from dynlora.core.distributed import world_size
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import CONTROLLER_FILE, controller_state_json, load_controller_json
 
-
 FOLLOWS_RANKS = "_dynlora_follows_ranks"  # set on the model by a Trainer that rebuilds DDP after rank changes
 
 

@@ -120,7 +120,8 @@ def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
             tokenizer = AutoTokenizer.from_pretrained(where)
             other_head = AutoConfig.from_pretrained(where).num_labels != num_labels  # only the head may differ
             model = AutoModelForSequenceClassification.from_pretrained(
-                where, num_labels=num_labels, ignore_mismatched_sizes=other_head, **pretrained_kwargs(dtype, quantize, device))
+                where, num_labels=num_labels, ignore_mismatched_sizes=other_head,
+                **pretrained_kwargs(dtype, quantize, device))
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None

@@ -49,7 +49,8 @@ class ActivationNorm(RunningScores):
             if module.training and not in_backward():  # a checkpointed block's recompute is not a new batch
                 # stays on the device (no sync per module); reduced in float32 without a float32 copy of a
                 # bf16 output
-                self._pending.setdefault(name, []).append(torch.linalg.vector_norm(output.detach(), dtype=torch.float32))
+                norm = torch.linalg.vector_norm(output.detach(), dtype=torch.float32)
+                self._pending.setdefault(name, []).append(norm)
         return hook
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:

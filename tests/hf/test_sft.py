@@ -83,10 +83,11 @@ METHODS = {  # settings that act within a 12-step run of the tiny model
 
 
 def _sft(tiny_lm, out, method: str, stop_at: int | None = None, resume: bool = False):
-    import dynlora
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    import dynlora
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm), METHODS[method](dynlora))
@@ -109,9 +110,10 @@ def _sft(tiny_lm, out, method: str, stop_at: int | None = None, resume: bool = F
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_sft_every_method_moves_resumes_bit_exact_and_exports_for_plain_peft(tiny_lm, tmp_path, method):
-    import dynlora
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    import dynlora
 
     model, controller, tokenizer = _sft(tiny_lm, tmp_path / "straight", method)
     budget = 4 * len(controller.layers)
@@ -160,9 +162,10 @@ def test_two_process_sft_trains_through_resizes_with_replicas_in_step(tiny_lm, t
 
 
 def test_several_processes_without_the_mixin_is_a_clear_error(tiny_lm, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
     import dynlora
     from dynlora.errors import DynloraError
-    from transformers import AutoModelForCausalLM
 
     monkeypatch.setattr("dynlora.hf.callback.world_size", lambda: 2)
     model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm), dynlora.StaticLoraConfig(r=2))

@@ -54,7 +54,8 @@ def test_quantized_run_finishes_and_exports_for_plain_peft(wide_lm, tmp_path, fl
     assert any("lora_A" in n for n, _ in peft_model.named_parameters())
     # written in the base's compute dtype by default: bf16 for QLoRA's 4-bit, float32 for LLM.int8()
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
-    assert {t.dtype for k, t in weights.items() if "lora_" in k} == {torch.bfloat16 if kind == "4bit" else torch.float32}
+    expected = torch.bfloat16 if kind == "4bit" else torch.float32
+    assert {t.dtype for k, t in weights.items() if "lora_" in k} == {expected}
 
 
 def test_quantization_config_is_qlora_by_default():
