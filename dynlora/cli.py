@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from dynlora.hf.device import DEVICES
     from dynlora.hf.models import DTYPES
-    from dynlora.io.export import EXPORT_DTYPES
+    from dynlora.io.adapter_file import EXPORT_DTYPES
     from dynlora.methods import registry
     from dynlora.training.options import TrainOptions
 

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
@@ -168,3 +169,13 @@ def check_adapter_folder(folder: str | os.PathLike, model: nn.Module) -> None:
         shown = "; ".join(problems[:SHOWN])
         more = f"; ... ({len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
         raise DynloraError(f"adapter {str(folder)!r}{origin} does not fit this model: {shown}{more}")
+
+
+# the dtype of the exported lora_A / lora_B: "base" is each base layer's compute dtype (bf16 for a bf16 or a
+# 4-bit bf16-compute base: what a server loads them in), else one dtype for all
+EXPORT_DTYPES = {"base": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_export_dtype(dtype: str) -> None:
+    if dtype not in EXPORT_DTYPES:
+        raise DynloraError(f"export dtype {dtype!r} is not valid; valid: {', '.join(EXPORT_DTYPES)}")

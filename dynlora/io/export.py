@@ -22,22 +22,12 @@ from torch import nn
 from dynlora.core.inject import adapters, head_names, peft_task_type
 from dynlora.core.linear import compute_dtype
 from dynlora.errors import DynloraError
-from dynlora.io.adapter_file import PREFIX, WEIGHTS_NAME
+from dynlora.io.adapter_file import EXPORT_DTYPES, PREFIX, WEIGHTS_NAME, check_export_dtype
 from dynlora.io.input_gates import input_gated
 
 _PREFIX = PREFIX
-# the dtype of the exported lora_A / lora_B: "base" is each base layer's compute dtype (bf16 for a bf16 or a
-# 4-bit bf16-compute base: what a server loads them in), else one dtype for all
-EXPORT_DTYPES = {"base": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def _base_name(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
-
-
-def check_export_dtype(dtype: str) -> None:
-    if dtype not in EXPORT_DTYPES:
-        raise DynloraError(f"export dtype {dtype!r} is not valid; valid: {', '.join(EXPORT_DTYPES)}")
 
 
 def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None = None,

@@ -11,7 +11,7 @@ from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
 from dynlora.hf.device import check_device
 from dynlora.hf.models import DTYPES, QUANTIZATIONS
-from dynlora.io.export import check_export_dtype
+from dynlora.io.adapter_file import check_export_dtype
 from dynlora.methods import registry
 from dynlora.methods.base import AdapterSettings
 

@@ -8,6 +8,8 @@ import dynlora
 from dynlora.errors import DynloraError
 from tests.conftest import labelled_batch, tiny_bert, train_steps
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_two_calls_make_a_trainable_dynamic_model_whose_ranks_move():
     model = tiny_bert()

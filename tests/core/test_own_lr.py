@@ -12,6 +12,8 @@ from dynlora.core.own_lr import OwnLearningRates
 from dynlora.methods.l1ra import L1RA, L1RAConfig, gate_param_groups
 from tests.conftest import tiny_bert, train_steps
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _trajectory(split: bool, optimizer_cls, steps: int = 12) -> list[torch.Tensor]:
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """``DynloraCallback`` under a plain ``transformers.Trainer`` that builds its own optimizer: L1RA's gates
 still train at ``lr_c`` (the Trainer's groups have no gate group), so ranks move and the budget holds."""
 
+import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -9,6 +10,8 @@ from dynlora.core.inject import AdapterConfig, inject
 from dynlora.hf.callback import DynloraCallback
 from dynlora.methods.l1ra import L1RA, L1RAConfig
 from tests.conftest import tiny_bert
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 64) -> list[dict]:

@@ -10,11 +10,11 @@ from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
 
 
-# adaptive on a causal LM also runs in test_input_gated_lm_export_reports_its_cost and, through SFTTrainer, in
-# tests/hf/test_sft.py; these three stay opt-in to keep the default suite inside CI's budget
-@pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:topk", "peft-lora",
-                                    *(pytest.param(m, marks=pytest.mark.slow)
-                                      for m in ("adaptive:no-gate", "adaptive", "peft-adalora"))])
+# every native method also trains a causal LM through SFTTrainer in tests/hf/test_sft.py, and adaptive in
+# test_input_gated_lm_export_reports_its_cost; the rest stay opt-in to keep the default suite inside CI's budget
+@pytest.mark.parametrize("method", ["l1ra", "peft-lora",
+                                    *(pytest.param(m, marks=pytest.mark.slow) for m in
+                                      ("lora", "module-alloc:topk", "adaptive:no-gate", "adaptive", "peft-adalora"))])
 def test_instruction_tuning_runs_each_method_and_exports(tiny_lm, tmp_path, method):
     out = tmp_path / "run"
     metrics = train(TrainOptions(model=str(tiny_lm), task="trec6-instruct", method=method, train_size=64,
@@ -31,7 +31,10 @@ def test_instruction_tuning_runs_each_method_and_exports(tiny_lm, tmp_path, meth
 
 def test_input_gated_lm_export_reports_its_cost(tiny_lm, tmp_path):
     out = tmp_path / "run"
-    metrics = train(TrainOptions(model=str(tiny_lm), task="trec6-instruct", method="adaptive", train_size=32,
+    pairs = tmp_path / "pairs.jsonl"  # a small file: the export is evaluated on its held-out pairs, twice
+    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
+                             for i in range(80)))
+    metrics = train(TrainOptions(model=str(tiny_lm), dataset=str(pairs), method="adaptive", train_size=32,
                                  max_steps=4, batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)),
                     log=lambda s: None)
     assert metrics["export_logits_max_error"] >= 0 and metrics["export_eval_loss"] > 0
