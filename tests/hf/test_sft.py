@@ -135,6 +135,7 @@ def test_sft_every_method_moves_resumes_bit_exact_and_exports_for_plain_peft(tin
         torch.testing.assert_close(peft_model.eval()(**ids).logits, model.eval()(**ids).logits, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # two fresh processes cost about 25 s on CI's 2 cores; make test-slow runs it
 def test_two_process_sft_trains_through_resizes_with_replicas_in_step(tiny_lm, tmp_path):
     import json
     import os
