@@ -64,12 +64,14 @@ class DynloraCallback(TrainerCallback):
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if optimizer is not None:
             self.controller.optimizer = optimizer
-        seen = len(self.controller.history)
+        history = self.controller.history
+        seen = len(history)
         self.controller.step()
-        ranked = [e for e in self.controller.history if e.ranks is not None]
-        if len(self.controller.history) > seen and len(ranked) >= 2 and ranked[-1].step == self.controller.global_step:
-            # a rank event: its scalars go into the Trainer's next log line (DynloraTrainerMixin.log), now
-            self.pending_scalars = rank_scalars(ranked[-2], ranked[-1], self.controller.active)
+        if len(history) > seen and history[-1].ranks is not None:
+            # a rank event: its scalars go into the Trainer's next log line (DynloraTrainerMixin.log), now;
+            # the one before it is near the end (init is always there), so no step scans the whole history
+            before = next(e for e in reversed(history[:-1]) if e.ranks is not None)
+            self.pending_scalars = rank_scalars(before, history[-1], self.controller.active)
             control.should_log = True
 
     def pop_scalars(self) -> dict[str, float]:

@@ -44,19 +44,12 @@ class DynamicLoraConfig:
                          ("rank_budget", self.rank_budget is None or self.rank_budget > 0)):
             if not ok:
                 raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
-        _, variant = registry.split(self.method)
         values = self.method_config
         if self._knob_names:
             values = {name: getattr(self, name) for name in self._knob_names}
-        if values is None or isinstance(values, dict):
-            config = spec.make_config(variant, **(values or {})) if spec.config is not None or not values else None
-            if values and spec.config is None:
-                raise DynloraError(f"method {self.method!r} has no settings; got {sorted(values)}")
-        elif spec.config is not None and isinstance(values, spec.config):
-            config = values
-        else:
-            raise DynloraError(f"method_config {type(values).__name__} is not the config of method {self.method!r}")
-        object.__setattr__(self, "method_config", config)
+        if isinstance(values, dict) and values and spec.config is None:
+            raise DynloraError(f"method {self.method!r} has no settings; got {sorted(values)}")
+        object.__setattr__(self, "method_config", registry.resolve_config(self.method, values))
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 

@@ -9,6 +9,8 @@ one module that calls ``register`` (and, to ship with dynlora, one import line i
 
 from __future__ import annotations
 
+from typing import Any
+
 from dynlora.errors import DynloraError
 from dynlora.methods.base import MethodSpec
 from dynlora.methods.config import flag_of, knobs
@@ -61,6 +63,21 @@ def get(method: str) -> MethodSpec:
         takes = [f"{s.name} ({s.variant_help})" for s in specs() if s.variant is not None]
         raise DynloraError(f"method {method!r}: only {' and '.join(takes)} take a variant")
     return spec
+
+
+def resolve_config(method: str, value: Any) -> Any:
+    """The config of ``method`` (``name:variant``) from ``value``: None (its defaults), a dict of its fields,
+    or an instance of its config class (the variant applied); anything else is a one-line error."""
+    spec = get(method)
+    _, variant = split(method)
+    if isinstance(value, dict):
+        return spec.make_config(variant, **value)
+    if value is None:
+        return spec.make_config(variant)
+    if spec.config is None or not isinstance(value, spec.config):
+        raise DynloraError(f"method_config {type(value).__name__} is not the config of method {method!r}"
+                           f" ({spec.config.__name__ if spec.config else 'none'})")
+    return spec.variant(variant, value) if variant and spec.variant is not None else value
 
 
 def _flagged(flag: str) -> MethodSpec:

@@ -54,19 +54,8 @@ class TrainOptions:
     method_config: Any = None
 
     def __post_init__(self) -> None:
-        spec = registry.get(self.method)  # an unknown method or variant is named here
-        _, variant = registry.split(self.method)
-        config = self.method_config
-        if isinstance(config, dict):
-            config = spec.make_config(variant, **config)
-        elif config is None:
-            config = spec.make_config(variant)
-        elif spec.config is None or not isinstance(config, spec.config):
-            raise DynloraError(f"method_config {type(config).__name__} is not the config of method {self.method!r}"
-                               f" ({spec.config.__name__ if spec.config else 'none'})")
-        elif variant:
-            config = spec.variant(variant, config)  # type: ignore[misc]
-        object.__setattr__(self, "method_config", config)
+        # an unknown method or variant, or a config of another method, is named here
+        object.__setattr__(self, "method_config", registry.resolve_config(self.method, self.method_config))
         checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
                   "epochs": self.epochs > 0, "max_length": self.max_length > 1,
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
