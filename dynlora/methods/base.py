@@ -154,7 +154,7 @@ class MethodSpec:
     variant: Callable[[str, Any], Any] | None = None  # ("topk-gradient", config) -> config, for name:variant
     variant_help: str = ""
     needs: Callable[[Any], AdapterNeeds] = lambda config: AdapterNeeds()
-    param_groups: Callable[[nn.Module, float, Any], list[dict[str, Any]]] | None = None  # (model, lr, config)
+    param_groups: Callable[[nn.Module, float, Any, float], list[dict[str, Any]]] | None = None  # (model, lr, config, wd)
     min_rank: Callable[[Any], int] = lambda config: 1  # fewest ranks per adapter when a budget is split
     report_panels: tuple[str, ...] = ()  # run-report pictures beyond the common ones
     static: bool = False  # ranks never move (compare draws no rank heatmap)

@@ -68,6 +68,9 @@ def write_run_files(work: Path, opts: TrainOptions, labels: tuple[int, tuple[str
 def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]],
                metrics: dict[str, Any], prepared: Prepared, trainer: Any, gate_means: dict[str, float] | None) -> None:
     """Write the run files and the PEFT adapter into ``work``, then rename it to ``final``."""
+    logs = work / "checkpoints" / "runs"  # the Trainer's TensorBoard default: <output_dir>/runs/<date_host>
+    if logs.is_dir():
+        logs.rename(work / "runs")  # RUN/runs outlives the checkpoints: tensorboard --logdir RUN/runs
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     write_run_files(work, opts, labels, metrics, prepared, trainer)
     prepared.save_adapter(work / "adapter", gate_means=gate_means)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from dynlora.errors import DynloraError
 from dynlora.hf.callback import DynloraCallback, StepHooks
 from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
@@ -42,26 +43,51 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
     return max(1, math.ceil(opts.epochs * batches / opts.grad_accum))  # accumulation: one step per grad_accum batches
 
 
+# dynlora's own values of TrainingArguments fields whose transformers defaults differ (or may change):
+# AdamW without the fused kernel (what every method's optimizer was, so runs stay comparable), no reporting
+# unless asked, the last two checkpoints, a progress bar even when not on a terminal, no per-step isnan() sync
+TRAINER_DEFAULTS: dict[str, Any] = {"optim": "adamw_torch", "report_to": "none", "save_total_limit": 2,
+                                    "eval_strategy": "no", "disable_tqdm": False, "logging_nan_inf_filter": False,
+                                    "dataloader_num_workers": 0}
+
+
+def logging_interval(total_steps: int) -> int:
+    """Log about 20 times a run, at least every 50 steps."""
+    return max(1, min(50, total_steps // 20))
+
+
 def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across_devices: bool) -> TrainingArguments:
-    """The Trainer's arguments for a run of exactly ``total_steps`` optimizer steps."""
+    """The Trainer's arguments for a run of exactly ``total_steps`` optimizer steps; ``opts.trainer`` last."""
     every = save_interval(opts.save_every, total_steps)
-    return TrainingArguments(
+    kwargs: dict[str, Any] = dict(
         # the Trainer scales each process's loss by the number of processes, which is right only for a loss
         # that divides by the global token count (causal LMs); a classifier's mean loss would count double
         average_tokens_across_devices=tokens_across_devices,
         output_dir=str(out / "checkpoints"), save_strategy="steps" if every else "no", save_steps=every or 500,
-        save_total_limit=2, per_device_train_batch_size=opts.batch_size,
-        per_device_eval_batch_size=max(opts.batch_size, 64), learning_rate=opts.lr,
+        per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=max(opts.batch_size, 64),
+        learning_rate=opts.lr, weight_decay=opts.weight_decay,
         num_train_epochs=opts.epochs, max_steps=total_steps,  # exactly the steps the methods' schedules assume
-        warmup_steps=opts.warmup_ratio,
-        seed=opts.seed, data_seed=opts.seed, logging_steps=max(1, min(50, total_steps // 20)),
-        eval_strategy="no", report_to="none", disable_tqdm=False,
-        logging_nan_inf_filter=False,  # its per-step isnan() waits for the device; DynloraTrainer stops on NaN instead
-        dataloader_num_workers=0, use_cpu=resolve_device(opts.device) == "cpu",
-        bf16=opts.bf16, fp16=opts.fp16, gradient_accumulation_steps=opts.grad_accum,
-        gradient_checkpointing=opts.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
-    )
+        warmup_steps=opts.warmup, seed=opts.seed, data_seed=opts.seed, logging_steps=logging_interval(total_steps),
+        use_cpu=resolve_device(opts.device) == "cpu", bf16=opts.bf16, fp16=opts.fp16,
+        gradient_accumulation_steps=opts.grad_accum, **TRAINER_DEFAULTS)
+    if opts.gradient_checkpointing:
+        kwargs.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
+    kwargs.update(opts.trainer)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as err:  # transformers' own check of a trainer field
+        raise DynloraError(f"training arguments: {one_line(err)}") from None
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(err).split())
+
+
+def optimizer_for(args: TrainingArguments, model: Any, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimizer ``args.optim`` names (with its betas, eps, ...), over dynlora's parameter groups."""
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return cls(groups, **kwargs)
 
 
 def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, train_ds: Any, collator: Any,
@@ -69,6 +95,7 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
                   ) -> tuple[Prepared, DynloraTrainer, ActivationMemoryCallback]:
     """The method's adapted model, an HF Trainer around it, and the activation-memory recorder."""
     prepared = prepare(model, opts, total_steps)
+    args = training_args(opts, work, total_steps, tokens_across_devices)
     memory = ActivationMemoryCallback()
     groups = prepared.param_groups
     controller = prepared.controller
@@ -76,15 +103,15 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
         # built here, over every adapter, so that a resume (which may restore switched-off adapters before the
         # Trainer would build its optimizer) gets the same parameter groups as the original run
         groups = [{"params": [p for p in prepared.model.parameters() if p.requires_grad], "lr": opts.lr,
-                   "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups) if groups else None
+                   "weight_decay": opts.weight_decay}]
+    optimizer = optimizer_for(args, prepared.model, groups) if groups else None
     callbacks: list[TrainerCallback] = []
     if controller is not None:
         controller.optimizer = optimizer  # rank restores on resume must follow this optimizer
         callbacks.append(DynloraCallback(controller))
     if prepared.step_hooks:
         callbacks.append(StepHooks(prepared.step_hooks))
-    trainer = DynloraTrainer(model=prepared.model, args=training_args(opts, work, total_steps, tokens_across_devices),
+    trainer = DynloraTrainer(model=prepared.model, args=args,
                              train_dataset=train_ds, data_collator=collator, optimizers=(optimizer, None),
                              callbacks=[*callbacks, memory, *extra_callbacks, CheckpointDone()])
     trainer.controller = controller

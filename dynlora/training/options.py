@@ -15,6 +15,31 @@ from dynlora.io.adapter_file import check_export_dtype
 from dynlora.methods import registry
 from dynlora.methods.base import AdapterSettings
 
+# TrainingArguments fields that are TrainOptions fields under dynlora's own names: ``trainer`` may not hold them
+TRAINER_FIELDS = {"learning_rate": "lr", "per_device_train_batch_size": "batch_size", "num_train_epochs": "epochs",
+                  "max_steps": "max_steps", "warmup_steps": "warmup", "weight_decay": "weight_decay", "seed": "seed",
+                  "output_dir": "output", "bf16": "bf16", "fp16": "fp16", "gradient_accumulation_steps": "grad_accum",
+                  "activation_checkpointing": "gradient_checkpointing",
+                  "gradient_checkpointing": "gradient_checkpointing", "use_cpu": "device"}
+# ... and ones dynlora sets itself: a run resumes with --resume; a launcher's local rank comes from the environment
+MANAGED_FIELDS = {"resume_from_checkpoint": "--resume RUN", "local_rank": "the LOCAL_RANK a launcher sets"}
+
+
+def check_trainer_fields(trainer: dict[str, Any]) -> None:
+    """A one-line error for a ``trainer`` key that is no TrainingArguments field, or that TrainOptions owns."""
+    if not trainer:
+        return
+    from transformers import TrainingArguments  # only here: TrainOptions stays light to import
+
+    valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in trainer:
+        if key not in valid:
+            raise DynloraError(f"trainer field {key!r} is not a TrainingArguments field")
+        if key in TRAINER_FIELDS:
+            raise DynloraError(f"trainer field {key!r} is TrainOptions.{TRAINER_FIELDS[key]}; set that instead")
+        if key in MANAGED_FIELDS:
+            raise DynloraError(f"trainer field {key!r} is set by dynlora; use {MANAGED_FIELDS[key]}")
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -36,7 +61,8 @@ class TrainOptions:
     train_size: int | None = 3000
     batch_size: int = 16
     lr: float = 1e-3
-    warmup_ratio: float = 0.06
+    warmup: float = 0.06  # learning-rate warm-up: a fraction (< 1) of the run, or whole steps (TrainingArguments' warmup_steps)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the adapters (a method's own groups may exempt some)
     max_length: int = 64
     seed: int = 0
     output: str | None = None
@@ -52,6 +78,7 @@ class TrainOptions:
     device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda
     export_dtype: str = "base"  # the exported PEFT adapter's weights: base (each layer's compute dtype) | float32 | ...
     method_config: Any = None
+    trainer: dict[str, Any] = field(default_factory=dict)  # further TrainingArguments fields, applied last
 
     def __post_init__(self) -> None:
         # an unknown method or variant, or a config of another method, is named here
@@ -61,12 +88,17 @@ class TrainOptions:
                   "max_steps": self.max_steps == -1 or self.max_steps > 0,
                   "train_size": self.train_size is None or self.train_size > 0,
                   "rank_budget": self.rank_budget is None or self.rank_budget > 0,
-                  "warmup_ratio": 0 <= self.warmup_ratio < 1,
+                  "weight_decay": self.weight_decay >= 0,
                   "grad_accum": isinstance(self.grad_accum, int) and self.grad_accum >= 1}
         for name, ok in checks.items():
             if not ok:
                 raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
         check_span("save_every", self.save_every, zero=True)
+        check_span("warmup", self.warmup, zero=True)
+        if not isinstance(self.trainer, dict):
+            raise DynloraError(f"trainer {self.trainer!r} must be a dict of TrainingArguments fields")
+        check_trainer_fields(self.trainer)
+        object.__setattr__(self, "trainer", dict(self.trainer))  # the caller's dict may change; these may not
         if self.bf16 and self.fp16:
             raise DynloraError("bf16 and fp16 are both set; choose one mixed precision")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -88,8 +120,10 @@ class TrainOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainOptions":
+    def from_dict(cls, values: dict[str, Any]) -> TrainOptions:
         """Options written by ``as_dict`` (JSON lists become tuples; the method config is rebuilt)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+        values = {"warmup": values["warmup_ratio"], **values} if "warmup_ratio" in values else values  # before 0.4
+        kwargs = {k: tuple(v) if isinstance(v, list) and k != "trainer" else v
+                  for k, v in values.items() if k in known}
         return cls(**kwargs)

@@ -1,6 +1,7 @@
 """``dynlora train``: one pipeline for every task kind — load -> prepare -> fit -> finish.
 
-A run folder holds ``run.json`` (the options), ``metrics.json``, ``history.jsonl`` and ``adapter/``
+A run folder holds ``run.json`` (the options), ``config.yaml`` (the same as ``dynlora train``'s keys),
+``metrics.json``, ``history.jsonl`` and ``adapter/``
 (a plain PEFT LoRA adapter). It is written into a hidden temporary folder beside the target and
 renamed at the end, so an interrupted or failed run leaves nothing half-written. The task kind
 (``Classification`` or ``CausalLM``) supplies the data, the model, the collator and the metrics.
@@ -9,6 +10,7 @@ renamed at the end, so an interrupted or failed run leaves nothing half-written.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, set_seed
@@ -17,6 +19,7 @@ from dynlora.core.distributed import is_main_process
 from dynlora.data.instruct import is_instruct
 from dynlora.io.checkpoint import save_checkpoint
 from dynlora.io.input_gates import input_gated
+from dynlora.training.arguments import config_yaml
 from dynlora.training.causal_lm import CausalLM
 from dynlora.training.classification import Classification
 from dynlora.training.finish import finish_run, run_cost
@@ -24,6 +27,7 @@ from dynlora.training.fit import build_trainer, fit, fit_max_length, total_optim
 from dynlora.training.input_gate import input_gate_export
 from dynlora.training.options import TrainOptions
 from dynlora.training.run_folder import abandon, start_run
+from dynlora.training.run_log import run_log
 from dynlora.training.task import TaskKind
 
 
@@ -43,33 +47,43 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
     data = kind.load_data(opts)  # load
     final, work = start_run(opts.output, opts.as_dict(), resume)
     try:
-        set_seed(opts.seed)
-        model, tokenizer = kind.load_model(opts, data, log)
-        max_length = fit_max_length(opts.max_length, model, log)
-        train_ds = kind.split(data, "train", tokenizer, max_length)
-        test_ds = kind.split(data, "test", tokenizer, max_length)
-        total_steps = total_optimizer_steps(opts, len(train_ds))
-        collate = kind.collator(tokenizer)
-        prepared, trainer, memory = build_trainer(model, opts, work, total_steps, train_ds, collate,  # prepare
-                                                  kind.tokens_across_devices, extra_callbacks)
-        log(kind.describe(opts, prepared, len(train_ds), total_steps))
-        result, seconds, mem, steps_run = fit(trainer, work, resume, log)  # fit
-        metrics: dict[str, Any] = {"task": data.name, "method": opts.method, "seed": opts.seed,  # finish
-                                   **kind.evaluate(trainer, prepared, tokenizer, data, test_ds),
-                                   **run_cost(prepared, result, seconds, steps_run, memory, mem),
-                                   "train_examples": len(train_ds), "test_examples": len(test_ds)}
-        gate_means = None
-        if input_gated(prepared.model):  # fold each gate's mean over the validation split into B for PEFT
-            calibration = kind.split(data, "validation", tokenizer, max_length)
-            gate_means, gate_metrics = input_gate_export(prepared, calibration, collate,
-                                                         kind.export_score(trainer, data, test_ds))
-            metrics.update(gate_metrics)
-        if is_main_process():
-            if gate_means is not None:  # the exact model, gate and all
-                save_checkpoint(work / "dynlora_state", prepared.model, prepared.controller)
-            finish_run(work, final, opts, kind.labels(data), metrics, prepared, trainer, gate_means)
+        with run_log(work / "train.log" if is_main_process() else None):  # dependencies' warnings: not the terminal
+            metrics = _train_into(work, final, kind, data, opts, log, extra_callbacks, resume)
     except BaseException as err:
         raise abandon(work, err, final) from None
     log(f"{kind.summary(metrics)}; run written to {final}")
     metrics["output"] = str(final)
+    return metrics
+
+
+def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, opts: TrainOptions, log: Callable[[str], None],
+                extra_callbacks: Sequence[TrainerCallback], resume: bool) -> dict[str, Any]:
+    """prepare -> fit -> finish in the working folder ``work``, renamed to ``final`` at the end."""
+    if is_main_process() and not resume:
+        (work / "config.yaml").write_text(config_yaml(opts))  # dynlora train RUN/config.yaml trains it again
+    set_seed(opts.seed)
+    model, tokenizer = kind.load_model(opts, data, log)
+    max_length = fit_max_length(opts.max_length, model, log)
+    train_ds = kind.split(data, "train", tokenizer, max_length)
+    test_ds = kind.split(data, "test", tokenizer, max_length)
+    total_steps = total_optimizer_steps(opts, len(train_ds))
+    collate = kind.collator(tokenizer)
+    prepared, trainer, memory = build_trainer(model, opts, work, total_steps, train_ds, collate,  # prepare
+                                              kind.tokens_across_devices, extra_callbacks)
+    log(kind.describe(opts, prepared, len(train_ds), total_steps))
+    result, seconds, mem, steps_run = fit(trainer, work, resume, log)  # fit
+    metrics: dict[str, Any] = {"task": data.name, "method": opts.method, "seed": opts.seed,  # finish
+                               **kind.evaluate(trainer, prepared, tokenizer, data, test_ds),
+                               **run_cost(prepared, result, seconds, steps_run, memory, mem),
+                               "train_examples": len(train_ds), "test_examples": len(test_ds)}
+    gate_means = None
+    if input_gated(prepared.model):  # fold each gate's mean over the validation split into B for PEFT
+        calibration = kind.split(data, "validation", tokenizer, max_length)
+        gate_means, gate_metrics = input_gate_export(prepared, calibration, collate,
+                                                     kind.export_score(trainer, data, test_ds))
+        metrics.update(gate_metrics)
+    if is_main_process():
+        if gate_means is not None:  # the exact model, gate and all
+            save_checkpoint(work / "dynlora_state", prepared.model, prepared.controller)
+        finish_run(work, final, opts, kind.labels(data), metrics, prepared, trainer, gate_means)
     return metrics

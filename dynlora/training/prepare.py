@@ -36,7 +36,7 @@ def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total
         # this is the flag its own adapter integration sets
         model._hf_peft_config_loaded = True
     controller = attach(model, total_steps=total_steps)
-    groups = spec.param_groups(model, opts.lr, opts.method_config) if spec.param_groups is not None else None
+    groups = spec.param_groups(model, opts.lr, opts.method_config, opts.weight_decay) if spec.param_groups is not None else None
 
     def save(folder: Path, gate_means: Any = None) -> Path:
         return export_peft(model, folder, opts.dropout, gate_means=gate_means, dtype=opts.export_dtype)

@@ -39,7 +39,8 @@ def test_train_learns_and_writes_a_complete_run(tmp_path):
     metrics = train(TrainOptions(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40, batch_size=8,
                                  lr=3e-3, train_size=None, output=str(out)), log=lambda s: None)
     assert metrics["accuracy"] >= 0.9  # chance is 0.5: the adapters and head really learned
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "history.jsonl", "metrics.json", "ranks.json", "report", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.yaml", "history.jsonl", "metrics.json",
+                                                    "ranks.json", "report", "run.json", "train.log"]
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "f1", "trainable_params", "adapter_flops", "train_seconds", "peak_memory_mb"):
         assert key in saved
