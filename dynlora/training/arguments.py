@@ -33,8 +33,7 @@ from dynlora.hf.models import DTYPES
 from dynlora.io.adapter_file import EXPORT_DTYPES
 from dynlora.methods import registry
 from dynlora.methods.config import flag_of, knobs, type_of
-from dynlora.training.fit import TRAINER_DEFAULTS
-from dynlora.training.options import MANAGED_FIELDS, TRAINER_FIELDS, TrainOptions
+from dynlora.training.options import MANAGED_FIELDS, TRAINER_DEFAULTS, TRAINER_FIELDS, TrainOptions
 
 _OPTS = TrainOptions.__dataclass_fields__
 

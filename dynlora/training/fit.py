@@ -19,7 +19,7 @@ from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.hf.trainer import CheckpointDone, DynloraTrainer, save_interval
 from dynlora.io.checkpoint import last_complete_checkpoint
 from dynlora.methods.base import Prepared
-from dynlora.training.options import TrainOptions
+from dynlora.training.options import TRAINER_DEFAULTS, TrainOptions
 from dynlora.training.prepare import prepare
 
 
@@ -41,14 +41,6 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     batches = math.ceil(math.ceil(num_examples / opts.batch_size) / processes)
     return max(1, math.ceil(opts.epochs * batches / opts.grad_accum))  # accumulation: one step per grad_accum batches
-
-
-# dynlora's own values of TrainingArguments fields whose transformers defaults differ (or may change):
-# AdamW without the fused kernel (what every method's optimizer was, so runs stay comparable), no reporting
-# unless asked, the last two checkpoints, a progress bar even when not on a terminal, no per-step isnan() sync
-TRAINER_DEFAULTS: dict[str, Any] = {"optim": "adamw_torch", "report_to": "none", "save_total_limit": 2,
-                                    "eval_strategy": "no", "disable_tqdm": False, "logging_nan_inf_filter": False,
-                                    "dataloader_num_workers": 0}
 
 
 def logging_interval(total_steps: int) -> int:

@@ -21,6 +21,12 @@ TRAINER_FIELDS = {"learning_rate": "lr", "per_device_train_batch_size": "batch_s
                   "output_dir": "output", "bf16": "bf16", "fp16": "fp16", "gradient_accumulation_steps": "grad_accum",
                   "activation_checkpointing": "gradient_checkpointing",
                   "gradient_checkpointing": "gradient_checkpointing", "use_cpu": "device"}
+# dynlora's own values of TrainingArguments fields whose transformers defaults differ (or may change):
+# AdamW without the fused kernel (what every method's optimizer was, so runs stay comparable), no reporting
+# unless asked, the last two checkpoints, a progress bar even when not on a terminal, no per-step isnan() sync
+TRAINER_DEFAULTS: dict[str, Any] = {"optim": "adamw_torch", "report_to": "none", "save_total_limit": 2,
+                                    "eval_strategy": "no", "disable_tqdm": False, "logging_nan_inf_filter": False,
+                                    "dataloader_num_workers": 0}
 # ... and ones dynlora sets itself: a run resumes with --resume; a launcher's local rank comes from the environment
 MANAGED_FIELDS = {"resume_from_checkpoint": "--resume RUN", "local_rank": "the LOCAL_RANK a launcher sets"}
 
