@@ -22,6 +22,9 @@ CONFIGS = {
                                       method_config={"lam": 3.0, "lr_c": 0.1, "interval": 4}),
     "module-alloc": dynlora.DynamicLoraConfig(method="module-alloc:multinomial", r=4, lora_alpha=8,
                                               method_config={"schedule": "every:4"}),
+    "adaptive": dynlora.DynamicLoraConfig(method="adaptive", r=4, lora_alpha=8,
+                                          method_config={"interval": 4, "warmup": 0.0}),
+    "lora": dynlora.DynamicLoraConfig(method="lora", r=4, lora_alpha=8),
 }
 
 
