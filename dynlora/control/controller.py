@@ -25,20 +25,33 @@ from torch import nn
 
 from dynlora.control.events import Event
 from dynlora.core.distributed import check_replicas, world_size
+from dynlora.core.count import fixed_cost, lora_cost, rank_cost
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer, RankChange
 from dynlora.core.own_lr import OwnLearningRates
 from dynlora.core.surgery import remap_optimizer_state
 from dynlora.core.switch import set_trainable
+from dynlora.decide.allocate import fit_to_budget
 from dynlora.decide.plan import Plan, Resize
+from dynlora.errors import DynloraError
 from dynlora.methods.base import Method, View
+
+
+def run_budget(layers: Mapping[str, LoraLayer], unit: str) -> tuple[dict[str, int] | None, int]:
+    """(what one rank of each adapter costs, the budget for all ranks) in ``unit``: what plain LoRA of the
+    adapters' ranks now costs, less what the adapters cost at any rank (input gates). Ranks: (None, total)."""
+    if unit == "rank":
+        return None, sum(layer.rank for layer in layers.values())
+    costs = {name: rank_cost(layer, unit) for name, layer in layers.items()}
+    budget = sum(lora_cost(layer, layer.rank, unit) - fixed_cost(layer, unit) for layer in layers.values())
+    return costs, budget
 
 
 class Controller:
     """Drives one model's adapters through training; holds the step count, the active set and the history."""
 
     def __init__(self, model: nn.Module, method: Method | None = None, optimizer: object | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, budget_unit: str = "rank") -> None:
         self.model = model
         self.layers: dict[str, LoraLayer] = adapters(model)
         if not self.layers:
@@ -51,11 +64,21 @@ class Controller:
         self.active: tuple[str, ...] | None = None  # None: every adapter trains
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[Event] = []
+        self.budget_unit = budget_unit
+        self.costs, self.budget = run_budget(self.layers, budget_unit)
         if method is not None:
             method.attach(self.layers)
             for tracker in method.trackers:
                 tracker.attach(self.layers)
         self.optimizer = optimizer
+        if self.costs is not None:  # gates and input gates cost too: the ranks start within what LoRA costs
+            ranks = self.ranks()
+            try:
+                fitted = fit_to_budget(ranks, self.costs, self.budget)
+            except ValueError as err:
+                raise DynloraError(f"budget_unit {budget_unit!r}: {err}") from None
+            self.apply(Plan("budget", resizes={n: Resize(keep=tuple(range(r)))
+                                               for n, r in fitted.items() if r != ranks[n]}))
         self.record("init")
 
     @property
@@ -88,7 +111,8 @@ class Controller:
 
     def view(self) -> View:
         factors = self._own_lr.factors() if self._own_lr is not None else None
-        return View(self.global_step, self.layers, self.generator, self.optimizer, factors)
+        return View(self.global_step, self.layers, self.generator, self.optimizer, factors, budget=self.budget,
+                    costs=self.costs)
 
     def step(self) -> None:
         """Advance one optimizer step: observe, the per-step hook, and decide -> apply -> record when due."""
@@ -175,7 +199,7 @@ class Controller:
 
     def state_dict(self) -> dict[str, Any]:
         method = self.method
-        return {"global_step": self.global_step, "ranks": self.ranks(), "history": [e.row() for e in self.history],
+        return {"global_step": self.global_step, "ranks": self.ranks(), "budget": self.budget, "history": [e.row() for e in self.history],
                 "active": list(self.active) if self.active is not None else None,
                 "generator": self.generator.get_state(),
                 "method": method.state_dict() if method is not None else {},
@@ -183,6 +207,7 @@ class Controller:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.restore_ranks(state["ranks"])
+        self.budget = int(state.get("budget", self.budget))
         self.global_step = int(state["global_step"])
         self.history = [Event.from_row(row) for row in state["history"]]
         self.generator.set_state(state["generator"])

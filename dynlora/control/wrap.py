@@ -63,4 +63,5 @@ def attach(model: nn.Module, optimizer: object | None = None, total_steps: int |
         raise DynloraError(f"total_steps {total_steps!r}: the run's number of optimizer steps (>= 1) is needed")
     spec = registry.get(config.method)
     assert spec.build is not None
-    return Controller(model, spec.build(config.method_config, total_steps), optimizer=optimizer, seed=config.seed)
+    return Controller(model, spec.build(config.method_config, total_steps), optimizer=optimizer, seed=config.seed,
+                      budget_unit=config.budget_unit)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from dynlora.core.inject import adapters
+from dynlora.core.layer import LoraLayer
+from dynlora.errors import DynloraError
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -15,3 +17,48 @@ def trainable_parameters(model: nn.Module) -> int:
 def adapter_flops_per_token(model: nn.Module) -> int:
     """Forward FLOPs per token of every dynlora adapter path at its current rank."""
     return sum(layer.flops_per_token() for layer in adapters(model).values())
+
+
+BUDGET_UNITS = ("rank", "params", "flops")
+
+
+def check_budget_unit(unit: str) -> None:
+    """A one-line error for a budget unit that is not valid."""
+    if unit not in BUDGET_UNITS:
+        raise DynloraError(f"budget_unit {unit!r} is not valid; valid: {', '.join(BUDGET_UNITS)}")
+
+
+def rank_cost(layer: LoraLayer, unit: str) -> int:
+    """What one more rank of ``layer`` costs in ``unit``: 1, its parameters (a row of A, a column of B, its
+    gate), or its forward FLOPs per token (as ``flops_per_token`` counts them)."""
+    check_budget_unit(unit)
+    gate = 1 if layer.gate is not None else 0
+    if unit == "rank":
+        return 1
+    if unit == "params":
+        return layer.in_features + layer.out_features + gate
+    return 2 * (layer.in_features + layer.out_features) + gate + (1 if layer.has_input_gate else 0)
+
+
+def fixed_cost(layer: LoraLayer, unit: str) -> int:
+    """What ``layer`` costs in ``unit`` whatever its rank (>= 1): the input gate, the add of the update."""
+    check_budget_unit(unit)
+    if unit == "rank":
+        return 0
+    if unit == "params":
+        return layer.input_gate_parameters()
+    return layer.out_features + (2 * layer.in_features + 4 if layer.has_input_gate else 0)
+
+
+def lora_cost(layer: LoraLayer, rank: int, unit: str) -> int:
+    """What plain LoRA (no gates) of ``rank`` costs on ``layer``'s module in ``unit``: the yardstick of a budget."""
+    return linear_lora_cost(layer.in_features, layer.out_features, rank, unit)
+
+
+def linear_lora_cost(in_features: int, out_features: int, rank: int, unit: str) -> int:
+    """Plain LoRA of ``rank`` on an ``in_features -> out_features`` module, in ``unit``."""
+    check_budget_unit(unit)
+    if unit == "rank":
+        return rank
+    width = in_features + out_features
+    return rank * width if unit == "params" else (2 * rank * width + out_features if rank else 0)

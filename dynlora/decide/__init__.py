@@ -8,6 +8,7 @@ from dynlora.decide.allocate import (
     RankPlan,
     check_rank_bounds,
     even_ranks,
+    fit_to_budget,
     limit_moves,
     proportional_targets,
     prune_and_redistribute,
@@ -16,5 +17,5 @@ from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.decide.select import select
 
-__all__ = ["Plan", "RankPlan", "Resize", "Schedule", "check_rank_bounds", "even_ranks", "limit_moves",
+__all__ = ["Plan", "RankPlan", "Resize", "Schedule", "check_rank_bounds", "even_ranks", "fit_to_budget", "limit_moves",
            "proportional_targets", "prune_and_redistribute", "select"]

@@ -20,8 +20,9 @@ class RankPlan:
     resizes: dict[str, Resize]
     pruned: dict[str, int] = field(default_factory=dict)  # ranks removed per module
     grown: dict[str, int] = field(default_factory=dict)  # ranks added per module
-    recycled: int = 0  # freed ranks handed back to modules that pruned (no non-pruning module had room)
-    unplaced: int = 0  # freed ranks no module could take (max_rank everywhere): the budget shrank
+    recycled: int = 0  # freed budget handed back to modules that pruned (no non-pruning module had room)
+    unplaced: int = 0  # freed budget no module could take though it pays for a rank (max_rank everywhere)
+    # recycled / unplaced are in the budget's unit: ranks, or parameters / FLOPs when ranks have costs
 
     @property
     def moved(self) -> int:
@@ -29,19 +30,25 @@ class RankPlan:
 
 
 def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 1,
-              max_rank: int | None = None) -> RankPlan:
-    """Prune ranks whose gate is under ``threshold`` and give them to the other modules (same total).
+                           max_rank: int | None = None, costs: Mapping[str, int] | None = None,
+                           budget: int | None = None) -> RankPlan:
+    """Prune ranks whose gate is under ``threshold`` and give the budget they free to the other modules.
 
     Each module keeps at least ``min_rank`` ranks (its largest gates). Freed ranks go one at a time,
     round-robin, to the modules that did not prune in this event, ordered by their smallest gate,
     largest first (a module whose weakest rank is still strong wants more); ``max_rank`` caps a module.
     Only when those are all full (or every module pruned) do the rest go back, as fresh ranks, to
-    the modules that pruned (``recycled``), in the same order by their smallest surviving gate. The
-    total rank is unchanged unless every module is at ``max_rank`` (reported as ``unplaced``).
+    the modules that pruned (``recycled``), in the same order by their smallest surviving gate.
+
+    ``costs``: what one rank of each module costs in the budget's unit (parameters, FLOPs; default 1:
+    ranks), and ``budget`` the total the ranks may cost (default: what they cost now). A receiver gets a
+    rank only while the budget still pays for it, so the ranks end costing at most ``budget``, and less
+    by under one rank of the costliest module unless every module is at ``max_rank`` (``unplaced``).
     """
     resizes: dict[str, Resize] = {}
     pruned: dict[str, int] = {}
     keep_of: dict[str, list[int]] = {}
+    cost = {n: (costs[n] if costs is not None else 1) for n in gates}
     for name, values in gates.items():
         values = [float(v) for v in values]
         keep = [i for i, v in enumerate(values) if not v < threshold]
@@ -51,7 +58,8 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
         if len(keep) < len(values):
             pruned[name] = len(values) - len(keep)
         keep_of[name] = keep
-    freed = sum(pruned.values())
+    total = budget if budget is not None else sum(len(v) * cost[n] for n, v in gates.items())
+    freed = total - sum(len(keep_of[n]) * cost[n] for n in gates)
     size = {n: len(keep_of[n]) for n in gates}
     grown = {n: 0 for n in gates}
 
@@ -59,21 +67,23 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
         kept = [float(gates[n][i]) for i in keep_of[n]]
         return min(kept) if kept else 0.0
 
-    def deal(receivers: list[str], count: int) -> int:
-        """Round-robin ``count`` ranks over ``receivers`` (in order) under max_rank; returns how many."""
-        room = {n: (max_rank - size[n] - grown[n] if max_rank is not None else count) for n in receivers}
+    def deal(receivers: list[str], amount: int) -> int:
+        """Round-robin ranks over ``receivers`` (in order) while ``amount`` pays for them, under max_rank;
+        returns what they cost."""
+        room = {n: (max_rank - size[n] - grown[n] if max_rank is not None else amount) for n in receivers}
         open_ = [n for n in receivers if room[n] > 0]
-        placed = 0
-        while placed < count and open_:
+        spent = 0
+        while open_:
             for name in list(open_):
-                if placed == count:
-                    break
+                if spent + cost[name] > amount:  # the budget left cannot pay for this module's rank
+                    open_.remove(name)
+                    continue
                 grown[name] += 1
                 room[name] -= 1
-                placed += 1
+                spent += cost[name]
                 if room[name] == 0:
                     open_.remove(name)
-        return placed
+        return spent
 
     order = {n: i for i, n in enumerate(gates)}
     first = sorted((n for n in gates if n not in pruned and size[n] > 0), key=lambda n: (-weakest(n), order[n]))
@@ -82,11 +92,12 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
     # rather than shrink the budget.
     second = sorted((n for n in pruned), key=lambda n: (-weakest(n), order[n]))
     recycled = deal(second, freed - placed)
+    left = freed - placed - recycled
     for name in gates:
         if name in pruned or grown[name]:
             resizes[name] = Resize(keep=tuple(keep_of[name]), grow=grown[name])
     return RankPlan(resizes=resizes, pruned=pruned, grown={n: g for n, g in grown.items() if g},
-                    recycled=recycled, unplaced=freed - placed - recycled)
+                    recycled=recycled, unplaced=left if gates and left >= min(cost.values()) else 0)
 
 
 def check_rank_bounds(method: str, budget: int, modules: int, min_rank: int, max_rank: int | None) -> None:
@@ -108,20 +119,25 @@ def even_ranks(names: Sequence[str], budget: int, min_rank: int = 1) -> dict[str
 
 
 def proportional_targets(scores: Mapping[str, float], budget: int, min_rank: int = 1,
-                         max_rank: int | None = None) -> dict[str, int]:
-    """Divide ``budget`` ranks in proportion to ``scores``, each within [min_rank, max_rank].
+                         max_rank: int | None = None, costs: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Divide ``budget`` in proportion to ``scores``: each module's ranks within [min_rank, max_rank].
 
-    Shares are ``clamp(lam * score, min_rank, max_rank)`` with ``lam`` found by bisection so that they
-    sum to the budget (water filling); they are then floored and the rounding remainder goes, one rank
-    each, to the most important modules that still have room. The result sums to ``budget`` exactly.
+    ``costs``: what one rank of each module costs in the budget's unit (default 1: ``budget`` is ranks).
+    A module's share of the budget is ``clamp(lam * score / cost, min_rank, max_rank) * cost``, with
+    ``lam`` found by bisection so that the shares spend the budget (water filling); ranks are then
+    floored and what is left buys one more rank each, in order of importance, while it pays for one.
+    In ranks the result sums to ``budget`` exactly; with costs it costs at most ``budget``, and less by
+    under one rank of the costliest module that still has room.
     """
     names = list(scores)
     n = len(names)
-    cap = max_rank if max_rank is not None else budget
+    cost = {k: (costs[k] if costs is not None else 1) for k in names}
+    cap = {k: max_rank if max_rank is not None else budget // cost[k] for k in names}
     if not n:
         return {}
-    if budget < n * min_rank or budget > n * cap:
-        raise ValueError(f"budget {budget} cannot be split over {n} modules within [{min_rank}, {cap}]")
+    if budget < sum(min_rank * cost[k] for k in names) or (costs is None and budget > sum(cap.values())):
+        raise ValueError(f"budget {budget} cannot be split over {n} modules within [{min_rank}, "
+                         f"{max_rank if max_rank is not None else budget}]")
     weights = {k: max(0.0, float(v)) for k, v in scores.items()}
     top = max(weights.values())
     if top <= 0:
@@ -130,38 +146,50 @@ def proportional_targets(scores: Mapping[str, float], budget: int, min_rank: int
         weights = {k: w / top if w / top > 1e-9 else 1e-9 for k, w in weights.items()}
 
     def filled(lam: float) -> dict[str, float]:
-        return {k: min(cap, max(min_rank, lam * weights[k])) for k in names}
+        return {k: min(cap[k], max(min_rank, lam * weights[k] / cost[k])) for k in names}
 
+    def spent(ranks: Mapping[str, float]) -> float:
+        return sum(ranks[k] * cost[k] for k in names)
+
+    most = spent(cap)
     lo_lam, hi_lam = 0.0, 1.0
-    while sum(filled(hi_lam).values()) < budget:  # f(lam) grows with lam: find a bracket, then bisect
+    while spent(filled(hi_lam)) < min(budget, most):  # f(lam) grows with lam: find a bracket, then bisect
         hi_lam *= 2
     for _ in range(200):
         mid = (lo_lam + hi_lam) / 2
-        if sum(filled(mid).values()) < budget:
+        if spent(filled(mid)) < budget:
             lo_lam = mid
         else:
             hi_lam = mid
     exact = filled(hi_lam)
     targets = {k: int(exact[k] // 1) for k in names}
     order = sorted(names, key=lambda k: (-weights[k], names.index(k)))
-    remainder = budget - sum(targets.values())
-    while remainder > 0:
+    left = budget - spent(targets)
+    while True:  # one more rank each, by importance, while the budget pays for one
+        given = 0
         for k in order:
-            if remainder == 0:
-                break
-            if targets[k] < cap:
+            if targets[k] < cap[k] and cost[k] <= left:
                 targets[k] += 1
-                remainder -= 1
-    return targets
+                left -= cost[k]
+                given += 1
+        if not given:
+            return targets
 
 
 def limit_moves(current: Mapping[str, int], targets: Mapping[str, int], max_moves: int | None,
-                priority: Mapping[str, float] | None = None) -> dict[str, int]:
+                priority: Mapping[str, float] | None = None, costs: Mapping[str, int] | None = None,
+                budget: int | None = None) -> dict[str, int]:
     """Move at most ``max_moves`` ranks from ``current`` toward ``targets``, one rank at a time.
 
     Each move takes a rank from the module furthest above its target and gives it to the module
     furthest below (ties: higher ``priority`` receives first, lower gives first). The total is kept.
+    With ``costs`` (one rank of each module, in the unit of ``budget``) a move takes a rank and what it
+    frees buys ranks for the modules below their targets while it pays for them; ``max_moves`` counts
+    the ranks taken, and the result never costs more than ``budget``.
     """
+    if costs is not None:
+        return _limit_costed_moves(current, targets, max_moves, priority or {}, costs,
+                                   budget if budget is not None else sum(current[k] * costs[k] for k in current))
     if sum(current.values()) != sum(targets.values()):
         raise ValueError("current and target ranks must have the same total")
     result = dict(current)
@@ -177,4 +205,45 @@ def limit_moves(current: Mapping[str, int], targets: Mapping[str, int], max_move
             break
         result[giver] -= 1
         result[taker] += 1
+    return result
+
+
+def _limit_costed_moves(current: Mapping[str, int], targets: Mapping[str, int], max_moves: int | None,
+                        priority: Mapping[str, float], costs: Mapping[str, int], budget: int) -> dict[str, int]:
+    names = list(current)
+    taken = sum(max(0, current[k] - targets[k]) for k in names)
+    if max_moves is None or taken <= max_moves:
+        return dict(targets)
+    result = dict(current)
+    left = budget - sum(result[k] * costs[k] for k in names)
+    for move in range(max_moves + 1):
+        while True:  # buy ranks for the modules furthest below their targets while the budget pays
+            short = [k for k in names if targets[k] > result[k] and costs[k] <= left]
+            if not short:
+                break
+            taker = max(short, key=lambda k: (targets[k] - result[k], priority.get(k, 0.0), -names.index(k)))
+            result[taker] += 1
+            left -= costs[taker]
+        if move == max_moves or not any(targets[k] > result[k] for k in names):
+            break
+        giver = max(names, key=lambda k: (result[k] - targets[k], -priority.get(k, 0.0), -names.index(k)))
+        if result[giver] <= targets[giver]:
+            break
+        result[giver] -= 1
+        left += costs[giver]
+    return result
+
+
+def fit_to_budget(ranks: Mapping[str, int], costs: Mapping[str, int], budget: int,
+                  min_rank: int = 1) -> dict[str, int]:
+    """``ranks`` with the fewest ranks removed so that they cost at most ``budget``: one rank at a time from
+    the module whose ranks cost the most (ties: the first), never below ``min_rank``. A ``ValueError``
+    when even ``min_rank`` everywhere costs more."""
+    result = dict(ranks)
+    names = list(result)
+    if sum(min(min_rank, result[k]) * costs[k] for k in names) > budget:
+        raise ValueError(f"{min_rank} rank(s) per module cost more than the budget {budget}")
+    while sum(result[k] * costs[k] for k in names) > budget:
+        giver = max((k for k in names if result[k] > min_rank), key=lambda k: (result[k] * costs[k], -names.index(k)))
+        result[giver] -= 1
     return result

@@ -122,12 +122,16 @@ class Adaptive(MethodBase):
         resizes = self._finish(view.layers)
         removed = sum(view.layers[n].rank - len(r.keep) for n, r in resizes.items())
         grown = sum(self.pending.values())
-        if removed != grown:
-            raise RuntimeError(f"adaptive: {removed} faded ranks but {grown} owed: the budget would change")
+        after = {n: len(resizes[n].keep) + resizes[n].grow if n in resizes else layer.rank
+                 for n, layer in view.layers.items()}
+        spent = sum(r * (view.costs[n] if view.costs is not None else 1) for n, r in after.items())
+        if spent > view.budget or (view.costs is None and removed != grown):
+            raise RuntimeError(f"adaptive: {removed} faded ranks, {grown} owed: the ranks would cost {spent}, "
+                               f"not the budget {view.budget}")
         self.pending = {}
         if step + self.interval >= self.total_steps:  # a fade started now could not finish
             return Plan("realloc", resizes=resizes, detail=Reallocation(removed=removed, grown=grown))
-        fade, moved, targets, scores = self._start_fades(view.layers, resizes)
+        fade, moved, targets, scores = self._start_fades(view, resizes)
         return Plan("realloc", resizes=resizes, fade=fade, fade_steps=self.interval,
                     detail=Reallocation(removed=removed, grown=grown, moved=moved, targets=targets,
                                         importance={n: round(s, 6) for n, s in scores.items()}))
@@ -155,15 +159,22 @@ class Adaptive(MethodBase):
         kept = size.index_select(0, torch.tensor(resize.keep, dtype=torch.long))
         return torch.cat([kept, size.new_zeros(resize.grow)])
 
-    def _start_fades(self, layers: Mapping[str, LoraLayer], resizes: Mapping[str, Resize]
+    def _start_fades(self, view: View, resizes: Mapping[str, Resize]
                      ) -> tuple[dict[str, tuple[int, ...]], int, dict[str, int], dict[str, float]]:
         """New targets by importance; the surplus ranks start fading, the receivers are owed them."""
+        layers = view.layers
         scores = self.tracker.scores_after(resizes) if isinstance(self.tracker, Sensitivity) else self.tracker.scores()
         current = {n: (len(resizes[n].keep) + resizes[n].grow if n in resizes else layer.rank)
                    for n, layer in layers.items()}
-        cap = self.config.max_rank if self.config.max_rank is not None else self.budget
-        targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
-        targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores)
+        if view.costs is None:  # ranks: the budget is the total rank, every module may hold all of it
+            cap = self.config.max_rank if self.config.max_rank is not None else self.budget
+            targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
+            targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores)
+        else:  # parameters / FLOPs: each module's share of the budget in that unit follows its score
+            targets = proportional_targets(scores, view.budget, self.config.min_rank, self.config.max_rank,
+                                           costs=view.costs)
+            moves = max(1, int(self.config.max_moves * sum(current.values())))
+            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=view.budget)
         fade: dict[str, tuple[int, ...]] = {}
         moved = 0
         for name, layer in layers.items():

@@ -26,9 +26,14 @@ class View:
     """What a method may read at a step: the adapters, the decision generator, the learning rates."""
 
     def __init__(self, step: int, layers: Mapping[str, LoraLayer], generator: torch.Generator,
-                 optimizer: object | None = None, lr_factors: Mapping[int, float] | None = None) -> None:
+                 optimizer: object | None = None, lr_factors: Mapping[int, float] | None = None,
+                 budget: int | None = None, costs: Mapping[str, int] | None = None) -> None:
         self.step = step
         self.layers = layers
+        # the run's budget for the ranks, and what one rank of each adapter costs in its unit (parameters,
+        # FLOPs); costs None: the unit is ranks, budget their total (None: what they are now)
+        self.budget = budget if budget is not None else sum(layer.rank for layer in layers.values())
+        self.costs = costs
         self.generator = generator  # seeded from the run seed: every process draws alike
         self._optimizer = optimizer
         self._factors = lr_factors or {}  # id(parameter) -> the rescale of its step (core.own_lr)
@@ -119,6 +124,7 @@ class AdapterSettings:
     dropout: float = 0.0
     targets: str | tuple[str, ...] = "all-linear"
     rank_budget: int | None = None
+    budget_unit: str = "rank"  # the unit ``Prepared.budget`` is in: rank, params or flops
     seed: int = 0
 
 
@@ -130,7 +136,7 @@ class Prepared:
     save_adapter: Callable[..., Any]  # (folder, gate_means=None) -> writes a PEFT adapter folder
     ranks: Callable[[], dict[str, int]]  # current rank of every adapted module
     flops: Callable[[], int]  # forward FLOPs per token of all adapter paths
-    budget: int = 0  # the total rank the method is held to (compare requires it equal across methods)
+    budget: int = 0  # what the method is held to, in the run's budget unit (compare requires it equal)
     controller: Any = None  # dynlora's Controller for native methods
     step_hooks: list[Callable[[int], None]] = field(default_factory=list)  # called after each optimizer step
     param_groups: list[dict[str, Any]] | None = None  # own optimizer groups, else one group of every trainable

@@ -125,13 +125,13 @@ class L1RA(MethodBase):
 
     def decide(self, step: int, view: View) -> Plan:
         gates = {n: layer.gate.detach().tolist() for n, layer in view.layers.items()}
-        plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank, self.config.max_rank)
+        plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank, self.config.max_rank,
+                                      costs=view.costs, budget=view.budget)
         self.events += 1
         after = {n: _after(values, plan.resizes.get(n)) for n, values in gates.items()}
         note = None
         if plan.unplaced:
-            budget = sum(len(v) for v in gates.values())
-            note = f"{plan.unplaced} freed ranks found no adapter under max_rank; budget {budget} shrank"
+            note = f"{plan.unplaced} of the budget {view.budget} found no adapter under max_rank"
         detail = Reallocation(pruned=plan.pruned, grown=plan.grown, moved=plan.moved, recycled=plan.recycled,
                               gates=gate_summary(after), unplaced=plan.unplaced or None, note=note)
         return Plan("realloc", resizes=plan.resizes, detail=detail)

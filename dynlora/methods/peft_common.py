@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dynlora.core.count import linear_lora_cost
 from dynlora.core.inject import match_targets
+from dynlora.core.linear import in_out_features
 from dynlora.errors import DynloraError
 from dynlora.methods.base import AdapterSettings
 
@@ -37,6 +39,12 @@ def peft_flops(model: nn.Module) -> int:
         if rank:
             total += 2 * rank * (module.in_features + module.out_features) + module.out_features
     return total
+
+
+def peft_budget(model: nn.Module, targets: list[str], settings: AdapterSettings) -> int:
+    """What plain LoRA of ``settings.rank`` on every target costs in the run's budget unit."""
+    return sum(linear_lora_cost(*in_out_features(model.get_submodule(name)), settings.rank, settings.budget_unit)
+               for name in targets)
 
 
 def peft_targets(model: nn.Module, settings: AdapterSettings) -> list[str]:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from dynlora.core.count import check_budget_unit
 from dynlora.errors import DynloraError
 from dynlora.methods import registry
 from dynlora.methods.config import knobs
@@ -27,6 +28,7 @@ class DynamicLoraConfig:
     lora_dropout: float = 0.0
     target_modules: str | tuple[str, ...] = "all-linear"  # "all-linear", names, or a regex
     rank_budget: int | None = None  # total rank over all adapters (default r x number of adapters)
+    budget_unit: str = "rank"  # what the budget conserves: rank, params or flops (plain LoRA's cost of those ranks)
     seed: int = 0  # new ranks' initialisation and the method's random draws
     adapter_dtype: str = "float32"  # the adapters' own weights: float32 masters (as PEFT), bfloat16, float16, base
     method_config: Any = None  # the method's config, a dict of its fields, or None for its defaults
@@ -44,6 +46,7 @@ class DynamicLoraConfig:
                          ("rank_budget", self.rank_budget is None or self.rank_budget > 0)):
             if not ok:
                 raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
+        check_budget_unit(self.budget_unit)
         values = self.method_config
         if self._knob_names:
             values = {name: getattr(self, name) for name in self._knob_names}

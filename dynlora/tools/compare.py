@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dynlora import __version__
+from dynlora.core.count import BUDGET_UNITS
 from dynlora.core.inject import parse_targets
 from dynlora.data.instruct import is_instruct
 from dynlora.errors import DynloraError
@@ -59,6 +60,7 @@ class Profile:
     bf16: bool = False  # mixed precision
     quantize: str | None = None  # 4bit | 8bit bitsandbytes base (QLoRA)
     device: str | None = None  # auto | cpu | cuda (None: auto)
+    budget_unit: str = "rank"  # what every method's budget is counted in: rank | params | flops
 
 
 PROFILES: dict[str, Profile] = {
@@ -111,6 +113,8 @@ class CompareOptions:
     def settings(self) -> dict[str, Any]:
         """What every cell shares; a folder made with other settings is not resumed."""
         shared = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("name", "seeds")}
+        if shared["budget_unit"] == "rank":  # as folders from before budget units recorded it: not at all
+            del shared["budget_unit"]
         return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
                 "label_column": self.label_column, "profile": self.profile.name, **shared,
                 # every method's default config: cells of any method may join the folder later
@@ -125,7 +129,8 @@ class CompareOptions:
                             targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
                             train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
                             max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)),
-                            dtype=p.dtype, bf16=p.bf16, quantize=p.quantize, device=p.device or "auto")
+                            dtype=p.dtype, bf16=p.bf16, quantize=p.quantize, device=p.device or "auto",
+                            budget_unit=p.budget_unit)
 
 
 def split_method(spec: str) -> tuple[str, dict[str, float]]:
@@ -185,12 +190,13 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
                            "give a new --output or the same settings")
 
 
-def check_budgets(budgets: dict[str, int]) -> None:
-    """Every method must hold the same total rank budget; names the first that differs."""
+def check_budgets(budgets: dict[str, int], unit: str = "rank") -> None:
+    """Every method must hold the same budget in ``unit``; names the first that differs."""
     first, expected = next(iter(budgets.items()))
+    what = "a total rank budget" if unit == "rank" else f"a budget of plain LoRA's {unit}"
     for method, budget in budgets.items():
         if budget != expected:
-            raise DynloraError(f"method {method!r} has a total rank budget of {budget}, but {first!r} has "
+            raise DynloraError(f"method {method!r} has {what} of {budget}, but {first!r} has "
                                f"{expected}; every method in a compare needs the same budget")
 
 
@@ -244,12 +250,12 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     unknown = [m for m in opts.methods if m not in budgets and any(m == t[0] for t in todo)]
     if unknown:
         budgets.update(preflight_budgets(opts, unknown))
-        check_budgets(budgets)
+        check_budgets(budgets, opts.profile.budget_unit)
     bar = tqdm(todo, desc="compare", unit="cell", position=0, dynamic_ncols=True, disable=not todo)
     for i, (method, seed) in enumerate(bar, 1):
         bar.set_description(f"compare {method} seed {seed} ({i}/{len(todo)})")
         metrics = train(opts.cell_options(method, seed), log=tqdm.write)
-        check_budgets({**budgets, method: metrics["budget"]})
+        check_budgets({**budgets, method: metrics["budget"]}, opts.profile.budget_unit)
         row = make_row(method, seed, metrics, cell=str(Path(metrics["output"]).relative_to(root)),
                        invocation=started, device=meta["machine"]["device"])
         with results.open("a") as f:
@@ -296,6 +302,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a 4-bit nf4 base (QLoRA) for every cell")
     p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit", help="an 8-bit base")
     p.add_argument("--device", default=None, choices=DEVICES, help="auto (default: CUDA when there is one), cpu, cuda")
+    p.add_argument("--budget-unit", default=None, choices=BUDGET_UNITS,
+                   help="what every method's budget is counted in (default rank): rank, params or flops (plain "
+                        "LoRA's cost of the profile's rank); cells whose budgets differ in it are refused")
 
 
 def _command(args: argparse.Namespace) -> str:

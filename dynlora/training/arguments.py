@@ -26,6 +26,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 from transformers.training_args import OptimizerNames
 
+from dynlora.core.count import BUDGET_UNITS
 from dynlora.core.inject import ADAPTER_DTYPES, parse_targets
 from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES
@@ -83,6 +84,9 @@ class AdapterArguments:
                         ("--target_modules", "--target-modules"))
     rank_budget: int | None = _arg("rank_budget", "total rank over all adapters, split evenly (default: rank x "
                                    "number of adapters)")
+    budget_unit: str = _arg("budget_unit", "what a method that moves ranks conserves: rank (the total "
+                            "rank), params or flops (what plain LoRA of those ranks costs; gates included)",
+                            choices=list(BUDGET_UNITS))
     adapter_dtype: str = _arg("adapter_dtype", "the adapters' weights: float32 (masters), bfloat16, float16, or base",
                               choices=list(ADAPTER_DTYPES))
     export_dtype: str = _arg("export_dtype", "the exported PEFT adapter's weights: base (each base layer's compute "

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from dynlora.core.count import check_budget_unit
 from dynlora.core.inject import ADAPTER_DTYPES
 from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
@@ -73,6 +74,7 @@ class TrainOptions:
     seed: int = 0
     output: str | None = None
     rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
+    budget_unit: str = "rank"  # what the methods conserve: rank, params or flops (as plain LoRA of those ranks)
     save_every: float = 0.1  # checkpoint every N steps, or that fraction (< 1) of the run; 0 = never
     dtype: str | None = None  # the base weights: float32 | bfloat16 | float16 (None: as transformers loads them)
     adapter_dtype: str = "float32"  # the adapters' own weights: float32 masters, or bfloat16 | float16 | base
@@ -111,6 +113,7 @@ class TrainOptions:
             raise DynloraError(f"dtype {self.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise DynloraError(f"quantize {self.quantize!r} is not valid; valid: {', '.join(QUANTIZATIONS)}")
+        check_budget_unit(self.budget_unit)
         check_device(self.device)
         check_export_dtype(self.export_dtype)
         if self.adapter_dtype not in ADAPTER_DTYPES:
@@ -119,7 +122,8 @@ class TrainOptions:
     def adapter_settings(self) -> AdapterSettings:
         """What a method's preparation reads of these options."""
         return AdapterSettings(method=self.method, rank=self.rank, alpha=self.alpha, dropout=self.dropout,
-                               targets=self.targets, rank_budget=self.rank_budget, seed=self.seed)
+                               targets=self.targets, rank_budget=self.rank_budget, seed=self.seed,
+                               budget_unit=self.budget_unit)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready options (``run.json``); ``from_dict`` reads them back."""

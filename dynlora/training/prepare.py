@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from dynlora.control.wrap import attach, get_dynamic_model
-from dynlora.core.count import adapter_flops_per_token
+from dynlora.core.count import adapter_flops_per_token, fixed_cost
 from dynlora.io.export import export_peft
 from dynlora.methods import registry
 from dynlora.methods.base import MethodSpec, Prepared
@@ -25,6 +25,7 @@ def dynamic_config(opts: TrainOptions) -> DynamicLoraConfig:
     """The PEFT-shaped config of a run of a native method."""
     return DynamicLoraConfig(method=opts.method, r=opts.rank, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
                              target_modules=opts.targets, rank_budget=opts.rank_budget, seed=opts.seed,
+                             budget_unit=opts.budget_unit,
                              method_config=opts.method_config, adapter_dtype=opts.adapter_dtype)
 
 
@@ -42,7 +43,9 @@ def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total
         return export_peft(model, folder, opts.dropout, gate_means=gate_means, dtype=opts.export_dtype)
 
     return Prepared(model, save, ranks=controller.ranks, flops=lambda: adapter_flops_per_token(model),
-                    budget=sum(controller.ranks().values()), controller=controller, param_groups=groups)
+                    budget=controller.budget + sum(fixed_cost(layer, opts.budget_unit)  # plain LoRA's cost
+                                                   for layer in controller.layers.values()),
+                    controller=controller, param_groups=groups)
 
 
 def prepare(model: nn.Module, opts: TrainOptions, total_steps: int) -> Prepared:

@@ -265,3 +265,29 @@ def test_compare_in_bf16_records_the_precision(assets, tmp_path):
     assert settings["bf16"] is True and settings["quantize"] is None
     assert [r["method"] for r in rows_of(out)] == ["lora"]
     assert "bf16 True" in (out / "summary.md").read_text()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_budgets_in_parameters_are_plain_lora_s_for_every_method(assets, tmp_path):
+    import argparse
+
+    from dynlora.core.count import linear_lora_cost
+    from dynlora.core.inject import match_targets
+    from dynlora.core.linear import in_out_features
+    from dynlora.hf.models import load_classifier
+
+    p = argparse.ArgumentParser()
+    compare.add_arguments(p)
+    methods = ["lora", "peft-lora", "peft-adalora", "l1ra", "adaptive", "module-alloc"]
+    model_dir, data = assets
+    opts = compare.options_from_args(p.parse_args(["--model", model_dir, "--dataset", data, "--methods",
+                                                   ",".join(methods), "--budget-unit", "params", "--rank", "4",
+                                                   "--output", str(tmp_path / "out")]))
+    budgets = compare.preflight_budgets(opts, methods)
+    model = load_classifier(model_dir, 2)[0]
+    expected = sum(linear_lora_cost(*in_out_features(model.get_submodule(n)), 4, "params")
+                   for n in match_targets(model, "all-linear"))
+    assert budgets == {m: expected for m in methods}  # the same yardstick: plain LoRA r=4 on every target
+    compare.check_budgets(budgets, "params")
+    with pytest.raises(compare.DynloraError, match="plain LoRA's params"):
+        compare.check_budgets({**budgets, "l1ra": expected - 1}, "params")
