@@ -45,6 +45,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="copy a run's adapter out as a plain PEFT LoRA folder")
     p.add_argument("run", help="a run folder written by dynlora train")
     p.add_argument("--output", required=True, help="new folder for the PEFT adapter")
+    p.add_argument("--rank-pattern-only", action="store_true",
+                   help="write only a peft LoraConfig of the ranks the run learned (rank_pattern, at the run's "
+                        "alpha / rank scale), to train plain PEFT LoRA from scratch with them")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -133,6 +136,12 @@ def _export(args: argparse.Namespace) -> None:
     out = Path(args.output)
     if out.exists():
         raise DynloraError(f"output {args.output!r} already exists; give a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.rank_pattern_only:
+        from dynlora.io.rank_pattern import write_rank_pattern
+
+        print(f"dynlora: LoraConfig of the learned ranks written to {write_rank_pattern(run, out)}")
+        return
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.copytree(run / "adapter", tmp)
     tmp.rename(out)
@@ -140,6 +149,11 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
+    if args.budgets is not None:
+        from dynlora.tools.sweep import sweep_from_args
+
+        sweep_from_args(args)
+        return
     from dynlora.tools.compare import run_from_args
 
     run_from_args(args)

@@ -73,8 +73,8 @@ class Controller:
         self.optimizer = optimizer
         if self.costs is not None:  # gates and input gates cost too: the ranks start within what LoRA costs
             ranks = self.ranks()
-            try:
-                fitted = fit_to_budget(ranks, self.costs, self.budget)
+            try:  # at an average rank of 1 a module may have to start at rank 0 to pay for the others' gates
+                fitted = fit_to_budget(ranks, self.costs, self.budget, min_rank=0)
             except ValueError as err:
                 raise DynloraError(f"budget_unit {budget_unit!r}: {err}") from None
             self.apply(Plan("budget", resizes={n: Resize(keep=tuple(range(r)))

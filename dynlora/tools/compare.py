@@ -302,6 +302,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a 4-bit nf4 base (QLoRA) for every cell")
     p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit", help="an 8-bit base")
     p.add_argument("--device", default=None, choices=DEVICES, help="auto (default: CUDA when there is one), cpu, cuda")
+    p.add_argument("--budgets", default=None,
+                   help="a budget sweep: comma-separated average ranks per module (1,2,4,8), each an ordinary "
+                        "compare in OUTPUT/budget-<b>, then sweep.md and Pareto plots over all of them")
     p.add_argument("--budget-unit", default=None, choices=BUDGET_UNITS,
                    help="what every method's budget is counted in (default rank): rank, params or flops (plain "
                         "LoRA's cost of the profile's rank); cells whose budgets differ in it are refused")
@@ -336,5 +339,5 @@ def options_from_args(args: argparse.Namespace) -> CompareOptions:
 
 
 def run_from_args(args: argparse.Namespace) -> list[CompareRow]:
-    """``dynlora compare``: parse the flags and run."""
+    """``dynlora compare``: parse the flags and run (``tools.sweep`` runs it with ``--budgets``)."""
     return run_compare(options_from_args(args))

