@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from dynlora.control.events import Event
-from dynlora.core.distributed import check_replicas, world_size
 from dynlora.core.count import fixed_cost, lora_cost, rank_cost
+from dynlora.core.distributed import check_replicas, world_size
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer, RankChange
 from dynlora.core.own_lr import OwnLearningRates
