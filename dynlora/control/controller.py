@@ -126,8 +126,9 @@ class Controller:
         method.per_step(self.global_step, view)
         if method.schedule is None or not method.schedule.fires(self.global_step):
             return
-        plan = method.decide(self.global_step, view)
-        if plan is not None:
+        decided = method.decide(self.global_step, view)
+        plans = [decided] if isinstance(decided, Plan) else list(decided or ())  # a composed method: several
+        for plan in plans:
             self.apply(plan)
             self.record(plan.event, plan.detail, active=plan.active)
             if world_size() > 1:  # every process must have decided and applied the same

@@ -111,3 +111,13 @@ class Schedule:
     def check(self, total_steps: int) -> None:
         """An error if the schedule never fires within a run of ``total_steps``."""
         self.for_run(total_steps)
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """When any of ``schedules`` fires: a method made of two, each acting on its own schedule."""
+
+    schedules: tuple[Schedule, ...]
+
+    def fires(self, step: int, stop: int | None = None) -> bool:
+        return any(s.fires(step, stop) for s in self.schedules)

@@ -4,7 +4,7 @@ Importing this package registers the built-in methods. A new method is a module 
 ``MethodSpec`` and calls ``registry.register``; nothing outside this package names a method.
 """
 
-from dynlora.methods import adaptive, l1ra, lora, module_alloc, peft_adalora, peft_lora  # noqa: F401  (register)
+from dynlora.methods import adaptive, l1ra, l1ra_alloc, lora, module_alloc, peft_adalora, peft_lora  # noqa: F401
 from dynlora.methods.base import AdapterNeeds, AdapterSettings, Method, MethodBase, MethodSpec, Prepared, View
 from dynlora.methods.registry import get, names, register, unregister
 

@@ -8,7 +8,7 @@ the controller applies the plan, fixes the optimizer and writes the history.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ from torch import nn
 from dynlora.core.layer import LoraLayer
 from dynlora.core.surgery import unwrap_optimizer
 from dynlora.decide.plan import Plan
-from dynlora.decide.schedule import Schedule
+from dynlora.decide.schedule import AnyOf, Schedule
 from dynlora.observe.scores import Tracker
 
 
@@ -42,6 +42,13 @@ class View:
     def ranks(self) -> dict[str, int]:
         return {name: layer.rank for name, layer in self.layers.items()}
 
+    def subset(self, names: Sequence[str]) -> "View":
+        """The same step over only the adapters ``names``, whose budget is what their ranks cost now."""
+        layers = {n: self.layers[n] for n in names}
+        costs = {n: self.costs[n] for n in names} if self.costs is not None else None
+        budget = sum(layer.rank * (costs[n] if costs is not None else 1) for n, layer in layers.items())
+        return View(self.step, layers, self.generator, self._optimizer, self._factors, budget=budget, costs=costs)
+
     def learning_rates(self) -> dict[int, float]:
         """id(parameter) -> the learning rate its step used (its group's, rescaled where the method asked for
         its own; empty: no optimizer)."""
@@ -58,7 +65,7 @@ class Method(Protocol):
     """A dynamic method as the controller drives it (static LoRA has none)."""
 
     name: str
-    schedule: Schedule | None  # in whole steps for this run: when ``decide`` is called (None: never)
+    schedule: Schedule | AnyOf | None  # in whole steps for this run: when ``decide`` is called (None: never)
     trackers: tuple[Tracker, ...]
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
@@ -67,7 +74,7 @@ class Method(Protocol):
     def per_step(self, step: int, view: View) -> None:
         """Per-step work that is not a decision, after the trackers have stepped."""
 
-    def decide(self, step: int, view: View) -> Plan | None:
+    def decide(self, step: int, view: View) -> Plan | Sequence[Plan] | None:
         """At a scheduled step: what to change, or None."""
 
     def own_lrs(self, layers: Mapping[str, LoraLayer]) -> dict[nn.Parameter, float]:
@@ -82,7 +89,7 @@ class MethodBase:
     """Defaults for the optional parts of ``Method``: no trackers, no schedule, no per-step hook."""
 
     name = ""
-    schedule: Schedule | None = None
+    schedule: Schedule | AnyOf | None = None
     trackers: tuple[Tracker, ...] = ()
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:

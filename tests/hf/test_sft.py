@@ -79,6 +79,8 @@ METHODS = {  # settings that act within a 12-step run of the tiny model
     "adaptive:no-gate": lambda dynlora: dynlora.DynamicLoraConfig(method="adaptive:no-gate", r=4, lora_alpha=8,
                                                                  method_config={"interval": 4, "warmup": 2}),
     "module-alloc": lambda dynlora: dynlora.ModuleAllocLoraConfig(r=4, lora_alpha=8, schedule="every:4"),
+    "l1ra-alloc": lambda dynlora: dynlora.DynamicLoraConfig(method="l1ra-alloc", r=4, lora_alpha=8, method_config={
+        "lam": 3.0, "lr_c": 0.1, "interval": 4, "schedule": "every:3"}),
 }
 
 

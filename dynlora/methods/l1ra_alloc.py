@@ -1,0 +1,119 @@
+"""L1RA x module allocation: L1RA's gates and rank reallocation over only the adapters the selector keeps
+training — the module-allocation paper's own future work (compatibility with rank pruning).
+
+Module allocation picks, on its schedule, the adapters that train; between selections L1RA's proximal
+step shrinks only their gates (a frozen adapter's gate does not train, so it must not decay either), and
+on L1RA's schedule the ranks they free go to the other adapters that train. Frozen adapters keep their
+ranks. The config holds both methods' knobs under their own flags (``--l1ra-lambda``, ``--k``,
+``--schedule``, ...), so each means here what it means there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from dynlora.core.layer import LoraLayer
+from dynlora.decide.plan import Plan
+from dynlora.decide.schedule import AnyOf
+from dynlora.methods.base import AdapterNeeds, MethodBase, MethodSpec, View
+from dynlora.methods.config import flag_of, knobs
+from dynlora.methods.l1ra import L1RA, L1RAConfig, gate_param_groups
+from dynlora.methods.module_alloc import ModuleAlloc, ModuleAllocConfig
+from dynlora.methods.registry import register
+
+_RANK = [f.name for f, _ in knobs(L1RAConfig)]
+# module allocation's field -> this config's (its threshold is top-p's, L1RA's the gates' cut)
+_SELECT = {f.name: f.name if f.name not in _RANK else f"select_{f.name}" for f, _ in knobs(ModuleAllocConfig)}
+
+
+def _knob_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """Both configs' knobs, each with its own flag pinned (a renamed field keeps ``--threshold``)."""
+    out = []
+    for cls, names in ((L1RAConfig, {n: n for n in _RANK}), (ModuleAllocConfig, _SELECT)):
+        for f, meta in knobs(cls):
+            pinned = {"knob": {**meta, "flag": flag_of(f)}}
+            out.append((names[f.name], f.type, dataclasses.field(default=f.default, metadata=pinned)))
+    return out
+
+
+def _rank_config(self: Any) -> L1RAConfig:
+    return L1RAConfig(**{name: getattr(self, name) for name in _RANK})
+
+
+def _select_config(self: Any) -> ModuleAllocConfig:
+    return ModuleAllocConfig(**{name: getattr(self, mine) for name, mine in _SELECT.items()})
+
+
+def _check(self: Any) -> None:
+    self.rank_config()  # each part checks its own knobs (one line naming the bad value)
+    self.select_config()
+
+
+L1RAAllocConfig = dataclasses.make_dataclass(
+    "L1RAAllocConfig", _knob_fields(), frozen=True,
+    namespace={"__doc__": "L1RA's knobs and module allocation's, under their own flags.",
+               "__post_init__": _check, "rank_config": _rank_config, "select_config": _select_config})
+
+
+class L1RAAlloc(MethodBase):
+    """Select the adapters that train; move ranks among them only."""
+
+    name = "l1ra-alloc"
+
+    def __init__(self, config: Any, total_steps: int) -> None:
+        self.config = config
+        self.rank = L1RA(config.rank_config(), total_steps)
+        self.select = ModuleAlloc(config.select_config(), total_steps)
+        self.trackers = self.select.trackers
+        self.schedule = AnyOf((self.rank.schedule, self.select.schedule))
+        self.active: tuple[str, ...] | None = None  # None: every adapter trains (before the first selection)
+
+    def attach(self, layers: Mapping[str, LoraLayer]) -> None:
+        self.rank.attach(layers)
+        self.select.attach(layers)
+
+    def _training(self, view: View) -> View:
+        return view.subset(self.active) if self.active is not None else view
+
+    def per_step(self, step: int, view: View) -> None:
+        self.rank.per_step(step, self._training(view))
+
+    def own_lrs(self, layers: Mapping[str, LoraLayer]) -> dict[nn.Parameter, float]:
+        return self.rank.own_lrs(layers)
+
+    def decide(self, step: int, view: View) -> list[Plan]:
+        """L1RA's reallocation among the adapters that trained, then (when due) the next selection."""
+        plans = []
+        if self.rank.schedule.fires(step):
+            plans.append(self.rank.decide(step, self._training(view)))
+        if self.select.schedule.fires(step):
+            plan = self.select.decide(step, view)
+            self.active = plan.active
+            plans.append(plan)
+        return plans
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank.state_dict(), "select": self.select.state_dict(),
+                "active": list(self.active) if self.active is not None else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rank.load_state_dict(state.get("rank", {}))
+        self.select.load_state_dict(state.get("select", {}))
+        self.active = tuple(state["active"]) if state.get("active") is not None else None
+
+
+SPEC = register(MethodSpec(
+    name="l1ra-alloc",
+    help="L1RA's rank reallocation over only the adapters module allocation keeps training",
+    config=L1RAAllocConfig,
+    build=L1RAAlloc,
+    needs=lambda config: AdapterNeeds(gate=True),
+    param_groups=lambda model, lr, config, weight_decay: gate_param_groups(model, lr, config.rank_config(),
+                                                                           weight_decay),
+    min_rank=lambda config: config.min_rank,
+    report_panels=("rank_by_type", "gates", "activity"),
+))
