@@ -80,6 +80,10 @@ class Controller:
             self.apply(Plan("budget", resizes={n: Resize(keep=tuple(range(r)))
                                                for n, r in fitted.items() if r != ranks[n]}))
         self.record("init")
+        first = method.start(self.view()) if method is not None else None
+        if first is not None:
+            self.apply(first)
+            self.record(first.event, first.detail, active=first.active)
 
     @property
     def optimizer(self) -> object | None:

@@ -74,6 +74,9 @@ class Method(Protocol):
     def per_step(self, step: int, view: View) -> None:
         """Per-step work that is not a decision, after the trackers have stepped."""
 
+    def start(self, view: View) -> Plan | None:
+        """Before the first step: what to change at once (recorded as a step-0 event), or None."""
+
     def decide(self, step: int, view: View) -> Plan | Sequence[Plan] | None:
         """At a scheduled step: what to change, or None."""
 
@@ -98,7 +101,10 @@ class MethodBase:
     def per_step(self, step: int, view: View) -> None:
         pass
 
-    def decide(self, step: int, view: View) -> Plan | None:
+    def start(self, view: View) -> Plan | None:
+        return None
+
+    def decide(self, step: int, view: View) -> Plan | Sequence[Plan] | None:
         return None
 
     def own_lrs(self, layers: Mapping[str, LoraLayer]) -> dict[nn.Parameter, float]:

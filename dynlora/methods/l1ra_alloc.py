@@ -76,6 +76,12 @@ class L1RAAlloc(MethodBase):
         self.rank.attach(layers)
         self.select.attach(layers)
 
+    def start(self, view: View) -> Plan | None:
+        plan = self.select.start(view)
+        if plan is not None:
+            self.active = plan.active
+        return plan
+
     def _training(self, view: View) -> View:
         return view.subset(self.active) if self.active is not None else view
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from dynlora.core.layer import LoraLayer
 from dynlora.decide.plan import Plan
-from dynlora.decide.schedule import Schedule
+from dynlora.decide.schedule import AnyOf, Schedule, check_span
 from dynlora.decide.select import STRATEGIES, resolve_k, select
 from dynlora.errors import DynloraError
 from dynlora.methods.base import MethodBase, MethodSpec, View
@@ -43,12 +43,20 @@ class ModuleAllocConfig:
     threshold: float = knob(0.5, "cumulative share for topp", gt=0, le=1)
     decay: float | None = knob(None, "EMA factor for the scores (default: accumulate)", type=float, ge=0, lt=1)
     warmup: float = knob(0, "extra steps (or fraction of the run) with every adapter active", type=float)
+    probe: float = knob(0, "steps (or a fraction of the run) at the start when no adapter trains and each is scored "
+                           "from its forward activations alone, then the first selection; 0: every adapter trains "
+                           "until the first selection (the paper's warm-up)", type=float, ge=0)
 
     def __post_init__(self) -> None:
         check_knobs(self)
         if not self.k > 0 or (self.k >= 1 and self.k != int(self.k)):
             raise DynloraError(f"k {self.k!r} must be a whole count >= 1 or a fraction in (0, 1)")
         self.when()
+        if self.probe:
+            check_span("probe", self.probe)
+            if self.score != "activation":
+                raise DynloraError(f"probe {self.probe:g} scores frozen adapters from their forward activations: "
+                                   f"use score activation, not {self.score!r}")
 
     def when(self) -> Schedule:
         return Schedule.parse(self.schedule, warmup=self.warmup, label="--schedule")
@@ -76,7 +84,12 @@ class ModuleAlloc(MethodBase):
     def __init__(self, config: ModuleAllocConfig, total_steps: int) -> None:
         self.config = config
         self.total_steps = total_steps
-        self.schedule = config.when().for_run(total_steps)
+        regular = config.when().for_run(total_steps)
+        if config.probe:  # the first selection right after the probe, then the regular schedule
+            first = Schedule("once", config.probe, label="--probe").for_run(total_steps)
+            self.schedule: Schedule | AnyOf = AnyOf((first, regular))
+        else:
+            self.schedule = regular
         self.tracker = TRACKERS[config.score](config.decay)
         self.trackers = (self.tracker,)
         self.counts: dict[str, int] = {}
@@ -86,6 +99,12 @@ class ModuleAlloc(MethodBase):
         if self.config.k >= 1 and self.config.k > n:
             raise DynloraError(f"k {self.config.k:g} is more than the {n} adapters; give a count up to {n} "
                                "or a fraction in (0, 1)")
+
+    def start(self, view: View) -> Plan | None:
+        """With a probe, nothing trains (and nothing saves activations for backward) until the first selection."""
+        if not self.config.probe:
+            return None
+        return Plan("select", active=(), detail=Selection(k=0, scores={}))
 
     def decide(self, step: int, view: View) -> Plan:
         scores = self.tracker.scores()

@@ -107,3 +107,36 @@ def test_variants_and_config_errors():
             ModuleAllocConfig(**kwargs)
     with pytest.raises(DynloraError):
         ModuleAlloc(ModuleAllocConfig(schedule="once:50"), 20)
+
+
+def test_a_probe_scores_frozen_adapters_and_saves_no_adapter_activations_before_the_first_selection():
+    from tests.conftest import train_steps
+
+    model, layers = adapted_bert()
+    method = ModuleAlloc(ModuleAllocConfig(probe=2, schedule="every:4", k=0.5), total_steps=12)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    controller = Controller(model, method, optimizer=opt)
+    assert [e.event for e in controller.history] == ["init", "select"] and controller.active == ()
+    ids, _ = labelled_batch(0)
+    model.train()
+    with SavedTensorBytes(model) as counter:
+        model(input_ids=ids).logits.sum().backward()
+    model.zero_grad()
+    frozen_bytes = counter.bytes
+    before = {n: layer.lora_B.detach().clone() for n, layer in layers.items()}
+    train_steps(model, opt, controller, 2, labelled_batch)
+    assert all(torch.equal(layers[n].lora_B, b) for n, b in before.items())  # nothing trained during the probe
+    selection = controller.history[-1]
+    assert selection.event == "select" and selection.step == 2 and len(controller.active) == len(layers) // 2
+    assert all(v > 0 for v in selection.detail["scores"].values())  # scored from forward activations alone
+    set_trainable(layers, tuple(layers))
+    with SavedTensorBytes(model) as counter:
+        model(input_ids=ids).logits.sum().backward()
+    assert frozen_bytes < 0.8 * counter.bytes  # the probe's steps cost less than training every adapter
+    train_steps(model, opt, controller, 12, labelled_batch)
+    assert [e.step for e in controller.history if e.event == "select"] == [0, 2, 4, 8]
+
+
+def test_a_probe_needs_activation_scores():
+    with pytest.raises(DynloraError, match="probe"):
+        ModuleAllocConfig(probe=2, score="gradient")
