@@ -62,3 +62,10 @@ def linear_lora_cost(in_features: int, out_features: int, rank: int, unit: str) 
         return rank
     width = in_features + out_features
     return rank * width if unit == "params" else (2 * rank * width + out_features if rank else 0)
+
+
+def optimizable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What an optimizer must hold: every parameter that trains now, and every adapter parameter even while
+    its adapter is switched off (it may train later: an optimizer built without it would never step it)."""
+    own = {id(p) for layer in adapters(model).values() for p in layer.parameters()}
+    return [p for p in model.parameters() if p.requires_grad or id(p) in own]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynlora.core.count import optimizable_parameters
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer
 from dynlora.decide.allocate import check_rank_bounds, prune_and_redistribute
@@ -82,7 +83,7 @@ def gate_param_groups(model: nn.Module, lr: float, config: L1RAConfig, weight_de
     """Optimizer param groups: gates at ``lr_c`` without weight decay, every other trainable at ``lr``."""
     gates = [layer.gate for layer in adapters(model).values() if layer.gate is not None]
     gate_ids = {id(g) for g in gates}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
+    rest = [p for p in optimizable_parameters(model) if id(p) not in gate_ids]
     return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
             {"params": gates, "lr": config.lr_c, "weight_decay": 0.0}]
 

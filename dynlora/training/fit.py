@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from dynlora.core.count import optimizable_parameters
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import DynloraCallback, StepHooks
 from dynlora.hf.device import resolve_device
@@ -94,7 +95,7 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
     if groups is None and controller is not None:
         # built here, over every adapter, so that a resume (which may restore switched-off adapters before the
         # Trainer would build its optimizer) gets the same parameter groups as the original run
-        groups = [{"params": [p for p in prepared.model.parameters() if p.requires_grad], "lr": opts.lr,
+        groups = [{"params": optimizable_parameters(prepared.model), "lr": opts.lr,
                    "weight_decay": opts.weight_decay}]
     optimizer = optimizer_for(args, prepared.model, groups) if groups else None
     callbacks: list[TrainerCallback] = []

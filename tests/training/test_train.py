@@ -130,3 +130,21 @@ def test_module_alloc_run_trains_half_the_adapters_with_less_memory(tmp_path):
     selects = [e for e in events if e["event"] == "select"]
     assert [e["step"] for e in selects] == [5] and len(selects[0]["active"]) == round(0.5 * alloc["modules"])
     assert (tmp_path / "alloc" / "report" / "activity.png").is_file()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("method", ["module-alloc", "l1ra-alloc"])
+def test_adapters_frozen_at_the_start_still_train_once_selected(tiny_assets, tmp_path, method):
+    """The run's optimizer holds every adapter, also those a probe freezes before the optimizer is built."""
+    from safetensors.torch import load_file
+
+    model, data = tiny_assets
+    out = tmp_path / "run"
+    train(TrainOptions(model=model, dataset=data, method=method, max_steps=8, batch_size=8, output=str(out),
+                       method_config={"probe": 2, "schedule": "every:4"}), log=lambda s: None)
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    selected = {name for row in rows if row["event"] == "select" for name in row.get("active") or ()}
+    tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    trained = {name for name in json.loads((out / "ranks.json").read_text())
+               if any(f".{name}.lora_B" in k and float(v.abs().sum()) > 0 for k, v in tensors.items())}
+    assert selected and trained == selected  # every adapter that was ever selected trained; no other did
