@@ -49,9 +49,24 @@ def index_row(folder: Path) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _base(folder: Path, relative_to: Path) -> str:
+    try:
+        return folder.resolve().relative_to(relative_to.resolve()).as_posix()
+    except ValueError:
+        return folder.resolve().as_posix()
+
+
+def sweep_section(folder: Path, link_base: str) -> str:
+    """A budget sweep (``dynlora compare --budgets``): its sweep.md, headings demoted, and its plots."""
+    text = re.sub(r"^(#+) ", r"#\1 ", (folder / "sweep.md").read_text(), flags=re.MULTILINE)
+    plots = "".join(f"![{p.stem}]({link_base}/{p.name})\n" for p in sorted(folder.glob("pareto_*.png")))
+    return text.replace("\n", f"\n\nResults folder: `{link_base}/` (one compare per `budget-<b>/`).\n", 1) + plots
+
+
 def build(results: Path, relative_to: Path) -> str:
-    """The whole BENCHMARKS.md text for every ``results/*/summary.md``, in folder-name order."""
+    """The whole BENCHMARKS.md text for every ``results/*/summary.md`` and budget sweep, in folder-name order."""
     folders = sorted(p.parent for p in results.glob("*/summary.md"))
+    sweeps = sorted(p.parent for p in results.glob("*/sweep.md"))
     parts = [HEADER]
     if folders:
         parts.append("| results | task | profile | methods | seeds | device |\n|---|---|---|---|---|---|\n"
@@ -59,11 +74,11 @@ def build(results: Path, relative_to: Path) -> str:
     else:
         parts.append("No results yet: run `dynlora compare --output bench/results/<name>`.\n")
     for folder in folders:
-        try:
-            base = folder.resolve().relative_to(relative_to.resolve()).as_posix()
-        except ValueError:
-            base = folder.resolve().as_posix()
-        parts.append(section(folder, base))
+        parts.append(section(folder, _base(folder, relative_to)))
+    if sweeps:
+        parts.append("## Budget sweeps\n")
+    for folder in sweeps:
+        parts.append(sweep_section(folder, _base(folder, relative_to)))
     return "\n".join(parts)
 
 

@@ -204,7 +204,8 @@ class Controller:
 
     def state_dict(self) -> dict[str, Any]:
         method = self.method
-        return {"global_step": self.global_step, "ranks": self.ranks(), "budget": self.budget, "history": [e.row() for e in self.history],
+        return {"global_step": self.global_step, "ranks": self.ranks(), "budget": self.budget,
+                "history": [e.row() for e in self.history],
                 "active": list(self.active) if self.active is not None else None,
                 "generator": self.generator.get_state(),
                 "method": method.state_dict() if method is not None else {},

