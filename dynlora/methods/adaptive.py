@@ -171,8 +171,10 @@ class Adaptive(MethodBase):
             targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
             targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores)
         else:  # parameters / FLOPs: each module's share of the budget in that unit follows its score
-            targets = proportional_targets(scores, view.budget, self.config.min_rank, self.config.max_rank,
-                                           costs=view.costs)
+            floor = self.config.min_rank
+            if view.budget < sum(floor * view.costs[n] for n in layers):  # the tightest budgets (input gates paid)
+                floor = 0  # cannot give every module min_rank: the least important may drop to rank 0
+            targets = proportional_targets(scores, view.budget, floor, self.config.max_rank, costs=view.costs)
             moves = max(1, int(self.config.max_moves * sum(current.values())))
             targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=view.budget)
         fade: dict[str, tuple[int, ...]] = {}

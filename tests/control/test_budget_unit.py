@@ -59,3 +59,15 @@ def test_in_ranks_the_total_rank_is_the_budget():
 def test_a_bad_unit_is_a_one_line_error():
     with pytest.raises(dynlora.DynloraError, match="'bytes'"):
         dynlora.L1RALoraConfig(budget_unit="bytes")
+
+
+def test_at_an_average_rank_of_one_gates_are_paid_for_by_dropping_ranks():
+    model = dynlora.get_dynamic_model(tiny_bert(), dynlora.AdaptiveLoraConfig(
+        r=1, lora_alpha=2, interval=4, warmup=0.0, max_moves=0.3, budget_unit="params"))
+    lora = sum(lora_cost(layer, 1, "params") for layer in adapters(model).values())
+    controller = dynlora.attach(model, None, total_steps=16)
+    assert 0 in controller.ranks().values() and _spent(model, "params") <= lora  # input gates cost ranks
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    controller.optimizer = opt
+    train_steps(model, opt, controller, 16, labelled_batch)
+    assert _spent(model, "params") <= lora
