@@ -114,7 +114,7 @@ def pareto_plot(pts: Sequence[Point], path: Path, label: str, metric: str) -> No
         front = method == registry.baseline()
         ax.errorbar([p.cost for p in mine], [p.metric for p in mine], yerr=[p.metric_std for p in mine],
                     fmt="-o" if front else "os^Dv<>p*h"[i % 10], color="black" if front else f"C{i % 10}",
-                    capsize=3, markersize=6, linewidth=1.5 if front else 0, label=f"{method}" + (" (front)" if front
+                    capsize=3, markersize=6, elinewidth=1, linewidth=1.5 if front else 0, label=f"{method}" + (" (front)" if front
                                                                                                   else ""))
     ax.set_xscale("log")
     ax.set_xlabel(f"{label} (log)")
