@@ -199,18 +199,21 @@ def _trainer_baseline() -> dict[str, Any]:
     return vars(HfArgumentParser(DynloraTrainingArguments).parse_args([]))
 
 
+LAUNCHER_FIELDS = {"local_rank"}  # a launcher may pass it; the run reads LOCAL_RANK instead, so it is dropped
+
+
 def trainer_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """The TrainingArguments fields in ``values`` that TrainOptions does not hold and that a flag or config key
     changed from ``DynloraTrainingArguments``' defaults: what the run changes of the Trainer's arguments."""
     baseline = _trainer_baseline()
-    ignored = set(TRAINER_FIELDS) | {"local_rank"}
+    ignored = set(TRAINER_FIELDS) | LAUNCHER_FIELDS
     return {k: v for k, v in values.items() if k in baseline and k not in ignored and v != baseline[k]}
 
 
 def options_from(values: dict[str, Any]) -> TrainOptions:
     """``TrainOptions`` from the parsed flags / config keys (every key ``argument_types`` declares)."""
-    managed = [k for k in MANAGED_FIELDS if k in values and values[k] != _trainer_baseline()[k]
-               and k != "local_rank"]
+    baseline = _trainer_baseline()
+    managed = [k for k in MANAGED_FIELDS.keys() - LAUNCHER_FIELDS if k in values and values[k] != baseline[k]]
     if managed:
         raise DynloraError(f"{managed[0]} is set by dynlora; use {MANAGED_FIELDS[managed[0]]}")
     quantize = [q for flag, q in _QUANTIZE_FLAGS.items() if values.get(flag)]
