@@ -30,6 +30,7 @@ from dynlora import __version__
 from dynlora.core.count import BUDGET_UNITS
 from dynlora.core.inject import parse_targets
 from dynlora.data.instruct import is_instruct
+from dynlora.data.splits import EVAL_SPLITS
 from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
@@ -61,6 +62,7 @@ class Profile:
     quantize: str | None = None  # 4bit | 8bit bitsandbytes base (QLoRA)
     device: str | None = None  # auto | cpu | cuda (None: auto)
     budget_unit: str = "rank"  # what every method's budget is counted in: rank | params | flops
+    eval_split: str = "test"  # the split every cell is scored on: test, or validation for a search
 
 
 PROFILES: dict[str, Profile] = {
@@ -115,6 +117,8 @@ class CompareOptions:
         shared = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("name", "seeds")}
         if shared["budget_unit"] == "rank":  # as folders from before budget units recorded it: not at all
             del shared["budget_unit"]
+        if shared["eval_split"] == "test":  # likewise
+            del shared["eval_split"]
         return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
                 "label_column": self.label_column, "profile": self.profile.name, **shared,
                 # every method's default config: cells of any method may join the folder later
@@ -130,7 +134,7 @@ class CompareOptions:
                             train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
                             max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)),
                             dtype=p.dtype, bf16=p.bf16, quantize=p.quantize, device=p.device or "auto",
-                            budget_unit=p.budget_unit)
+                            budget_unit=p.budget_unit, eval_split=p.eval_split)
 
 
 def split_method(spec: str) -> tuple[str, dict[str, float]]:
@@ -308,6 +312,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-unit", default=None, choices=BUDGET_UNITS,
                    help="what every method's budget is counted in (default rank): rank, params or flops (plain "
                         "LoRA's cost of the profile's rank); cells whose budgets differ in it are refused")
+    p.add_argument("--eval-split", default=None, choices=EVAL_SPLITS,
+                   help="the split every cell is scored on (default test); validation for choosing settings")
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -67,7 +67,8 @@ def summary_markdown(rows: list[dict[str, Any]], methods: tuple[str, ...], meta:
     columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
     for key, title, _ in columns:
         head += [title] + ([f"{title.split()[0]} × {baseline}"] if key in RATIOS and base else [])
-    lines = [f"# compare: {s['task'] or s['dataset']}, profile {s['profile']}", "",
+    scored = ", scored on the validation split" if s.get("eval_split") == "validation" else ""
+    lines = [f"# compare: {s['task'] or s['dataset']}, profile {s['profile']}{scored}", "",
              f"- command: `{meta['command']}`",
              f"- machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} (threads: {m['torch_threads']}), "
              f"transformers {m['transformers']}, peft {m['peft']}, device {m['device']}",

@@ -65,7 +65,9 @@ def sweep_markdown(rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str,
     """One table per budget, then each method's place against LoRA's front per cost; ``meta`` (a compare's
     meta.json) gives the command, machine and date."""
     higher = metric != "eval_loss"
-    lines = [f"# Budget sweep ({metric}; budget = average rank per module, counted in {unit})", ""]
+    split = (meta or {}).get("settings", {}).get("eval_split", "test")
+    lines = [f"# Budget sweep ({metric} on the {split} split; budget = average rank per module, counted in {unit})",
+             ""]
     if meta:
         machine = meta.get("machine", {})
         lines += [f"- command: `{meta.get('command', '?')}`",

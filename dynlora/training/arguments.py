@@ -28,6 +28,7 @@ from transformers.training_args import OptimizerNames
 
 from dynlora.core.count import BUDGET_UNITS
 from dynlora.core.inject import ADAPTER_DTYPES, parse_targets
+from dynlora.data.splits import EVAL_SPLITS
 from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES
 from dynlora.hf.models import DTYPES
@@ -70,6 +71,8 @@ class DataArguments:
     label_column: str = _arg("label_column", "the label column of a --dataset file")
     train_size: int | None = _arg("train_size", "training examples to use (a seeded subset); 0 = the whole split")
     max_length: int = _arg("max_length", "tokens per example, longer ones truncated")
+    eval_split: str = _arg("eval_split", "the held-out split the finished run is scored on: test, or validation "
+                           "(to choose settings without looking at test)", choices=list(EVAL_SPLITS))
 
 
 @dataclass

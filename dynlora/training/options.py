@@ -8,6 +8,7 @@ from typing import Any
 
 from dynlora.core.count import check_budget_unit
 from dynlora.core.inject import ADAPTER_DTYPES
+from dynlora.data.splits import EVAL_SPLITS
 from dynlora.decide.schedule import check_span
 from dynlora.errors import DynloraError
 from dynlora.hf.device import check_device
@@ -71,6 +72,7 @@ class TrainOptions:
     warmup: float = 0.06  # learning-rate warm-up: a fraction (< 1) of the run, or whole steps (TrainingArguments' warmup_steps)
     weight_decay: float = 0.0  # AdamW's decoupled weight decay on the adapters (a method's own groups may exempt some)
     max_length: int = 64
+    eval_split: str = "test"  # the held-out split scored at the end: test, or validation (to choose settings on)
     seed: int = 0
     output: str | None = None
     rank_budget: int | None = None  # total rank over all adapters; default rank x number of adapters
@@ -114,6 +116,8 @@ class TrainOptions:
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise DynloraError(f"quantize {self.quantize!r} is not valid; valid: {', '.join(QUANTIZATIONS)}")
         check_budget_unit(self.budget_unit)
+        if self.eval_split not in EVAL_SPLITS:
+            raise DynloraError(f"eval_split {self.eval_split!r} is not valid; valid: {', '.join(EVAL_SPLITS)}")
         check_device(self.device)
         check_export_dtype(self.export_dtype)
         if self.adapter_dtype not in ADAPTER_DTYPES:

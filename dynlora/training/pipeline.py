@@ -17,6 +17,7 @@ from transformers import TrainerCallback, set_seed
 
 from dynlora.core.distributed import is_main_process
 from dynlora.data.instruct import is_instruct
+from dynlora.data.splits import scored_on
 from dynlora.io.checkpoint import save_checkpoint
 from dynlora.io.input_gates import input_gated
 from dynlora.training.arguments import config_yaml
@@ -44,7 +45,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
     In a multi-process run every process trains and evaluates; only the main process writes files.
     """
     kind = task_kind(opts)
-    data = kind.load_data(opts)  # load
+    data = scored_on(kind.load_data(opts), opts.eval_split)  # load
     final, work = start_run(opts.output, opts.as_dict(), resume)
     try:
         with run_log(work / "train.log" if is_main_process() else None):  # dependencies' warnings: not the terminal
@@ -75,7 +76,8 @@ def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, opts: TrainO
     metrics: dict[str, Any] = {"task": data.name, "method": opts.method, "seed": opts.seed,  # finish
                                **kind.evaluate(trainer, prepared, tokenizer, data, test_ds),
                                **run_cost(prepared, result, seconds, steps_run, memory, mem),
-                               "train_examples": len(train_ds), "test_examples": len(test_ds)}
+                               "train_examples": len(train_ds), "test_examples": len(test_ds),
+                               "eval_split": opts.eval_split}
     gate_means = None
     if input_gated(prepared.model):  # fold each gate's mean over the validation split into B for PEFT
         calibration = kind.split(data, "validation", tokenizer, max_length)

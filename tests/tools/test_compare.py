@@ -291,3 +291,12 @@ def test_budgets_in_parameters_are_plain_lora_s_for_every_method(assets, tmp_pat
     compare.check_budgets(budgets, "params")
     with pytest.raises(compare.DynloraError, match="plain LoRA's params"):
         compare.check_budgets({**budgets, "l1ra": expected - 1}, "params")
+
+
+def test_eval_split_reaches_every_cell_and_keeps_old_folders_resumable():
+    test = compare.CompareOptions(profile=compare.Profile("quick"), methods=("lora",))
+    search = compare.CompareOptions(profile=compare.Profile("quick", eval_split="validation"), methods=("lora",))
+    assert "eval_split" not in test.settings()  # folders made before the flag resume as they were
+    assert search.settings()["eval_split"] == "validation"
+    assert search.cell_options("lora", 0).eval_split == "validation"
+    assert test.cell_options("lora", 0).eval_split == "test"
