@@ -46,7 +46,10 @@ class L1RAConfig:
     output. Reallocation every 10% of the run, as in the paper.
     """
 
-    lam: float = knob(0.5, "L1 strength on the gates", flag="--l1ra-lambda", ge=0)
+    lam: float | None = knob(None, "L1 strength on the gates (default: --l1ra-pull spread over the run)",
+                             flag="--l1ra-lambda", type=float, ge=0)
+    pull: float = knob(2.0, "how far the L1 step pulls a gate over the whole run at the peak learning rate, "
+                       "whatever its length (lambda = pull / (lr_c x steps))", flag="--l1ra-pull", ge=0)
     lr_c: float = knob(2e-2, "the gates' learning rate lr_c", flag="--l1ra-lr", gt=0)
     threshold: float = knob(1e-6, "prune gates under this", flag="--l1ra-threshold", ge=0, lt=1)
     interval: float = knob(0.1, "steps between reallocations: a whole number, or a fraction (< 1) of the run",
@@ -63,6 +66,10 @@ class L1RAConfig:
 
     def when(self) -> Schedule:
         return Schedule.parse(self.interval, label="--l1ra-interval")
+
+    def strength(self, total_steps: int) -> float:
+        """lambda: ``lam`` when given, else ``pull`` spread over ``total_steps`` at the peak ``lr_c``."""
+        return self.lam if self.lam is not None else self.pull / (self.lr_c * max(total_steps, 1))
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class L1RA(MethodBase):
         self.config = config
         self.total_steps = total_steps
         self.schedule = config.when().for_run(total_steps)
+        self.lam = config.strength(total_steps)
         self.events = 0
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
@@ -113,12 +121,12 @@ class L1RA(MethodBase):
 
     @torch.no_grad()
     def per_step(self, step: int, view: View) -> None:
-        """c <- clamp(c - lr_c * lambda, 0, 1) on every gate."""
+        """c <- clamp(c - lr_c * lambda, 0, 1) on every gate (lr_c as the schedule has it now)."""
         lrs = view.learning_rates()
         for layer in view.layers.values():
             if layer.gate is None or layer.rank == 0:
                 continue
-            layer.gate.sub_(lrs.get(id(layer.gate), self.config.lr_c) * self.config.lam).clamp_(0.0, 1.0)
+            layer.gate.sub_(lrs.get(id(layer.gate), self.config.lr_c) * self.lam).clamp_(0.0, 1.0)
 
     def own_lrs(self, layers: Mapping[str, LoraLayer]) -> dict[nn.Parameter, float]:
         """The gates train at ``lr_c`` in any optimizer (their own group, or a rescaled step)."""

@@ -35,6 +35,7 @@ from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
 from dynlora.methods import registry
+from dynlora.methods.config import knobs, type_of
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
 from dynlora.training.options import TrainOptions
@@ -132,29 +133,54 @@ class CompareOptions:
                             label_column=self.label_column, method=name, rank=p.rank, alpha=p.alpha,
                             targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
                             train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
+                            method_config={k: v for k, v in own.items() if k != "lr"} or None,
                             max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)),
                             dtype=p.dtype, bf16=p.bf16, quantize=p.quantize, device=p.device or "auto",
                             budget_unit=p.budget_unit, eval_split=p.eval_split)
 
 
-def split_method(spec: str) -> tuple[str, dict[str, float]]:
-    """``name@lr=0.02`` -> ``("name", {"lr": 0.02})``: a method with its own learning rate.
+def split_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name@lr=0.02@pull=4`` -> ``("name", {"lr": 0.02, "pull": 4.0})``: a method with its own learning
+    rate and knobs of its config (a search over them is one compare).
 
-    Only ``lr`` can differ per method; data, steps, rank budget and every other setting stay shared.
+    ``lr`` and the method's own knobs can differ per method; data, steps, rank budget and every other
+    setting stay shared. A knob reads as its type; ``none`` is None.
     """
     name, _, rest = spec.partition("@")
-    own: dict[str, float] = {}
+    own: dict[str, Any] = {}
     for item in filter(None, rest.split("@")):
         key, _, value = item.partition("=")
-        if key != "lr":
-            raise DynloraError(f"method option {item!r} in {spec!r}: only lr=<float> may be set per method")
-        try:
-            own["lr"] = float(value)
-        except ValueError:
-            raise DynloraError(f"method option {item!r} in {spec!r}: lr must be a number") from None
-        if not own["lr"] > 0:
-            raise DynloraError(f"method option {item!r} in {spec!r}: lr must be > 0")
+        if key in own:
+            raise DynloraError(f"method option {key!r} is given twice in {spec!r}")
+        if key == "lr":
+            try:
+                own["lr"] = float(value)
+            except ValueError:
+                raise DynloraError(f"method option {item!r} in {spec!r}: lr must be a number") from None
+            if not own["lr"] > 0:
+                raise DynloraError(f"method option {item!r} in {spec!r}: lr must be > 0")
+            continue
+        fields = {f.name: f for f, _ in knobs(registry.get(name).config)} if registry.get(name).config else {}
+        if key not in fields:
+            raise DynloraError(f"method option {item!r} in {spec!r}: valid: lr, {', '.join(fields) or '(no knobs)'}")
+        own[key] = _knob_value(fields[key], value, item, spec)
+    if len(own) > ("lr" in own):
+        registry.resolve_config(name, {k: v for k, v in own.items() if k != "lr"})  # a bad value is named here
     return name, own
+
+
+def _knob_value(f: dataclasses.Field, text: str, item: str, spec: str) -> Any:
+    if text.lower() == "none":
+        return None
+    kind = type_of(f)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        return kind(text)
+    except ValueError:
+        raise DynloraError(f"method option {item!r} in {spec!r}: {f.name} must be {kind.__name__}") from None
 
 
 def machine(device: str = "auto") -> dict[str, Any]:

@@ -45,6 +45,17 @@ def test_proximal_step_shrinks_by_exactly_lr_times_lambda_and_zeroes_crossers():
     torch.testing.assert_close(layer.gate.detach(), torch.tensor([0.995, 0.495, 0.0, 0.0]), atol=0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("steps", [10, 40])
+def test_pull_is_spread_over_the_run_whatever_its_length(steps):
+    """At a constant lr_c a gate without gradient loses exactly ``pull`` over the run, in any run length."""
+    layer = LoraLayer(nn.Linear(4, 3), rank=2, alpha=4.0, use_gate=True)
+    method = L1RA(L1RAConfig(pull=0.6, lr_c=0.01), total_steps=steps)
+    for step in range(1, steps + 1):
+        method.per_step(step, View(step, {"x": layer}, torch.Generator()))
+    torch.testing.assert_close(layer.gate.detach(), torch.full((2,), 0.4), atol=1e-5, rtol=0)
+    assert L1RAConfig(lam=0.3, pull=5.0).strength(steps) == 0.3  # an explicit lambda wins
+
+
 def test_proximal_step_uses_the_optimizers_gate_lr():
     model, opt, controller = _setup(L1RAConfig(lam=1.0, lr_c=0.05, interval=20))
     for group in opt.param_groups:

@@ -232,7 +232,11 @@ def test_method_with_its_own_learning_rate():
 
     assert split_method("peft-adalora@lr=0.02") == ("peft-adalora", {"lr": 0.02})
     assert split_method("lora") == ("lora", {})
-    for bad in ("lora@lr=x", "lora@lr=-1", "lora@rank=4"):
+    assert split_method("l1ra@pull=4@interval=0.25@max_rank=none@lr=0.002") == (
+        "l1ra", {"pull": 4.0, "interval": 0.25, "max_rank": None, "lr": 0.002})
+    assert split_method("module-alloc:topp@k=0.3")[1] == {"k": 0.3}
+    for bad in ("lora@lr=x", "lora@lr=-1", "lora@rank=4", "l1ra@pull=x", "l1ra@pull=-1", "l1ra@nope=1",
+                "l1ra@pull=1@pull=2", "l1ra@min_rank=1.5"):
         with pytest.raises(DynloraError):
             split_method(bad)
 
@@ -300,3 +304,10 @@ def test_eval_split_reaches_every_cell_and_keeps_old_folders_resumable():
     assert search.settings()["eval_split"] == "validation"
     assert search.cell_options("lora", 0).eval_split == "validation"
     assert test.cell_options("lora", 0).eval_split == "test"
+
+
+def test_a_method_knob_reaches_its_cell_and_nothing_else():
+    opts = compare.CompareOptions(profile=compare.Profile("quick"), methods=("l1ra@pull=4", "l1ra"))
+    assert opts.cell_options("l1ra@pull=4", 0).method_config == dataclasses.replace(
+        opts.cell_options("l1ra", 0).method_config, pull=4.0)
+    assert compare.cell_dir(Path("x"), "l1ra@pull=4", 0) != compare.cell_dir(Path("x"), "l1ra", 0)
