@@ -49,6 +49,7 @@ from torch import nn
 from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import SavedTensorBytes, training_state_bytes
 from dynlora.hf.models import load_classifier, pretrained_kwargs, quiet_loading, resolve_model
+from dynlora.tools.compare import split_method
 from dynlora.training.options import TrainOptions
 from dynlora.training.prepare import prepare
 
@@ -108,7 +109,9 @@ def make_batch(folder: str, lm: bool, batch_size: int, seq_len: int, vocab: int,
 def build(method: str, folder: str, lm: bool, args: argparse.Namespace, total_steps: int) -> Cell:
     """The model for ``method`` as ``dynlora train`` prepares it, with its optimizer."""
     torch.manual_seed(0)
-    opts = TrainOptions(model=folder, method=method, rank=args.rank, alpha=2.0 * args.rank, dtype=args.dtype,
+    name, own = split_method(method)  # a method's own knobs: module-alloc@fold=true
+    opts = TrainOptions(model=folder, method=name, method_config={k: v for k, v in own.items() if k != "lr"} or None,
+                        rank=args.rank, alpha=2.0 * args.rank, dtype=args.dtype,
                         bf16=args.bf16, quantize=args.quantize, device=args.device, max_steps=total_steps)
     if lm:  # as load_causal_lm loads it, without needing a tokenizer (random token ids)
         from transformers import AutoModelForCausalLM

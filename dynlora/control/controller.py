@@ -30,7 +30,7 @@ from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer, RankChange
 from dynlora.core.own_lr import OwnLearningRates
 from dynlora.core.surgery import remap_optimizer_state
-from dynlora.core.switch import set_trainable
+from dynlora.core.switch import fold, set_trainable, unfold
 from dynlora.decide.allocate import fit_to_budget
 from dynlora.decide.plan import Plan, Resize
 from dynlora.errors import DynloraError
@@ -62,6 +62,8 @@ class Controller:
         self.global_step = 0
         self.generation = 0
         self.active: tuple[str, ...] | None = None  # None: every adapter trains
+        self.fold_inactive = False  # whether adapters that do not train are folded into their base weights
+        self.folded: set[str] = set()
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[Event] = []
         self.budget_unit = budget_unit
@@ -149,7 +151,7 @@ class Controller:
                 for name, resize in plan.resizes.items():
                     follow(name, list(resize.keep), resize.grow)
         if plan.active is not None:
-            self.switch(plan.active)
+            self.switch(plan.active, plan.fold_inactive)
         with torch.no_grad():
             for name, ranks in plan.fade.items():
                 fade = self.layers[name].fade
@@ -163,21 +165,41 @@ class Controller:
         """The one apply path for rank changes: resize layers, then fix the optimizer state."""
         changes: list[RankChange] = []
         for name, resize in plan.items():
+            folded = name in self.folded
+            if folded:  # a folded adapter's ranks change outside its base weight
+                unfold(self.layers, [name])
             changes += self.layers[name].resize(keep=list(resize.keep), grow=resize.grow, generator=self.generator)
+            if folded and not fold(self.layers, [name]):
+                self.folded.discard(name)
         remap_optimizer_state(self.optimizer, changes)
         if changes:
             self.generation += 1
             self._follow_own_lrs()
         return changes
 
-    def switch(self, active: tuple[str, ...]) -> None:
-        """The one apply path for switching: adapters in ``active`` train, the others keep their state."""
+    def switch(self, active: tuple[str, ...], fold_inactive: bool = False) -> None:
+        """The one apply path for switching: adapters in ``active`` train, the others keep their state.
+
+        ``fold_inactive``: the others are folded into their base weights (``core.switch.fold``, where that is
+        exact to float32 rounding), so they cost no adapter work at all until they train again.
+        """
         unknown = set(active) - set(self.layers)
         if unknown:
             raise ValueError(f"no such adapters: {sorted(unknown)[:3]}")
+        off = set(self.layers) - set(active) if fold_inactive else set()
+        unfold(self.layers, sorted(self.folded - off))
         set_trainable(self.layers, active)
+        self.folded = (self.folded & off) | fold(self.layers, sorted(off - self.folded))
         self.active = tuple(active)
+        self.fold_inactive = fold_inactive
         self.generation += 1
+
+    def finish(self) -> None:
+        """At the end of training: unfold every folded adapter (the base weights are the pretrained ones
+        again, and the adapters export as they are), and record the end."""
+        unfold(self.layers, sorted(self.folded))
+        self.folded = set()
+        self.record("end")
 
     def record(self, event: str, detail: Any = None, active: tuple[str, ...] | None = None) -> Event:
         """Append an event (with every module's rank) to the history and return it."""
@@ -207,6 +229,7 @@ class Controller:
         return {"global_step": self.global_step, "ranks": self.ranks(), "budget": self.budget,
                 "history": [e.row() for e in self.history],
                 "active": list(self.active) if self.active is not None else None,
+                "fold_inactive": self.fold_inactive,
                 "generator": self.generator.get_state(),
                 "method": method.state_dict() if method is not None else {},
                 "trackers": [t.state_dict() for t in method.trackers] if method is not None else []}
@@ -222,4 +245,4 @@ class Controller:
             for tracker, saved in zip(self.method.trackers, state.get("trackers", [])):
                 tracker.load_state_dict(saved)
         if state.get("active") is not None:
-            self.switch(tuple(state["active"]))
+            self.switch(tuple(state["active"]), bool(state.get("fold_inactive", False)))

@@ -76,17 +76,41 @@ class LoraLayer(nn.Module):
         self.register_buffer("fade", None)  # optional per-rank multiplier set by a method (not trained)
         with torch.no_grad():
             self.lora_A.copy_(self._init_a(rank, generator))
+        self._remerge = False
         self._register_load_state_dict_pre_hook(self._take_saved_rank)
+        self.register_load_state_dict_post_hook(self._merge_again)
+        self.register_state_dict_post_hook(self._unmerged_base)
 
     def _take_saved_rank(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
         """Before ``load_state_dict``: take the rank (and fade) of the saved layer, so that any loader (a
-        Trainer resuming a checkpoint, ``from_pretrained``) fills a layer of the right shape."""
+        Trainer resuming a checkpoint, ``from_pretrained``) fills a layer of the right shape. A merged
+        layer is unmerged first (the saved base weight is the unmerged one) and merged again after."""
+        if self.merged:
+            self.unmerge()
+            self._remerge = True
         saved = state_dict.get(prefix + "lora_A")
-        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] != self.rank and not self.merged:
+        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] != self.rank:
             rank = int(saved.shape[0])
             self.resize(keep=list(range(min(rank, self.rank))), grow=max(0, rank - self.rank))
         if prefix + "fade" in state_dict and self.fade is None:
             self.enable_fade()
+
+    @staticmethod
+    def _merge_again(module: nn.Module, incompatible: Any) -> None:
+        if module._remerge:
+            module._remerge = False
+            module.merge()
+
+    @staticmethod
+    def _unmerged_base(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        """A merged layer's state_dict holds the base weight without the adapter in it, as an unmerged
+        layer's does: whatever saves it (a Trainer checkpoint) loads back right into a fresh model."""
+        key = prefix + "base.weight"
+        if module.merged and key in state_dict:
+            with torch.no_grad():
+                delta = module.delta_weight()
+                weight = state_dict[key]
+                state_dict[key] = weight - (delta.T if module.fan_in_fan_out else delta).to(weight.dtype)
 
     # ---- sizes -------------------------------------------------------------------------------
     @property

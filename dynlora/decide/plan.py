@@ -26,6 +26,7 @@ class Plan:
     event: str
     resizes: Mapping[str, Resize] = field(default_factory=dict)
     active: tuple[str, ...] | None = None  # adapters that train from now on; None: unchanged
+    fold_inactive: bool = False  # with ``active``: fold the others into their base weights where exact
     fade: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # ranks that fade out over fade_steps
     fade_steps: int = 1
     detail: Any = None  # a dataclass of the method's (what it saw and why), written into the history

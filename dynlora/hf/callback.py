@@ -92,7 +92,7 @@ class DynloraCallback(TrainerCallback):
         os.replace(tmp, folder / CONTROLLER_FILE)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.controller.record("end")
+        self.controller.finish()
 
     def restore(self, checkpoint: str | os.PathLike) -> None:
         """Load the controller state saved in a Trainer checkpoint (restores every module's rank).

@@ -49,7 +49,8 @@ def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None =
         if layer.rank == 0:
             continue
         if layer.merged:
-            raise DynloraError(f"adapter {name} is merged; unmerge before exporting")
+            raise DynloraError(f"adapter {name} is merged; unmerge before exporting (after a training loop of "
+                               "your own, controller.finish() unfolds the adapters it switched off)")
         b = layer.folded_b().detach()
         if layer.has_input_gate:
             b = b * gate_means[name]  # type: ignore[index]

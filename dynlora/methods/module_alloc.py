@@ -46,6 +46,9 @@ class ModuleAllocConfig:
     probe: float = knob(0, "steps (or a fraction of the run) at the start when no adapter trains and each is scored "
                            "from its forward activations alone, then the first selection; 0: every adapter trains "
                            "until the first selection (the paper's warm-up)", type=float, ge=0)
+    fold: bool = knob(False, "fold an adapter that does not train into its float32 base weight until it trains "
+                             "again, so it costs nothing forward or backward; exact to float32 rounding only, so a "
+                             "resumed run then matches a straight one to rounding, not bit for bit")
 
     def __post_init__(self) -> None:
         check_knobs(self)
@@ -104,7 +107,7 @@ class ModuleAlloc(MethodBase):
         """With a probe, nothing trains (and nothing saves activations for backward) until the first selection."""
         if not self.config.probe:
             return None
-        return Plan("select", active=(), detail=Selection(k=0, scores={}))
+        return Plan("select", active=(), fold_inactive=self.config.fold, detail=Selection(k=0, scores={}))
 
     def decide(self, step: int, view: View) -> Plan:
         scores = self.tracker.scores()
@@ -113,7 +116,8 @@ class ModuleAlloc(MethodBase):
         for name in chosen:
             self.counts[name] = self.counts.get(name, 0) + 1
         k = len(chosen) if self.config.strategy == "topp" else resolve_k(self.config.k, len(scores))
-        return Plan("select", active=chosen, detail=Selection(k=k, scores={n: round(s, 6) for n, s in scores.items()}))
+        detail = Selection(k=k, scores={n: round(s, 6) for n, s in scores.items()})
+        return Plan("select", active=chosen, fold_inactive=self.config.fold, detail=detail)
 
     def state_dict(self) -> dict[str, Any]:
         return {"counts": dict(self.counts)}

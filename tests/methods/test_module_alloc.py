@@ -140,3 +140,41 @@ def test_a_probe_scores_frozen_adapters_and_saves_no_adapter_activations_before_
 def test_a_probe_needs_activation_scores():
     with pytest.raises(DynloraError, match="probe"):
         ModuleAllocConfig(probe=2, score="gradient")
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_adapters_that_do_not_train_are_folded_until_they_train_again(fold):
+    """Folded, a frozen adapter costs nothing; it comes back as it was; the run ends unfolded."""
+    from tests.conftest import train_steps
+
+    model, layers = adapted_bert(dropout=False)
+    config = ModuleAllocConfig(schedule="every:3", k=0.5, strategy="uniform", fold=fold)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    controller = Controller(model, ModuleAlloc(config, total_steps=12), optimizer=opt, seed=0)
+    for until in (3, 6, 9):  # three selections: adapters go off and come back
+        train_steps(model, opt, controller, until, labelled_batch)
+        off = set(layers) - set(controller.active)
+        assert {n for n, layer in layers.items() if layer.merged} == (off if fold else set())
+        assert controller.folded == (off if fold else set())
+    base = {n: layer.base.weight.detach().clone() for n, layer in layers.items()}
+    controller.finish()
+    assert not any(layer.merged for layer in layers.values()) and not controller.folded
+    if fold:  # unfolding took each folded delta back out
+        assert max(float((layers[n].base.weight - base[n]).abs().max()) for n in off) > 0
+    assert controller.history[-1].event == "end"
+
+
+def test_folded_and_unfolded_runs_agree_to_float32_rounding():
+    def run(fold: bool) -> torch.Tensor:
+        from tests.conftest import tokens, train_steps
+
+        model, layers = adapted_bert(dropout=False)
+        config = ModuleAllocConfig(schedule="every:2", k=0.5, fold=fold)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        controller = Controller(model, ModuleAlloc(config, total_steps=8), optimizer=opt, seed=0)
+        train_steps(model, opt, controller, 8, labelled_batch)
+        controller.finish()
+        with torch.no_grad():
+            return model.eval()(**tokens()).logits
+
+    torch.testing.assert_close(run(True), run(False), atol=1e-4, rtol=0)
