@@ -206,18 +206,32 @@ def read_rows(path: Path) -> list[CompareRow]:
 
 
 def check_settings(root: Path, settings: dict[str, Any]) -> None:
-    """Refuse a folder that is not a compare folder, or one made with other settings."""
+    """Refuse a folder that is not a compare folder, or one made with other settings.
+
+    The shared settings must match. A method's config matters only where the folder holds cells of that
+    method: each knob recorded there must have the same value now. A knob the record lacks is one added
+    since, at a default that keeps the old behaviour, and a method the record lacks had no config then.
+    """
     if not root.exists() or not any(root.iterdir()):
         return
     meta = root / "meta.json"
     if not meta.is_file():
         raise DynloraError(f"output {str(root)!r} exists and is not a dynlora compare folder; give a new folder")
     stored = json.loads(meta.read_text()).get("settings", {})
-    diff = [f"{k} {stored.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(set(stored) | set(settings))
-            if stored.get(k) != settings.get(k)]
+    shared = sorted((set(stored) | set(settings)) - {"method_configs"})
+    diff = [f"{k} {stored.get(k)!r} there, {settings.get(k)!r} now" for k in shared if stored.get(k) != settings.get(k)]
     if diff:
         raise DynloraError(f"output {str(root)!r} was made with other settings ({'; '.join(diff)}); "
                            "give a new --output or the same settings")
+    configs, now = stored.get("method_configs", {}), settings.get("method_configs", {})
+    for method in sorted({registry.get(split_method(r["method"])[0]).name for r in read_rows(root / "results.jsonl")}):
+        then = configs.get(method)
+        changed = [f"{k} {v!r} there, {now.get(method, {}).get(k, '(gone)')!r} now" for k, v in (then or {}).items()
+                   if now.get(method, {}).get(k, "(gone)") != v]
+        if changed:
+            raise DynloraError(f"output {str(root)!r} holds {method} cells made with another {method} config "
+                               f"({'; '.join(changed)}); give a new --output, or remove its rows from "
+                               "results.jsonl to train them again")
 
 
 def check_budgets(budgets: dict[str, int], unit: str = "rank") -> None:

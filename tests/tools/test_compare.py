@@ -311,3 +311,28 @@ def test_a_method_knob_reaches_its_cell_and_nothing_else():
     assert opts.cell_options("l1ra@pull=4", 0).method_config == dataclasses.replace(
         opts.cell_options("l1ra", 0).method_config, pull=4.0)
     assert compare.cell_dir(Path("x"), "l1ra@pull=4", 0) != compare.cell_dir(Path("x"), "l1ra", 0)
+
+
+def test_a_changed_method_config_is_refused_only_where_its_cells_are(tmp_path):
+    from dynlora.errors import DynloraError
+
+    settings = compare.CompareOptions(profile=compare.Profile("quick"), methods=("l1ra",)).settings()
+    l1ra = settings["method_configs"]["l1ra"]
+    (tmp_path / "results.jsonl").write_text(json.dumps({"method": "l1ra@pull=4", "seed": 0}) + "\n")
+
+    def stored(**configs):
+        record = {**settings, "method_configs": {**settings["method_configs"], **configs}}
+        (tmp_path / "meta.json").write_text(json.dumps({"settings": record}))
+
+    stored()
+    compare.check_settings(tmp_path, settings)
+    stored(l1ra={k: v for k, v in l1ra.items() if k != "threshold"})  # a knob added since: its default kept
+    compare.check_settings(tmp_path, settings)
+    stored(adaptive={"beta": 0.5})  # no adaptive cells here
+    compare.check_settings(tmp_path, settings)
+    stored(l1ra={**l1ra, "lr_c": 0.5})
+    with pytest.raises(DynloraError, match=r"l1ra cells .*lr_c 0.5 there, 0.02 now"):
+        compare.check_settings(tmp_path, settings)
+    stored(l1ra={**l1ra, "retired": 1})
+    with pytest.raises(DynloraError, match="retired 1 there, '[(]gone[)]' now"):
+        compare.check_settings(tmp_path, settings)
