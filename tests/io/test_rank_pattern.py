@@ -43,3 +43,20 @@ def test_the_learned_ranks_train_again_in_plain_peft(tiny_assets, tmp_path, caps
 
     assert main(["export", str(run), "--output", str(out), "--rank-pattern-only"]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+    # the same pattern as a compare method: plain PEFT LoRA from scratch with those ranks
+    again = train(TrainOptions(model=model_dir, dataset=data, method="peft-lora", max_steps=2, batch_size=8, rank=4,
+                               alpha=8, output=str(tmp_path / "again"), method_config={"rank_pattern": str(out)}),
+                  log=lambda message: None)
+    trained = json.loads((tmp_path / "again" / "ranks.json").read_text())
+    assert {n.removeprefix("base_model.model."): r for n, r in trained.items()} == {
+        n: r for n, r in ranks.items() if r > 0}
+    assert again["total_rank"] == sum(ranks.values())
+
+
+def test_a_rank_pattern_folder_must_hold_a_config(tmp_path):
+    from dynlora.errors import DynloraError
+    from dynlora.methods.peft_lora import PeftLoraConfig
+
+    with pytest.raises(DynloraError, match="holds no adapter_config.json"):
+        PeftLoraConfig(rank_pattern=str(tmp_path))
