@@ -95,10 +95,46 @@ def uniform(scores: Mapping[str, float], k: int, generator: torch.Generator) -> 
 STRATEGIES: tuple[str, ...] = ("topk", "topp", "multinomial", "discounted", "uniform")
 
 
+def _priority(strategy: str, scores: Mapping[str, float], counts: Mapping[str, int],
+              generator: torch.Generator) -> list[str]:
+    """Every module, in the order the strategy would pick them."""
+    names = list(scores)
+    if strategy == "topk":
+        return [names[i] for i in sorted(range(len(names)), key=lambda i: (-scores[names[i]], i))]
+    if strategy in ("multinomial", "discounted"):
+        seen = counts if strategy == "discounted" else {}
+        weights = torch.tensor([max(0.0, float(scores[n])) / (1 + seen.get(n, 0)) for n in names], dtype=torch.float64)
+        return [names[i] for i in _draw(weights, len(names), generator)]
+    if strategy == "uniform":
+        return [names[i] for i in torch.randperm(len(names), generator=generator).tolist()]
+    raise ValueError(f"strategy {strategy!r} has no cost-bounded form; valid: topk, multinomial, discounted, uniform")
+
+
+def within_cost(order: list[str], costs: Mapping[str, float], share: float) -> set[str]:
+    """Modules in ``order`` while their costs sum to at most ``share`` of all costs; one that does not fit is
+    passed over for cheaper ones after it. When none fits, the first trains."""
+    budget = share * sum(costs[n] for n in order)
+    chosen: set[str] = set()
+    spent = 0.0
+    for name in order:
+        if spent + costs[name] <= budget:
+            chosen.add(name)
+            spent += costs[name]
+    return chosen or set(order[:1])
+
+
 def select(strategy: str, scores: Mapping[str, float], *, k: float = 0.5, threshold: float = 0.5,
-           counts: Mapping[str, int] | None = None, generator: torch.Generator | None = None) -> tuple[str, ...]:
-    """Dispatch by strategy name; ``k`` is a count or a fraction, ``threshold`` is for ``topp``."""
+           counts: Mapping[str, int] | None = None, generator: torch.Generator | None = None,
+           costs: Mapping[str, float] | None = None) -> tuple[str, ...]:
+    """Dispatch by strategy name; ``k`` is a count or a fraction, ``threshold`` is for ``topp``.
+
+    ``costs`` (what each module costs to train, in any unit): ``k`` is then the share of the total cost
+    that trains (a count k >= 1 as the share k / modules), taken in the strategy's order.
+    """
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    if costs is not None and strategy != "topp":
+        share = k if k < 1 else resolve_k(k, len(scores)) / len(scores)
+        return _ordered(scores, within_cost(_priority(strategy, scores, counts or {}, generator), costs, share))
     n = resolve_k(k, len(scores)) if strategy != "topp" else 0
     if strategy == "topk":
         return topk(scores, n)

@@ -24,6 +24,7 @@ from dynlora.observe.activation import ActivationNorm
 from dynlora.observe.gradient import GradientNorm
 
 TRACKERS = {"activation": ActivationNorm, "gradient": GradientNorm}
+K_OF = ("adapters", "budget")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class ModuleAllocConfig:
     strategy: str = knob("topk", " | ".join(STRATEGIES), choices=STRATEGIES)
     schedule: str = knob("every:0.2", "once:N or every:N; N in steps, or a fraction below 1 of the run")
     k: float = knob(0.5, "adapters that train: a count or a fraction")
+    k_of: str = knob("adapters", "what k counts: adapters, or budget (the share of what the adapters cost in the "
+                                 "run's budget unit, ranks / params / flops, that trains)", choices=K_OF)
     threshold: float = knob(0.5, "cumulative share for topp", gt=0, le=1)
     decay: float | None = knob(None, "EMA factor for the scores (default: accumulate)", type=float, ge=0, lt=1)
     warmup: float = knob(0, "extra steps (or fraction of the run) with every adapter active", type=float)
@@ -111,11 +114,14 @@ class ModuleAlloc(MethodBase):
 
     def decide(self, step: int, view: View) -> Plan:
         scores = self.tracker.scores()
+        costs = None
+        if self.config.k_of == "budget":  # what each adapter costs at its rank: in ranks, or the run's unit
+            costs = {n: layer.rank * (view.costs[n] if view.costs is not None else 1) for n, layer in view.layers.items()}
         chosen = select(self.config.strategy, scores, k=self.config.k, threshold=self.config.threshold,
-                        counts=self.counts, generator=view.generator)
+                        counts=self.counts, generator=view.generator, costs=costs)
         for name in chosen:
             self.counts[name] = self.counts.get(name, 0) + 1
-        k = len(chosen) if self.config.strategy == "topp" else resolve_k(self.config.k, len(scores))
+        k = len(chosen) if self.config.strategy == "topp" or costs else resolve_k(self.config.k, len(scores))
         detail = Selection(k=k, scores={n: round(s, 6) for n, s in scores.items()})
         return Plan("select", active=chosen, fold_inactive=self.config.fold, detail=detail)
 

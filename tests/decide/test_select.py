@@ -82,3 +82,27 @@ def test_zero_scores_still_give_k_modules():
     scores = {"a": 0.0, "b": 1.0, "c": 0.0}
     assert len(multinomial(scores, 2, gen())) == 2
     assert topp({"a": 0.0, "b": 0.0}, 0.5) == ("a",)
+
+
+@pytest.mark.parametrize("strategy", ["topk", "multinomial", "discounted", "uniform"])
+def test_with_costs_k_is_a_share_of_the_cost_and_is_never_exceeded(strategy):
+    rnd = torch.Generator().manual_seed(3)
+    scores = {f"m{i}": float(torch.rand(1, generator=rnd)) for i in range(12)}
+    costs = {name: (1920 if i % 3 == 0 else 768) for i, name in enumerate(scores)}  # FFN-wide and attention
+    for share in (0.25, 0.5, 0.75):
+        chosen = select(strategy, scores, k=share, costs=costs, generator=torch.Generator().manual_seed(0))
+        spent = sum(costs[n] for n in chosen)
+        assert spent <= share * sum(costs.values())
+        assert spent > share * sum(costs.values()) - max(costs.values())  # nothing left out that still fitted
+        assert chosen == tuple(n for n in scores if n in chosen)  # in the scores' order
+    again = select(strategy, scores, k=0.5, costs=costs, generator=torch.Generator().manual_seed(0))
+    assert again == select(strategy, scores, k=0.5, costs=costs, generator=torch.Generator().manual_seed(0))
+
+
+def test_with_costs_topk_prefers_the_best_that_fit_and_a_count_is_a_share():
+    scores = {"wide": 0.9, "a": 0.5, "b": 0.4, "c": 0.1}
+    costs = {"wide": 4.0, "a": 1.0, "b": 1.0, "c": 1.0}
+    assert select("topk", scores, k=0.5, costs=costs) == ("a", "b", "c")  # the wide one does not fit: 3.5 of 7
+    assert select("topk", scores, k=0.6, costs=costs) == ("wide",)  # 4.2 of 7: the best one fits, then no other
+    assert select("topk", scores, k=2, costs={n: 1.0 for n in scores}) == select("topk", scores, k=2)
+    assert select("topk", {"x": 1.0, "y": 0.5}, k=0.1, costs={"x": 5.0, "y": 5.0}) == ("x",)  # the first trains

@@ -178,3 +178,19 @@ def test_folded_and_unfolded_runs_agree_to_float32_rounding():
             return model.eval()(**tokens()).logits
 
     torch.testing.assert_close(run(True), run(False), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("unit", ["rank", "params"])
+def test_k_of_budget_trains_at_most_that_share_of_the_adapters_cost(unit):
+    from dynlora.core.count import rank_cost
+    from tests.conftest import train_steps
+
+    model, layers = adapted_bert(dropout=False)
+    config = ModuleAllocConfig(schedule="every:2", k=0.5, k_of="budget")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    controller = Controller(model, ModuleAlloc(config, total_steps=4), optimizer=opt, seed=0, budget_unit=unit)
+    train_steps(model, opt, controller, 2, labelled_batch)
+    cost = {n: layer.rank * (rank_cost(layer, unit) if unit != "rank" else 1) for n, layer in layers.items()}
+    trained = sum(cost[n] for n in controller.active)
+    assert 0.5 * sum(cost.values()) - max(cost.values()) < trained <= 0.5 * sum(cost.values())
+    assert controller.history[-1].detail["k"] == len(controller.active)
