@@ -6,6 +6,7 @@ import json
 import pytest
 
 from dynlora.cli import main
+from dynlora.data.text import load_task
 from dynlora.methods.l1ra import L1RAConfig
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
@@ -44,10 +45,14 @@ def test_the_learned_ranks_train_again_in_plain_peft(tiny_assets, tmp_path, caps
     assert main(["export", str(run), "--output", str(out), "--rank-pattern-only"]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
 
-    # the same pattern as a compare method: plain PEFT LoRA from scratch with those ranks
+    # the same pattern as a compare method: plain PEFT LoRA from scratch with those ranks (scored on the
+    # validation split, as a search would be)
     again = train(TrainOptions(model=model_dir, dataset=data, method="peft-lora", max_steps=2, batch_size=8, rank=4,
-                               alpha=8, output=str(tmp_path / "again"), method_config={"rank_pattern": str(out)}),
-                  log=lambda message: None)
+                               alpha=8, output=str(tmp_path / "again"), method_config={"rank_pattern": str(out)},
+                               eval_split="validation"), log=lambda message: None)
+    held_out = load_task(None, dataset=data)
+    assert again["eval_split"] == "validation" and again["test_examples"] == len(held_out.validation)
+    assert len(held_out.validation) != len(held_out.test)  # so the count tells the splits apart
     trained = json.loads((tmp_path / "again" / "ranks.json").read_text())
     assert {n.removeprefix("base_model.model."): r for n, r in trained.items()} == {
         n: r for n, r in ranks.items() if r > 0}

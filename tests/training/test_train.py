@@ -149,13 +149,3 @@ def test_adapters_frozen_at_the_start_still_train_once_selected(tiny_assets, tmp
                if any(f".{name}.lora_B" in k and float(v.abs().sum()) > 0 for k, v in tensors.items())}
     assert selected and trained == selected  # every adapter that was ever selected trained; no other did
 
-
-def test_eval_split_validation_scores_the_validation_split(tmp_path):
-    from dynlora.data.text import load_task
-
-    path = separable_csv(tmp_path / "d.csv")
-    data = load_task(None, dataset=path)
-    assert len(data.validation) != len(data.test)  # so the count tells the splits apart
-    metrics = train(TrainOptions(dataset=path, rank=2, max_steps=2, batch_size=8, train_size=None,
-                                 eval_split="validation", output=str(tmp_path / "run")), log=lambda s: None)
-    assert metrics["eval_split"] == "validation" and metrics["test_examples"] == len(data.validation)
