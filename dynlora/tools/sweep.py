@@ -65,9 +65,10 @@ def sweep_markdown(rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str,
     """One table per budget, then each method's place against LoRA's front per cost; ``meta`` (a compare's
     meta.json) gives the command, machine and date."""
     higher = metric != "eval_loss"
-    split = (meta or {}).get("settings", {}).get("eval_split", "test")
-    lines = [f"# Budget sweep ({metric} on the {split} split; budget = average rank per module, counted in {unit})",
-             ""]
+    settings = (meta or {}).get("settings", {})
+    task = settings.get("task") or settings.get("dataset")
+    lines = [f"# Budget sweep{': ' + task if task else ''} ({metric} on the {settings.get('eval_split', 'test')} "
+             f"split; budget = average rank per module, counted in {unit})", ""]
     if meta:
         machine = meta.get("machine", {})
         lines += [f"- command: `{meta.get('command', '?')}`",
