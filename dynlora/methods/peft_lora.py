@@ -15,8 +15,8 @@ from torch import nn
 
 from dynlora.core.inject import peft_task_type
 from dynlora.errors import DynloraError
-from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.base import AdapterSettings, MethodSpec, Prepared
+from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.peft_common import peft_budget, peft_flops, peft_ranks, peft_targets
 from dynlora.methods.registry import register
 
