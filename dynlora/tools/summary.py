@@ -128,7 +128,10 @@ def draw_plots(rows: list[dict[str, Any]], methods: tuple[str, ...], root: Path)
         seeds = sorted(r["seed"] for r in rows if r["method"] == method)
         if _static(method) or not seeds:
             continue
-        ranks = json.loads((cell_dir(root, method, seeds[0]) / "ranks.json").read_text())
+        saved = cell_dir(root, method, seeds[0]) / "ranks.json"
+        if not saved.is_file():  # cells are not committed: a fresh clone resuming a folder keeps the drawn plot
+            continue
+        ranks = json.loads(saved.read_text())
         rank_heatmap(ranks, root / f"ranks_{safe_name(method)}.png",
                      title=f"{method}, seed {seeds[0]}: final rank per module (total {sum(ranks.values())})")
 
