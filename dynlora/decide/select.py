@@ -28,11 +28,15 @@ def _ordered(scores: Mapping[str, float], chosen: set[str]) -> tuple[str, ...]:
     return tuple(name for name in scores if name in chosen)
 
 
+def _ranked(scores: Mapping[str, float]) -> list[str]:
+    """Names from the highest score down, ties broken by order."""
+    names = list(scores)
+    return [names[i] for i in sorted(range(len(names)), key=lambda i: (-scores[names[i]], i))]
+
+
 def topk(scores: Mapping[str, float], k: int) -> tuple[str, ...]:
     """The ``k`` highest scores (ties broken by order)."""
-    names = list(scores)
-    ranked = sorted(range(len(names)), key=lambda i: (-scores[names[i]], i))
-    return _ordered(scores, {names[i] for i in ranked[:k]})
+    return _ordered(scores, set(_ranked(scores)[:k]))
 
 
 def topp(scores: Mapping[str, float], threshold: float) -> tuple[str, ...]:
@@ -43,15 +47,14 @@ def topp(scores: Mapping[str, float], threshold: float) -> tuple[str, ...]:
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     total = sum(scores.values())
-    names = list(scores)
-    ranked = sorted(range(len(names)), key=lambda i: (-scores[names[i]], i))
+    ranked = _ranked(scores)
     if total <= 0:
-        return _ordered(scores, {names[i] for i in ranked[: max(1, round(threshold * len(names)))]})
+        return _ordered(scores, set(ranked[: max(1, round(threshold * len(ranked)))]))
     chosen: set[str] = set()
     cumulative = 0.0
-    for i in ranked:
-        chosen.add(names[i])
-        cumulative += scores[names[i]] / total
+    for name in ranked:
+        chosen.add(name)
+        cumulative += scores[name] / total
         if cumulative >= threshold - 1e-12:
             break
     return _ordered(scores, chosen)
@@ -100,7 +103,7 @@ def _priority(strategy: str, scores: Mapping[str, float], counts: Mapping[str, i
     """Every module, in the order the strategy would pick them."""
     names = list(scores)
     if strategy == "topk":
-        return [names[i] for i in sorted(range(len(names)), key=lambda i: (-scores[names[i]], i))]
+        return _ranked(scores)
     if strategy in ("multinomial", "discounted"):
         seen = counts if strategy == "discounted" else {}
         weights = torch.tensor([max(0.0, float(scores[n])) / (1 + seen.get(n, 0)) for n in names], dtype=torch.float64)
