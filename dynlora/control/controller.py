@@ -30,7 +30,7 @@ from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer, RankChange
 from dynlora.core.own_lr import OwnLearningRates
 from dynlora.core.surgery import remap_optimizer_state
-from dynlora.core.switch import fold, set_trainable, unfold
+from dynlora.core.switch import fold, keep_backward, set_trainable, unfold
 from dynlora.decide.allocate import fit_to_budget
 from dynlora.decide.plan import Plan, Resize
 from dynlora.errors import DynloraError
@@ -82,6 +82,8 @@ class Controller:
             self.apply(Plan("budget", resizes={n: Resize(keep=tuple(range(r)))
                                                for n, r in fitted.items() if r != ranks[n]}))
         self.record("init")
+        # a plan may switch every adapter off (a probe): on a model with no trainable head, backward must still run
+        self._backward = keep_backward(model) if method is not None else None
         first = method.start(self.view()) if method is not None else None
         if first is not None:
             self.apply(first)
@@ -199,6 +201,9 @@ class Controller:
         again, and the adapters export as they are), and record the end."""
         unfold(self.layers, sorted(self.folded))
         self.folded = set()
+        if self._backward is not None:
+            self._backward.remove()
+            self._backward = None
         self.record("end")
 
     def record(self, event: str, detail: Any = None, active: tuple[str, ...] | None = None) -> Event:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,31 @@ def set_trainable(layers: Mapping[str, LoraLayer], active: Collection[str]) -> N
                 p.requires_grad_(on)
                 if not on:
                     p.grad = None
+
+
+def keep_backward(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Let a training step in which nothing trains (a probe on a model with no trainable head) still run
+    its backward: a forward hook replaces the model's floating outputs that need no gradient by copies
+    that hang off a fresh leaf. The backward then stops at once, no parameter gets a gradient, and the
+    optimizer skips its update; any trainer's loss (the model's own, or one from the logits) works."""
+
+    def anchored(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
+            return value.detach().requires_grad_().clone()  # a non-leaf: the trainer may scale it in place
+        return value
+
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+        if isinstance(output, Mapping):  # a ModelOutput: set in place, it keeps its class and attributes
+            for key, value in list(output.items()):
+                output[key] = anchored(value)
+            return output
+        if isinstance(output, tuple):
+            return tuple(anchored(v) for v in output)
+        return anchored(output)
+
+    return model.register_forward_hook(hook)
 
 
 def can_fold(layer: LoraLayer) -> bool:

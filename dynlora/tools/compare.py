@@ -209,7 +209,8 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
     """Refuse a folder that is not a compare folder, or one made with other settings.
 
     The shared settings must match. A method's config matters only where the folder holds cells of that
-    method: each knob recorded there must have the same value now. A knob the record lacks is one added
+    method: each knob recorded there must have the same value now, unless the cells' label pins it
+    (``name@knob=value`` keeps its rows when that knob's default changes). A knob the record lacks is one added
     since, at a default that keeps the old behaviour, and a method the record lacks had no config then.
     """
     if not root.exists() or not any(root.iterdir()):
@@ -224,12 +225,17 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
         raise DynloraError(f"output {str(root)!r} was made with other settings ({'; '.join(diff)}); "
                            "give a new --output or the same settings")
     configs, now = stored.get("method_configs", {}), settings.get("method_configs", {})
-    for method in sorted({registry.get(split_method(r["method"])[0]).name for r in read_rows(root / "results.jsonl")}):
-        then = configs.get(method)
-        changed = [f"{k} {v!r} there, {now.get(method, {}).get(k, '(gone)')!r} now" for k, v in (then or {}).items()
-                   if now.get(method, {}).get(k, "(gone)") != v]
+    for label in sorted({r["method"] for r in read_rows(root / "results.jsonl")}):
+        name, own = split_method(label)
+        method = registry.get(name).name
+        if method not in configs:
+            continue
+        pinned = {k: v for k, v in own.items() if k != "lr"}  # a knob in the label is the same then and now
+        then, current = {**configs[method], **pinned}, {**now.get(method, {}), **pinned}
+        changed = [f"{k} {v!r} there, {current.get(k, '(gone)')!r} now" for k, v in then.items()
+                   if current.get(k, "(gone)") != v]
         if changed:
-            raise DynloraError(f"output {str(root)!r} holds {method} cells made with another {method} config "
+            raise DynloraError(f"output {str(root)!r} holds {label} cells made with another {method} config "
                                f"({'; '.join(changed)}); give a new --output, or remove its rows from "
                                "results.jsonl to train them again")
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dynlora.core.layer import LoraLayer
-from dynlora.core.switch import can_fold, fold, set_trainable, unfold
+from dynlora.core.switch import can_fold, fold, keep_backward, set_trainable, unfold
 from tests.conftest import adapted_bert, tokens
 
 
@@ -68,3 +68,30 @@ def test_set_trainable_keeps_optimizer_relevant_state(on):
     set_trainable({"x": layer}, ["x"] if on else [])
     assert all(p.requires_grad == on for p in (layer.lora_A, layer.lora_B, layer.gate))
     assert (layer.lora_A.grad is not None) == on
+
+
+def test_a_step_where_nothing_trains_still_runs_backward_and_changes_nothing():
+    from dynlora.core.inject import AdapterConfig, inject
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(lm=True)  # a causal LM: no trainable head
+    layers = inject(model, AdapterConfig(rank=2, alpha=4))
+    set_trainable(layers, ())
+    ids = torch.randint(1, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    model.train()
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        model(input_ids=ids, labels=ids).loss.backward()
+    handle = keep_backward(model)
+    out = model(input_ids=ids, labels=ids)
+    loss = out.loss
+    loss *= 2.0  # the Trainer scales the loss in place
+    loss.backward()
+    nn.functional.cross_entropy(out.logits.flatten(0, 1), ids.flatten()).backward()  # a loss of its own (TRL)
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    assert not model(input_ids=ids).logits.requires_grad  # evaluation untouched
+    set_trainable(layers, sorted(layers)[:1])
+    model.train()
+    trained = model(input_ids=ids, labels=ids).loss
+    assert trained.grad_fn is not None and not trained.grad_fn.name().startswith("Clone")  # real graph, no copy
+    handle.remove()

@@ -94,7 +94,7 @@ def test_same_seed_same_selections_for_random_strategies():
         return [row["active"] for row in controller.history if row["event"] == "select"]
 
     first = run()
-    assert first == run() and len(first) == 4
+    assert first == run() and len(first) == 6 and first[0] == []  # the probe (nothing trains), its selection, 4 more
 
 
 def test_variants_and_config_errors():

@@ -330,8 +330,10 @@ def test_a_changed_method_config_is_refused_only_where_its_cells_are(tmp_path):
     compare.check_settings(tmp_path, settings)
     stored(adaptive={"beta": 0.5})  # no adaptive cells here
     compare.check_settings(tmp_path, settings)
+    stored(l1ra={**l1ra, "pull": 9.0})  # a default changed since, but these cells' label pins pull
+    compare.check_settings(tmp_path, settings)
     stored(l1ra={**l1ra, "lr_c": 0.5})
-    with pytest.raises(DynloraError, match=r"l1ra cells .*lr_c 0.5 there, 0.02 now"):
+    with pytest.raises(DynloraError, match=r"l1ra@pull=4 cells .*another l1ra config .*lr_c 0.5 there, 0.02 now"):
         compare.check_settings(tmp_path, settings)
     stored(l1ra={**l1ra, "retired": 1})
     with pytest.raises(DynloraError, match="retired 1 there, '[(]gone[)]' now"):
