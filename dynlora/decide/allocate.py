@@ -29,22 +29,30 @@ class RankPlan:
         return sum(self.grown.values())
 
 
+REASSIGN = ("spread", "strongest", "none")
+
+
 def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 1,
                            max_rank: int | None = None, costs: Mapping[str, int] | None = None,
-                           budget: int | None = None) -> RankPlan:
+                           budget: int | None = None, reassign: str = "spread") -> RankPlan:
     """Prune ranks whose gate is under ``threshold`` and give the budget they free to the other modules.
 
-    Each module keeps at least ``min_rank`` ranks (its largest gates). Freed ranks go one at a time,
-    round-robin, to the modules that did not prune in this event, ordered by their smallest gate,
-    largest first (a module whose weakest rank is still strong wants more); ``max_rank`` caps a module.
-    Only when those are all full (or every module pruned) do the rest go back, as fresh ranks, to
-    the modules that pruned (``recycled``), in the same order by their smallest surviving gate.
+    Each module keeps at least ``min_rank`` ranks (its largest gates). The receivers are the modules
+    that did not prune in this event, ordered by their smallest gate, largest first (a module whose
+    weakest rank is still strong wants more); ``max_rank`` caps a module. ``reassign``: ``spread`` (the
+    L1RA paper's code) deals the freed ranks one at a time, round-robin, over the receivers;
+    ``strongest`` fills each receiver in that order before the next; ``none`` keeps them unspent (the
+    ranks shrink below the budget). Only when the receivers are all full (or every module pruned) do
+    the rest go back, as fresh ranks, to the modules that pruned (``recycled``), in the same order by
+    their smallest surviving gate.
 
     ``costs``: what one rank of each module costs in the budget's unit (parameters, FLOPs; default 1:
     ranks), and ``budget`` the total the ranks may cost (default: what they cost now). A receiver gets a
     rank only while the budget still pays for it, so the ranks end costing at most ``budget``, and less
     by under one rank of the costliest module unless every module is at ``max_rank`` (``unplaced``).
     """
+    if reassign not in REASSIGN:
+        raise ValueError(f"reassign {reassign!r}: valid: {', '.join(REASSIGN)}")
     resizes: dict[str, Resize] = {}
     pruned: dict[str, int] = {}
     keep_of: dict[str, list[int]] = {}
@@ -68,13 +76,15 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
         return min(kept) if kept else 0.0
 
     def deal(receivers: list[str], amount: int) -> int:
-        """Round-robin ranks over ``receivers`` (in order) while ``amount`` pays for them, under max_rank;
-        returns what they cost."""
+        """Ranks to ``receivers`` (in order: round-robin, or each filled in turn) while ``amount`` pays for
+        them, under max_rank; returns what they cost."""
+        if reassign == "none":
+            return 0
         room = {n: (max_rank - size[n] - grown[n] if max_rank is not None else amount) for n in receivers}
         open_ = [n for n in receivers if room[n] > 0]
         spent = 0
         while open_:
-            for name in list(open_):
+            for name in list(open_) if reassign == "spread" else open_[:1]:
                 if spent + cost[name] > amount:  # the budget left cannot pay for this module's rank
                     open_.remove(name)
                     continue
@@ -96,8 +106,9 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
     for name in gates:
         if name in pruned or grown[name]:
             resizes[name] = Resize(keep=tuple(keep_of[name]), grow=grown[name])
+    unplaced = left if gates and left >= min(cost.values()) and reassign != "none" else 0
     return RankPlan(resizes=resizes, pruned=pruned, grown={n: g for n, g in grown.items() if g},
-                    recycled=recycled, unplaced=left if gates and left >= min(cost.values()) else 0)
+                    recycled=recycled, unplaced=unplaced)
 
 
 def check_rank_bounds(method: str, budget: int, modules: int, min_rank: int, max_rank: int | None) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from dynlora.core.count import optimizable_parameters
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer
-from dynlora.decide.allocate import check_rank_bounds, prune_and_redistribute
+from dynlora.decide.allocate import REASSIGN, check_rank_bounds, prune_and_redistribute
 from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.errors import DynloraError
@@ -57,6 +57,10 @@ class L1RAConfig:
                        "whatever its length (lambda = pull / (lr_c x steps))", flag="--l1ra-pull", ge=0)
     lr_c: float = knob(2e-2, "the gates' learning rate lr_c", flag="--l1ra-lr", gt=0)
     threshold: float = knob(1e-6, "prune gates under this", flag="--l1ra-threshold", ge=0, lt=1)
+    reassign: str = knob("spread", "where freed ranks go: spread (round-robin over the adapters that did not "
+                                   "prune, strongest weakest gate first, as in the paper's code), strongest (fill "
+                                   "them in that order), none (keep them unspent: prune only)",
+                         flag="--l1ra-reassign", choices=REASSIGN)
     interval: float = knob(0.1, "steps between reallocations: a whole number, or a fraction (< 1) of the run",
                            flag="--l1ra-interval")
     min_rank: int = knob(1, "fewest ranks an adapter keeps", flag="--min-rank", ge=0)
@@ -140,7 +144,7 @@ class L1RA(MethodBase):
     def decide(self, step: int, view: View) -> Plan:
         gates = {n: layer.gate.detach().tolist() for n, layer in view.layers.items()}
         plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank, self.config.max_rank,
-                                      costs=view.costs, budget=view.budget)
+                                      costs=view.costs, budget=view.budget, reassign=self.config.reassign)
         self.events += 1
         after = {n: _after(values, plan.resizes.get(n)) for n, values in gates.items()}
         note = None

@@ -63,6 +63,28 @@ def test_round_robin_by_smallest_gate_largest_first():
     assert plan.resizes["p"].keep == (4,)
 
 
+def test_strongest_fills_receivers_in_order_and_none_only_prunes():
+    gates = {"p": [0.0, 0.0, 0.0, 0.0, 0.5], "weak": [0.2, 0.9], "strong": [0.8, 0.95], "mid": [0.5, 0.6]}
+    assert prune_and_redistribute(gates, 1e-6, reassign="strongest").grown == {"strong": 4}
+    capped = prune_and_redistribute(gates, 1e-6, max_rank=4, reassign="strongest")
+    assert capped.grown == {"strong": 2, "mid": 2} and capped.unplaced == 0
+    pruned = prune_and_redistribute(gates, 1e-6, reassign="none")
+    assert pruned.grown == {} and pruned.pruned == {"p": 4} and pruned.unplaced == 0 and pruned.recycled == 0
+    assert pruned.resizes == {"p": prune_and_redistribute(gates, 1e-6).resizes["p"]}  # the same cut
+    with pytest.raises(ValueError, match="'most'.*spread, strongest, none"):
+        prune_and_redistribute(gates, 1e-6, reassign="most")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from([f"m{i}" for i in range(12)]), gate_lists, min_size=1),
+       st.sampled_from([1e-6, 0.3]), st.one_of(st.none(), st.integers(8, 10)))
+def test_every_reassign_rule_moves_the_same_total(gates, threshold, max_rank):
+    plans = {rule: prune_and_redistribute(gates, threshold, 1, max_rank, reassign=rule)
+             for rule in ("spread", "strongest")}
+    assert plans["spread"].pruned == plans["strongest"].pruned
+    assert plans["spread"].moved + plans["spread"].recycled == plans["strongest"].moved + plans["strongest"].recycled
+
+
 def test_min_rank_keeps_the_strongest():
     plan = prune_and_redistribute({"a": [0.0, 0.0, 0.0], "b": [1.0]}, 1e-6, min_rank=1)
     assert plan.resizes["a"].keep == (0,) and plan.pruned == {"a": 2} and plan.grown == {"b": 2}
