@@ -65,11 +65,19 @@ def _interval(bounds: dict[str, float]) -> str:
     return " and ".join(_BOUNDS[k][1].format(f"{v:g}") for k, v in bounds.items())
 
 
+def optional(f: dataclasses.Field) -> bool:
+    """Whether a knob may be None (its annotation says ``| None``)."""
+    return "None" in str(f.type)
+
+
 def check_knobs(config: Any) -> None:
     """A ``DynloraError`` naming the first knob whose value is outside its choices or bounds."""
     for f, meta in knobs(type(config)):
         value = getattr(config, f.name)
         if value is None:
+            if not optional(f):
+                valid = ", ".join(meta["choices"]) if meta["choices"] is not None else f"a {type_of(f).__name__}"
+                raise DynloraError(f"{f.name} None is not valid; valid: {valid}")
             continue
         if meta["choices"] is not None and value not in meta["choices"]:
             raise DynloraError(f"{f.name} {value!r} is not valid; valid: {', '.join(meta['choices'])}")

@@ -35,7 +35,7 @@ from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
 from dynlora.methods import registry
-from dynlora.methods.config import knobs, type_of
+from dynlora.methods.config import knobs, optional, type_of
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
 from dynlora.training.options import TrainOptions
@@ -170,7 +170,7 @@ def split_method(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def _knob_value(f: dataclasses.Field, text: str, item: str, spec: str) -> Any:
-    if text.lower() == "none":
+    if text.lower() == "none" and optional(f):  # a choice named "none" stays a string
         return None
     kind = type_of(f)
     try:

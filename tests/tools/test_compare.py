@@ -338,3 +338,12 @@ def test_a_changed_method_config_is_refused_only_where_its_cells_are(tmp_path):
     stored(l1ra={**l1ra, "retired": 1})
     with pytest.raises(DynloraError, match="retired 1 there, '[(]gone[)]' now"):
         compare.check_settings(tmp_path, settings)
+
+
+def test_none_in_a_method_label_is_none_only_for_a_knob_that_may_be_none():
+    from dynlora.errors import DynloraError
+
+    assert compare.split_method("l1ra@lam=none") == ("l1ra", {"lam": None})
+    assert compare.split_method("l1ra@reassign=none") == ("l1ra", {"reassign": "none"})  # a choice named none
+    with pytest.raises(DynloraError, match="reassign 'nowhere' is not valid; valid: spread, strongest, none"):
+        compare.split_method("l1ra@reassign=nowhere")
