@@ -40,7 +40,7 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
     Each module keeps at least ``min_rank`` ranks (its largest gates). The receivers are the modules
     that did not prune in this event, ordered by their smallest gate, largest first (a module whose
     weakest rank is still strong wants more); ``max_rank`` caps a module. ``reassign``: ``spread`` (the
-    L1RA paper's code) deals the freed ranks one at a time, round-robin, over the receivers;
+    published rule) deals the freed ranks one at a time, round-robin, over the receivers;
     ``strongest`` fills each receiver in that order before the next; ``none`` keeps them unspent (the
     ranks shrink below the budget). Only when the receivers are all full (or every module pruned) do
     the rest go back, as fresh ranks, to the modules that pruned (``recycled``), in the same order by
