@@ -48,6 +48,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank-pattern-only", action="store_true",
                    help="write only a peft LoraConfig of the ranks the run learned (rank_pattern, at the run's "
                         "alpha / rank scale), to train plain PEFT LoRA from scratch with them")
+    p.add_argument("--merge", action="store_true",
+                   help="write the base model with the adapter merged in (safetensors, the base's dtype, tokenizer "
+                        "included): a plain transformers model folder for servers without LoRA support")
+    p.add_argument("--pad-rank", type=int, default=None, metavar="R",
+                   help="every module at rank R (zero-padded, its scale folded into B, one global "
+                        "lora_alpha / r): for servers and engines that take one rank per adapter")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +143,21 @@ def _export(args: argparse.Namespace) -> None:
     if out.exists():
         raise DynloraError(f"output {args.output!r} already exists; give a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
+    forms = [flag for flag, on in (("--merge", args.merge), ("--pad-rank", args.pad_rank is not None),
+                                   ("--rank-pattern-only", args.rank_pattern_only)) if on]
+    if len(forms) > 1:
+        raise DynloraError(f"{' and '.join(forms)} are different export forms; give one of them")
+    if args.merge:
+        from dynlora.tools.merge import merge_run
+
+        print(f"dynlora: merged model written to {merge_run(run, out)}")
+        return
+    if args.pad_rank is not None:
+        from dynlora.io.pad_rank import pad_adapter
+
+        print(f"dynlora: PEFT adapter at rank {args.pad_rank} everywhere written to "
+              f"{pad_adapter(run / 'adapter', out, args.pad_rank)}")
+        return
     if args.rank_pattern_only:
         from dynlora.io.rank_pattern import write_rank_pattern
 

@@ -113,6 +113,22 @@ def test_l1ra_run_moves_ranks_keeps_budget_and_exports_for_peft(tmp_path):
     loaded = {n.split("base_model.model.")[1]: m.r["default"] for n, m in peft_model.named_modules()
               if hasattr(m, "lora_A") and "default" in getattr(m, "r", {})}
     assert loaded == exported
+    from dynlora.cli import main  # the same run, exported at one rank for an engine that takes one
+
+    widest = max(ranks.values())
+    assert main(["export", str(out), "--output", str(tmp_path / "padded"), "--pad-rank", str(widest)]) == 0
+    padded = json.loads((tmp_path / "padded" / "adapter_config.json").read_text())
+    assert (padded["r"], padded["rank_pattern"]) == (widest, {}) and padded["target_modules"] == cfg["target_modules"]
+    # and merged into a full model that plain transformers loads: the same logits as base + adapter in PEFT
+    assert main(["export", str(out), "--output", str(tmp_path / "merged"), "--merge"]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    ids = torch.randint(1000, 2000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, peft_model.eval()(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-5)
+    assert main(["export", str(out), "--output", str(tmp_path / "both"), "--merge", "--pad-rank", "4"]) == 2
+    assert not (tmp_path / "both").exists()
 
 
 def test_module_alloc_run_trains_half_the_adapters_with_less_memory(tmp_path):
