@@ -163,10 +163,14 @@ def _export(args: argparse.Namespace) -> None:
 
         print(f"dynlora: LoraConfig of the learned ranks written to {write_rank_pattern(run, out)}")
         return
+    from dynlora.io.model_card import serving_lines
+
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.copytree(run / "adapter", tmp)
     tmp.rename(out)
     print(f"dynlora: PEFT adapter written to {out}")
+    for line in serving_lines(run, out):
+        print(f"dynlora: {line}")
 
 
 def _compare(args: argparse.Namespace) -> None:

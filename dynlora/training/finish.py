@@ -14,6 +14,7 @@ from dynlora.control.events import Event
 from dynlora.core.count import trainable_parameters
 from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.io.checkpoint import replace_folder
+from dynlora.io.model_card import write_model_card
 from dynlora.methods.base import Prepared
 from dynlora.report.run_report import write_report
 from dynlora.training.options import TrainOptions
@@ -74,4 +75,5 @@ def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, t
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     write_run_files(work, opts, labels, metrics, prepared, trainer)
     prepared.save_adapter(work / "adapter", gate_means=gate_means)
+    write_model_card(work)  # adapter/README.md: method, budget, ranks, metrics, how to serve it
     replace_folder(work, final)  # replaces an earlier dynlora run of the same name

@@ -20,6 +20,7 @@ from dynlora.data.instruct import is_instruct
 from dynlora.data.splits import scored_on
 from dynlora.io.checkpoint import save_checkpoint
 from dynlora.io.input_gates import input_gated
+from dynlora.io.model_card import serving_lines
 from dynlora.training.arguments import config_yaml
 from dynlora.training.causal_lm import CausalLM
 from dynlora.training.classification import Classification
@@ -53,6 +54,9 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
     except BaseException as err:
         raise abandon(work, err, final) from None
     log(f"{kind.summary(metrics)}; run written to {final}")
+    if is_main_process():
+        for line in serving_lines(final):
+            log(f"dynlora: {line}")
     metrics["output"] = str(final)
     return metrics
 

@@ -244,17 +244,20 @@ def test_method_with_its_own_learning_rate():
 def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
     out = tmp_path / "lm"
     methods = ["peft-lora", "l1ra"]
-    assert main(["compare", "--task", "trec6-instruct", "--model", str(tiny_lm), "--methods", ",".join(methods),
+    pairs = tmp_path / "pairs.jsonl"  # a small file: evaluating (and generating for) a whole built-in split is slow
+    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
+                             for i in range(60)))
+    assert main(["compare", "--dataset", str(pairs), "--model", str(tiny_lm), "--methods", ",".join(methods),
                  "--max-steps", "4", "--train-size", "32", "--batch-size", "4", "--rank", "2",
                  "--output", str(out)]) == 0
     rows = rows_of(out)
     assert [r["method"] for r in rows] == methods and len({r["budget"] for r in rows}) == 1
     for row in rows:
-        assert row["eval_loss"] > 0 and row["perplexity"] > 1 and 0 <= row["exact_match"] <= 1
+        assert row["eval_loss"] > 0 and row["perplexity"] > 1  # exact match: built-in tasks (test_train_lm)
         assert "accuracy" not in row and set(RUN_KEYS) <= set(row)
     table = summary_table((out / "summary.md").read_text())
     assert float(table["l1ra"]["eval loss"]) == pytest.approx(rows[1]["eval_loss"], abs=6e-5)
-    assert "accuracy" not in table["l1ra"] and "exact match" in table["l1ra"]
+    assert "accuracy" not in table["l1ra"] and "perplexity" in table["l1ra"]
     assert {"eval_loss_vs_params.png", "ranks_l1ra.png"} <= {p.name for p in out.iterdir()}
     settings = json.loads((out / "meta.json").read_text())["settings"]
     assert settings["batch_size"] == 4 and settings["max_length"] == compare.LM_PROFILES["quick"].max_length

@@ -113,6 +113,9 @@ def test_l1ra_run_moves_ranks_keeps_budget_and_exports_for_peft(tmp_path):
     loaded = {n.split("base_model.model.")[1]: m.r["default"] for n, m in peft_model.named_modules()
               if hasattr(m, "lora_A") and "default" in getattr(m, "r", {})}
     assert loaded == exported
+    card = (out / "adapter" / "README.md").read_text()  # a model card the hub renders, and how to serve it
+    assert card.startswith("---\nlibrary_name: peft\n") and "## Final rank per module type" in card
+    assert "| accuracy |" in card and "not servable as LoRA: it trains a task head (classifier)" in card
     from dynlora.cli import main  # the same run, exported at one rank for an engine that takes one
 
     widest = max(ranks.values())
