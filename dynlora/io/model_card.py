@@ -29,13 +29,12 @@ def rank_by_type(ranks: dict[str, int]) -> dict[str, tuple[int, int, int]]:
     return {kind: (len(rs), sum(rs), max(rs)) for kind, rs in sorted(groups.items())}
 
 
-def hints_of(run: Path) -> ServingHints:
-    """Serving hints for ``run``'s exported adapter (its largest rank read from the weights' shapes)."""
-    metrics = json.loads((run / "metrics.json").read_text())
+def hints_of(run: Path, config: PeftConfig, metrics: dict) -> ServingHints:
+    """Serving hints for ``run``'s exported adapter of ``config`` (its largest rank read from the weights'
+    shapes; ``metrics``: the run's, for a folded input gate's measured error)."""
     shapes = read_header(run / "adapter" / WEIGHTS_NAME)
     largest = max((shape[0] for key, shape in shapes.items() if ".lora_A" in key), default=0)
-    return serving_hints(PeftConfig.from_pretrained(str(run / "adapter")), largest,
-                         metrics.get("export_logits_max_error"))
+    return serving_hints(config, largest, metrics.get("export_logits_max_error"))
 
 
 def hints_text(hints: ServingHints, base: str, name: str, path: str) -> list[str]:
@@ -50,8 +49,8 @@ def hints_text(hints: ServingHints, base: str, name: str, path: str) -> list[str
 def serving_lines(run: Path, adapter: Path | None = None) -> list[str]:
     """``hints_text`` for ``run``'s adapter, at ``adapter`` (default: ``run/adapter``)."""
     config = PeftConfig.from_pretrained(str(run / "adapter"))
-    base = config.base_model_name_or_path or "BASE_MODEL"
-    return hints_text(hints_of(run), base, run.name, str(adapter or run / "adapter"))
+    hints = hints_of(run, config, json.loads((run / "metrics.json").read_text()))
+    return hints_text(hints, config.base_model_name_or_path or "BASE_MODEL", run.name, str(adapter or run / "adapter"))
 
 
 def model_card(run: Path) -> str:
@@ -76,7 +75,8 @@ def model_card(run: Path) -> str:
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {key} | {metrics[key]} |" for key in _SHOWN if key in metrics]
     lines += ["", "## Serving", ""]
-    lines += [f"- {line}" for line in hints_text(hints_of(run), base, "adapter", "PATH_TO_THIS_FOLDER")]
+    hints = hints_of(run, config, metrics)
+    lines += [f"- {line}" for line in hints_text(hints, base, "adapter", "PATH_TO_THIS_FOLDER")]
     return "\n".join(lines) + "\n"
 
 
