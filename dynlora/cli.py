@@ -1,4 +1,4 @@
-"""The ``dynlora`` command: ``train``, ``export``, ``compare``, ``report`` and ``generate``.
+"""The ``dynlora`` command: ``train``, ``export``, ``compare``, ``report``, ``generate`` and ``serve``.
 
 Bad input raises ``DynloraError``; ``main`` prints it as one line on stderr and exits with code 2.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -81,6 +82,32 @@ def _generate(args: argparse.Namespace) -> None:
         print(reply if len(opts.prompts) == 1 else f">>> {prompt}\n{reply}\n")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start vLLM's OpenAI-compatible server with exported adapters (vllm needed)",
+                       usage="dynlora serve ADAPTER_OR_RUN [...] [--flag VALUE ...] [-- VLLM_ARG ...]",
+                       description="Every adapter is loaded at once, by the name of its run folder (or NAME=PATH); "
+                                   "they must share one base. Arguments after -- go to vLLM as they are.")
+    p.add_argument("adapters", nargs="+", metavar="ADAPTER_OR_RUN",
+                   help="a PEFT adapter folder or a dynlora run folder, optionally NAME=PATH")
+    p.add_argument("--python", default=sys.executable,
+                   help="the interpreter that has vllm (default: this one; make setup-serve builds "
+                        ".venv-serve/bin/python)")
+    p.add_argument("--model", default=None, help="base model (default: the one the adapters name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--dtype", default="base", choices=("base", "auto", "float32", "bfloat16", "float16"),
+                   help="the served weights: base (the default: the base's own dtype, so a float32 base serves in "
+                        "float32 as it trained), or vLLM's auto / float32 / bfloat16 / float16")
+    p.add_argument("--dry-run", action="store_true", help="print the vLLM command and exit")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from dynlora.tools.serve import ServeOptions, serve
+
+    serve(ServeOptions(adapters=tuple(args.adapters), python=args.python, model=args.model, host=args.host,
+                       port=args.port, dtype=args.dtype, extra=tuple(args.extra)), dry_run=args.dry_run)
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="draw a run's rank heatmap, rank per module type over steps, gates")
     p.add_argument("run", help="a run folder written by dynlora train")
@@ -103,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_report(sub)
     _add_generate(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -110,7 +138,13 @@ def _train_values(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
     """The train command's values: a config file's (when one is given) under the flags given."""
     from dynlora.training.arguments import read_config_file
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # serve: vLLM's own arguments
+    argv = argv[:len(argv) - len(extra) - 1] if "--" in argv else argv
     args = parser.parse_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"arguments after -- ({shlex.join(extra)}) are only for dynlora serve")
+    args.extra = extra
     if args.command == "train" and args.config is not None:
         train = parser.train_parser
         train.set_defaults(**read_config_file(args.config, train))
@@ -205,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         {"train": _train, "export": _export, "compare": _compare, "report": _report,
-         "generate": _generate}[args.command](args)
+         "generate": _generate, "serve": _serve}[args.command](args)
     except DynloraError as err:
         print(f"dynlora: error: {err}", file=sys.stderr)
         return 2

@@ -88,12 +88,13 @@ def tokens(batch: int = 2, seq: int = 8, seed: int = 0) -> dict[str, torch.Tenso
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("DYNLORA_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow end-to-end run: set DYNLORA_SLOW=1 (make test-slow)")
+    slow = pytest.mark.skip(reason="slow end-to-end run: set DYNLORA_SLOW=1 (make test-slow)")
+    serve = pytest.mark.skip(reason="a real vLLM server: make test-serve (DYNLORA_SERVE=1)")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and os.environ.get("DYNLORA_SLOW") != "1":
+            item.add_marker(slow)
+        if "serve" in item.keywords and os.environ.get("DYNLORA_SERVE") != "1":
+            item.add_marker(serve)
 
 
 @pytest.fixture(scope="module")

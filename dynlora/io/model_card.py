@@ -17,6 +17,7 @@ from dynlora.io.adapter_file import WEIGHTS_NAME, read_header
 from dynlora.io.serving import ServingHints, serving_hints
 
 CARD_NAME = "README.md"
+GATE_ERROR = "export_logits_max_error"  # the run's metric: folded input gates' measured logits error
 _SHOWN = ("accuracy", "f1", "eval_loss", "perplexity", "exact_match", "trainable_params", "adapter_flops",
           "total_rank", "budget", "steps", "train_seconds", "export_logits_max_error")
 
@@ -29,12 +30,12 @@ def rank_by_type(ranks: dict[str, int]) -> dict[str, tuple[int, int, int]]:
     return {kind: (len(rs), sum(rs), max(rs)) for kind, rs in sorted(groups.items())}
 
 
-def hints_of(run: Path, config: PeftConfig, metrics: dict) -> ServingHints:
-    """Serving hints for ``run``'s exported adapter of ``config`` (its largest rank read from the weights'
-    shapes; ``metrics``: the run's, for a folded input gate's measured error)."""
-    shapes = read_header(run / "adapter" / WEIGHTS_NAME)
+def hints_of(adapter: Path, config: PeftConfig, gate_error: float | None = None) -> ServingHints:
+    """Serving hints for the PEFT adapter folder ``adapter`` of ``config`` (its largest rank read from the
+    weights' shapes; ``gate_error``: a folded input gate's measured error, from the run's metrics)."""
+    shapes = read_header(adapter / WEIGHTS_NAME)
     largest = max((shape[0] for key, shape in shapes.items() if ".lora_A" in key), default=0)
-    return serving_hints(config, largest, metrics.get("export_logits_max_error"))
+    return serving_hints(config, largest, gate_error)
 
 
 def hints_text(hints: ServingHints, base: str, name: str, path: str) -> list[str]:
@@ -49,7 +50,8 @@ def hints_text(hints: ServingHints, base: str, name: str, path: str) -> list[str
 def serving_lines(run: Path, adapter: Path | None = None) -> list[str]:
     """``hints_text`` for ``run``'s adapter, at ``adapter`` (default: ``run/adapter``)."""
     config = PeftConfig.from_pretrained(str(run / "adapter"))
-    hints = hints_of(run, config, json.loads((run / "metrics.json").read_text()))
+    metrics = json.loads((run / "metrics.json").read_text())
+    hints = hints_of(run / "adapter", config, metrics.get(GATE_ERROR))
     return hints_text(hints, config.base_model_name_or_path or "BASE_MODEL", run.name, str(adapter or run / "adapter"))
 
 
@@ -75,7 +77,7 @@ def model_card(run: Path) -> str:
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {key} | {metrics[key]} |" for key in _SHOWN if key in metrics]
     lines += ["", "## Serving", ""]
-    hints = hints_of(run, config, metrics)
+    hints = hints_of(run / "adapter", config, metrics.get(GATE_ERROR))
     lines += [f"- {line}" for line in hints_text(hints, base, "adapter", "PATH_TO_THIS_FOLDER")]
     return "\n".join(lines) + "\n"
 
