@@ -38,12 +38,25 @@ def hints_of(adapter: Path, config: PeftConfig, gate_error: float | None = None)
     return serving_hints(config, largest, gate_error)
 
 
+def base_dtype(base: str) -> str:
+    """The dtype a local base folder's config.json records (``auto`` when it records none or is not local)."""
+    config = Path(base) / "config.json"
+    if not config.is_file():
+        return "auto"
+    raw = json.loads(config.read_text())
+    dtype = raw.get("dtype") or raw.get("torch_dtype")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "auto"
+
+
 def hints_text(hints: ServingHints, base: str, name: str, path: str) -> list[str]:
     """The serving hints as lines (the card's section, and what export prints)."""
     lines = [f"largest rank {hints.largest_rank}; smallest vLLM --max-lora-rank that takes it: "
              f"{hints.max_lora_rank if hints.max_lora_rank is not None else 'none'}"]
-    command = hints.vllm_command(base, name, path)
-    lines += [f"serve with: {command}"] if command else [f"not servable as LoRA: {why}" for why in hints.refusals]
+    command = hints.vllm_command(base, name, path, base_dtype(base))
+    if command:
+        lines += [f"serve with: {command}", f"or: dynlora serve {path}"]
+    else:
+        lines += [f"not servable as LoRA: {why}" for why in hints.refusals]
     return lines + [f"warning: {w}" for w in hints.warnings]
 
 

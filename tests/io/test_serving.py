@@ -11,6 +11,9 @@ def test_the_smallest_valid_max_lora_rank_and_the_command():
     assert (hints.largest_rank, hints.max_lora_rank, hints.refusals, hints.warnings) == (12, 16, (), ())
     assert hints.vllm_command("base", "mine", "/a") == ("python -m vllm.entrypoints.openai.api_server --model base "
                                                       "--enable-lora --lora-modules mine=/a --max-lora-rank 16")
+    assert hints.vllm_command("base", "mine", "/a", "float32") == (
+        "python -m vllm.entrypoints.openai.api_server --model base --dtype float32 "
+        "--enable-lora --lora-modules mine=/a --max-lora-rank 16")  # vLLM's auto would serve a float32 base in bf16
     assert serving_hints(LoraConfig(r=8, target_modules=["q"]), 8).max_lora_rank == 8  # exactly a valid one
     assert serving_hints(LoraConfig(r=2, target_modules=["q"]), 2).max_lora_rank == 8  # 1 < 2: the next is 8
 

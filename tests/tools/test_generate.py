@@ -35,6 +35,9 @@ def test_generate_answers_like_plain_peft(tiny_lm, lm_run, tmp_path, capsys):
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                          pad_token_id=tok.pad_token_id)
     assert printed == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    card = (lm_run / "adapter" / "README.md").read_text()  # a causal LM serves as LoRA, in its base's float32
+    assert "serve with: python -m vllm.entrypoints.openai.api_server" in card and "--dtype float32" in card
+    assert "- or: dynlora serve PATH_TO_THIS_FOLDER" in card
     # a run folder works too: its adapter/ and its --model
     assert main(["generate", "--adapter", str(lm_run), "--max-new-tokens", "5", prompt]) == 0
     assert capsys.readouterr().out.strip() == printed
