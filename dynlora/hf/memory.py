@@ -136,6 +136,14 @@ class ActivationMemoryCallback(TrainerCallback):
         self._step_peak = 0
         self.state_bytes = 0
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs to report the whole run's figures (saved in each checkpoint)."""
+        return {"peak_bytes": self.peak_bytes, "per_step": list(self.per_step), "state_bytes": self.state_bytes}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.peak_bytes, self.state_bytes = int(state["peak_bytes"]), int(state["state_bytes"])
+        self.per_step = [int(b) for b in state["per_step"]]
+
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.counter = SavedTensorBytes(model)
         self.counter.__enter__()

@@ -14,10 +14,16 @@
   the frozen base model; the base is rebuilt from its source on resume. ``CheckpointDone`` writes
   ``checkpoint-N/dynlora-complete`` last (atomically, after every process has written its files):
   a checkpoint without it was cut short by a kill and is never resumed from.
+- **The run's record survives a resume**: the Trainer's ``train_loss`` averages only the losses of
+  its own ``train()`` call, so each process keeps the sum of every loss it returned and, at each
+  checkpoint, writes it with the state of every callback that has ``checkpoint_state`` (the memory
+  record) into ``dynlora-record-<process>.json``; a resume reads them back, and ``run_train_loss``
+  is the whole run's mean whether it was interrupted or not.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,11 +32,14 @@ import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback
 
-from dynlora.core.distributed import barrier, parameter_signature, rewrap
+from dynlora.core.distributed import barrier, mean_across_processes, parameter_signature, rewrap
 from dynlora.decide.schedule import span_steps
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import FOLLOWS_RANKS
 from dynlora.io.checkpoint import COMPLETE_MARKER, WEIGHTS_FILE, load_trainable_state, trainable_state
+
+
+RECORD_FILE = "dynlora-record-{process}.json"  # one per process, in every Trainer checkpoint folder
 
 
 class NonFiniteLoss(DynloraError):
@@ -50,11 +59,16 @@ class DynloraTrainerMixin:
     _first_bad: torch.Tensor | None = None  # () long: the first optimizer step with a non-finite loss, 0: none
     _bad_loss: torch.Tensor | None = None  # () float: that step's loss
     controller: Any = None  # dynlora's Controller: its ``generation`` changes with every resize or switch
+    _loss_sum: torch.Tensor | None = None  # () float64 on the loss's device: every loss training_step returned
+    _loss_before: float = 0.0  # that sum up to the checkpoint a resume started from
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         loss = super().training_step(self._current_wrapper(model), inputs, num_items_in_batch)
         value = loss.detach().float().mean()
+        if self._loss_sum is None:  # float64 and in one fixed order: a resumed sum equals a straight one
+            self._loss_sum = torch.tensor(self._loss_before, dtype=_sum_dtype(value.device), device=value.device)
+        self._loss_sum += value
         if self._first_bad is None or self._bad_loss is None:
             self._first_bad = torch.zeros((), dtype=torch.long, device=value.device)
             self._bad_loss = torch.zeros((), device=value.device)
@@ -80,6 +94,32 @@ class DynloraTrainerMixin:
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         self.check_finite()
         super()._save_checkpoint(model, trial)
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        record = {"loss_sum": self.loss_sum(), "callbacks": {
+            type(cb).__name__: cb.checkpoint_state() for cb in self.callback_handler.callbacks
+            if hasattr(cb, "checkpoint_state")}}
+        (folder / RECORD_FILE.format(process=self.args.process_index)).write_text(json.dumps(record) + "\n")
+
+    def loss_sum(self) -> float:
+        """The sum of every loss this process's ``training_step`` returned in the whole run (a host sync)."""
+        return float(self._loss_sum) if self._loss_sum is not None else self._loss_before
+
+    def run_train_loss(self) -> float:
+        """The whole run's training loss as the Trainer defines it (summed losses / optimizer steps),
+        averaged over the processes, whether or not the run was resumed."""
+        mean = self.loss_sum() / max(self.state.global_step, 1)
+        return float(mean_across_processes(torch.tensor([mean], dtype=torch.float64))[0])
+
+    def _restore_record(self, checkpoint: Path) -> None:
+        path = checkpoint / RECORD_FILE.format(process=self.args.process_index)
+        if not path.is_file():  # a checkpoint from before the record existed: the Trainer's own average
+            return
+        record = json.loads(path.read_text())
+        self._loss_before, self._loss_sum = float(record["loss_sum"]), None
+        states = record.get("callbacks", {})
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "load_checkpoint_state") and type(callback).__name__ in states:
+                callback.load_checkpoint_state(states[type(callback).__name__])
 
     def _controller(self) -> Any:
         """The controller: set on the trainer, or the one a ``DynloraCallback`` among its callbacks built."""
@@ -111,6 +151,11 @@ class DynloraTrainerMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         load_trainable_state(self.model, resume_from_checkpoint)
+        self._restore_record(Path(resume_from_checkpoint))
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 class DynloraTrainer(DynloraTrainerMixin, Trainer):

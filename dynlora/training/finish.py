@@ -23,9 +23,10 @@ from dynlora.training.run_folder import RUN_MARKER
 
 
 def run_cost(prepared: Prepared, result: Any, seconds: float, steps_run: int, memory: ActivationMemoryCallback,
-             mem: PeakMemory) -> RunCost:
-    """What every run records besides its task metrics: size, cost, speed and memory (speed and memory of
-    this process's part of the run: after a resume, of the resumed steps)."""
+             mem: PeakMemory, train_loss: float) -> RunCost:
+    """What every run records besides its task metrics: size, cost, speed and memory. The loss and the
+    counted memory (saved activations, gradients and optimizer state) are the whole run's, resumed or not;
+    the measured ones (seconds, the sampled peak) are this process's part: after a resume, the resumed steps."""
     ranks = prepared.ranks()
     return RunCost(trainable_params=trainable_parameters(prepared.model), adapter_flops=prepared.flops(),
                    total_rank=sum(ranks.values()), budget=prepared.budget, modules=len(ranks),
@@ -33,7 +34,7 @@ def run_cost(prepared: Prepared, result: Any, seconds: float, steps_run: int, me
                    peak_memory_mb=round(mem.peak_mb, 1), activation_mb=round(memory.peak_bytes / 2**20, 2),
                    activation_steady_mb=round(memory.steady_bytes / 2**20, 2),
                    grads_optimizer_mb=round(memory.state_bytes / 2**20, 3),
-                   train_loss=float(result.training_loss), steps=int(result.global_step))
+                   train_loss=train_loss, steps=int(result.global_step))
 
 
 def history(prepared: Prepared, trainer: Any) -> list[Event]:

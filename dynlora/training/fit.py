@@ -44,9 +44,12 @@ def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
     return max(1, math.ceil(opts.epochs * batches / opts.grad_accum))  # accumulation: one step per grad_accum batches
 
 
-def logging_interval(total_steps: int) -> int:
-    """Log about 20 times a run, at least every 50 steps."""
-    return max(1, min(50, total_steps // 20))
+def logging_interval(total_steps: int, save_every: int = 0) -> int:
+    """Log about 20 times a run, at least every 50 steps, and at every checkpoint (a divisor of the
+    ``save_every`` steps): the Trainer's loss since the last log dies with a killed process, so a
+    resumed run's log lines equal a straight run's only when a checkpoint never falls inside a window."""
+    steps = max(1, min(50, total_steps // 20))
+    return math.gcd(steps, save_every) if save_every else steps
 
 
 def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across_devices: bool) -> TrainingArguments:
@@ -60,7 +63,8 @@ def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across
         per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=max(opts.batch_size, 64),
         learning_rate=opts.lr, weight_decay=opts.weight_decay,
         num_train_epochs=opts.epochs, max_steps=total_steps,  # exactly the steps the methods' schedules assume
-        warmup_steps=opts.warmup, seed=opts.seed, data_seed=opts.seed, logging_steps=logging_interval(total_steps),
+        warmup_steps=opts.warmup, seed=opts.seed, data_seed=opts.seed,
+        logging_steps=logging_interval(total_steps, every),
         use_cpu=resolve_device(opts.device) == "cpu", bf16=opts.bf16, fp16=opts.fp16,
         gradient_accumulation_steps=opts.grad_accum, **TRAINER_DEFAULTS)
     if opts.gradient_checkpointing:

@@ -79,7 +79,8 @@ def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, opts: TrainO
     result, seconds, mem, steps_run = fit(trainer, work, resume, log)  # fit
     metrics: dict[str, Any] = {"task": data.name, "method": opts.method, "seed": opts.seed,  # finish
                                **kind.evaluate(trainer, prepared, tokenizer, data, test_ds),
-                               **run_cost(prepared, result, seconds, steps_run, memory, mem),
+                               **run_cost(prepared, result, seconds, steps_run, memory, mem,
+                                          trainer.run_train_loss()),
                                "train_examples": len(train_ds), "test_examples": len(test_ds),
                                "eval_split": opts.eval_split}
     gate_means = None

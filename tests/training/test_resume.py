@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,13 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.equal(wa[key], wb[key]), key
     assert json.loads((a / "ranks.json").read_text()) == json.loads((b / "ranks.json").read_text())
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
-    assert ma["accuracy"] == mb["accuracy"] and ma["total_rank"] == mb["total_rank"]
+    # the whole record, the loss averaged over the whole run and the counted memory included; only what a
+    # clock or a sampled RSS measures (of this process's part of the run) may differ
+    assert {k: v for k, v in ma.items() if k not in MEASURED} == {k: v for k, v in mb.items() if k not in MEASURED}
     assert decisions(a) == decisions(b)
+
+
+MEASURED = ("train_seconds", "step_seconds", "peak_memory_mb")
 
 
 @pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:multinomial", "adaptive", "peft-lora"])
@@ -82,6 +88,25 @@ def test_stopped_and_resumed_equals_straight_through(assets, tmp_path, method):
     assert not out.exists() and last_complete_checkpoint(work / "checkpoints").name == "checkpoint-8"
     resumed = train(options(assets, out, method, **extra), log=lambda s: None, resume=True)
     assert not work.exists() and resumed["steps"] == straight["steps"] == 12
+    assert_same_run(tmp_path / "straight", out)
+
+
+def test_a_checkpoint_inside_a_logging_window_resumes_to_the_same_record(assets, tmp_path):
+    """40 steps log every 2 steps by default; checkpoints every 5 put step 15 inside a window, whose first
+    loss the killed process took with it. dynlora logs at every checkpoint, so the windows never straddle
+    one, and the record (train_loss over the whole run, every loss log line, the memory counts) is equal."""
+    def run(out: Path, **kwargs):
+        return train(replace(options(assets, out, "l1ra"), max_steps=40, save_every=5), log=lambda s: None, **kwargs)
+
+    straight = run(tmp_path / "straight")
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(out, extra_callbacks=[StopAt(17)])
+    assert last_complete_checkpoint(partial_folder(out) / "checkpoints").name == "checkpoint-15"
+    resumed = run(out, resume=True)
+    assert resumed["train_loss"] == straight["train_loss"]
+    logged = [r["loss"] for r in decisions(out) if "loss" in r]
+    assert len(logged) == 40  # every step: the log interval divides the checkpoint interval
     assert_same_run(tmp_path / "straight", out)
 
 
