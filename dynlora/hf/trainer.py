@@ -38,7 +38,6 @@ from dynlora.errors import DynloraError
 from dynlora.hf.callback import FOLLOWS_RANKS
 from dynlora.io.checkpoint import COMPLETE_MARKER, WEIGHTS_FILE, load_trainable_state, trainable_state
 
-
 RECORD_FILE = "dynlora-record-{process}.json"  # one per process, in every Trainer checkpoint folder
 
 
