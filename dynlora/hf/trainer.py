@@ -12,8 +12,9 @@
   end), so a GPU step without an event never waits for the host; a poisoned checkpoint is never written.
 - **Checkpoints**: only ``trainable_state`` (adapters, trainable head) goes into a checkpoint, not
   the frozen base model; the base is rebuilt from its source on resume. ``CheckpointDone`` writes
-  ``checkpoint-N/dynlora-complete`` last (atomically, after every process has written its files):
-  a checkpoint without it was cut short by a kill and is never resumed from.
+  ``checkpoint-N/dynlora-complete`` last (atomically, after every process has written its files, with
+  each file's size and SHA-256): a checkpoint without it was cut short by a kill or a full disk and is
+  never resumed from, and one whose files no longer match it is skipped for the one before.
 - **The run's record survives a resume**: the Trainer's ``train_loss`` averages only the losses of
   its own ``train()`` call, so each process keeps the sum of every loss it returned and, at each
   checkpoint, writes it with the state of every callback that has ``checkpoint_state`` (the memory
@@ -24,7 +25,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from dynlora.core.distributed import barrier, mean_across_processes, parameter_s
 from dynlora.decide.schedule import span_steps
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import FOLLOWS_RANKS
-from dynlora.io.checkpoint import COMPLETE_MARKER, WEIGHTS_FILE, load_trainable_state, trainable_state
+from dynlora.io.checkpoint import WEIGHTS_FILE, load_trainable_state, mark_complete, trainable_state
 
 RECORD_FILE = "dynlora-record-{process}.json"  # one per process, in every Trainer checkpoint folder
 
@@ -166,11 +166,8 @@ class CheckpointDone(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         barrier()  # other processes write their RNG state into the same folder
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            tmp = folder / f".{COMPLETE_MARKER}.tmp"
-            tmp.write_text(f"{state.global_step}\n")
-            os.replace(tmp, folder / COMPLETE_MARKER)
+        if state.is_world_process_zero:  # the marker lists every file's size and SHA-256 (a resume checks them)
+            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
         barrier()
 
 

@@ -10,10 +10,12 @@ see ``hf/trainer.py``; they share ``adapter_state.safetensors`` and ``controller
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ CONTROLLER_FILE = "controller.json"
 WEIGHTS_FILE = "adapter_state.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
-COMPLETE_MARKER = "dynlora-complete"  # written last into a Trainer checkpoint folder: it is whole
+COMPLETE_MARKER = "dynlora-complete"  # written last into a Trainer checkpoint folder: it is whole, and its files
 
 
 def rng_state() -> dict[str, Any]:
@@ -133,12 +135,66 @@ def load_trainable_state(model: nn.Module, folder: str | os.PathLike) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest ``checkpoint-N`` under ``folder`` that is complete; incomplete ones are removed."""
+def file_manifest(folder: Path) -> dict[str, list]:
+    """Every file under ``folder`` but the completion marker: its path relative to ``folder``, its size
+    in bytes and its SHA-256."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        files[path.relative_to(folder).as_posix()] = [path.stat().st_size, digest.hexdigest()]
+    return files
+
+
+def mark_complete(folder: Path, step: int) -> None:
+    """Write ``folder``'s completion marker (atomically, last): the step and the manifest of its files."""
+    tmp = folder / f".{COMPLETE_MARKER}.tmp"
+    tmp.write_text(json.dumps({"step": step, "files": file_manifest(folder)}) + "\n")
+    os.replace(tmp, folder / COMPLETE_MARKER)
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """Why a complete checkpoint's files are not the ones its marker recorded (None: they are, or the
+    marker predates manifests)."""
+    try:
+        expected = json.loads((folder / COMPLETE_MARKER).read_text()).get("files")
+    except (ValueError, AttributeError):  # an old marker holds only the step number
+        return None
+    if not expected:
+        return None
+    found = file_manifest(folder)
+    for name, (size, digest) in expected.items():
+        if name not in found:
+            return f"{name} is missing"
+        if found[name][0] != size:
+            return f"{name} has {found[name][0]} bytes, {size} were written"
+        if found[name][1] != digest:
+            return f"{name} does not match the SHA-256 recorded when it was written"
+    return None
+
+
+def last_complete_checkpoint(folder: Path, report: Callable[[str], None] | None = None) -> Path | None:
+    """The newest ``checkpoint-N`` under ``folder`` that is complete and undamaged.
+
+    Incomplete ones (cut short by a kill or a full disk) are removed. A damaged one (a file changed,
+    truncated or gone since its marker was written) is renamed ``damaged-checkpoint-N``, out of the
+    Trainer's sight but kept until the run finishes, and ``report`` is told which file and why.
+    """
     found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]))
     complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
     for p in found:
         if p not in complete:
             shutil.rmtree(p, ignore_errors=True)
-    return complete[-1] if complete else None
+    for checkpoint in reversed(complete):
+        why = checkpoint_damage(checkpoint)
+        if why is None:
+            return checkpoint
+        aside = checkpoint.with_name(f"damaged-{checkpoint.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        checkpoint.rename(aside)
+        if report is not None:
+            report(f"dynlora: warning: {checkpoint} is damaged ({why}); skipped (kept as {aside.name})")
+    return None

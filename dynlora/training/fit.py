@@ -125,7 +125,7 @@ def fit(trainer: DynloraTrainer, work: Path, resume: bool,
 
     Returns (result, seconds, memory, steps taken by this call: fewer than the run's after a resume).
     """
-    checkpoint = last_complete_checkpoint(work / "checkpoints") if resume else None
+    checkpoint = last_complete_checkpoint(work / "checkpoints", report=log) if resume else None
     if checkpoint is not None:
         log(f"dynlora: resuming from {checkpoint}")
         for callback in trainer.callback_handler.callbacks:

@@ -110,6 +110,28 @@ def test_a_checkpoint_inside_a_logging_window_resumes_to_the_same_record(assets,
     assert_same_run(tmp_path / "straight", out)
 
 
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_a_damaged_checkpoint_is_named_and_skipped_for_the_one_before(assets, tmp_path, damage):
+    straight = tmp_path / "straight"
+    train(options(assets, straight, "l1ra"), log=lambda s: None)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(options(assets, out, "l1ra"), log=lambda s: None, extra_callbacks=[StopAt(10)])
+    checkpoints = partial_folder(out) / "checkpoints"
+    victim = checkpoints / "checkpoint-8" / ("adapter_state.safetensors" if damage == "flip a byte" else "optimizer.pt")
+    data = bytearray(victim.read_bytes())
+    if damage == "flip a byte":
+        data[len(data) // 2] ^= 0x01
+    victim.write_bytes(data if damage == "flip a byte" else data[:len(data) // 2])
+    said = []
+    train(options(assets, out, "l1ra"), log=said.append, resume=True)
+    warning = next(line for line in said if "damaged" in line)
+    assert "checkpoint-8" in warning and victim.name in warning, warning
+    assert ("SHA-256" if damage == "flip a byte" else f"{len(data) // 2} bytes, {len(data)} were written") in warning
+    assert any("resuming from" in line and line.endswith("checkpoint-4") for line in said), said
+    assert_same_run(straight, out)  # from the checkpoint before: the same finished run
+
+
 def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     for step, complete in ((4, True), (8, True), (12, False)):
