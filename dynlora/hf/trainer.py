@@ -60,9 +60,11 @@ class DynloraTrainerMixin:
     controller: Any = None  # dynlora's Controller: its ``generation`` changes with every resize or switch
     _loss_sum: torch.Tensor | None = None  # () float64 on the loss's device: every loss training_step returned
     _loss_before: float = 0.0  # that sum up to the checkpoint a resume started from
+    saving: Path | None = None  # the checkpoint folder being written (None once the next step begins)
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        self.saving = None
         loss = super().training_step(self._current_wrapper(model), inputs, num_items_in_batch)
         value = loss.detach().float().mean()
         if self._loss_sum is None:  # float64 and in one fixed order: a resumed sum equals a straight one
@@ -92,8 +94,9 @@ class DynloraTrainerMixin:
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         self.check_finite()
-        super()._save_checkpoint(model, trial)
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        self.saving = folder  # until the next step: the callbacks' files and the marker are written after this
+        super()._save_checkpoint(model, trial)
         record = {"loss_sum": self.loss_sum(), "callbacks": {
             type(cb).__name__: cb.checkpoint_state() for cb in self.callback_handler.callbacks
             if hasattr(cb, "checkpoint_state")}}

@@ -12,14 +12,18 @@ from typing import Any
 from dynlora import __version__
 from dynlora.control.events import Event
 from dynlora.core.count import trainable_parameters
+from dynlora.errors import DynloraError
 from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
-from dynlora.io.checkpoint import replace_folder
+from dynlora.io.checkpoint import replace_folder, save_checkpoint
+from dynlora.io.disk import write_failure
 from dynlora.io.model_card import write_model_card
 from dynlora.methods.base import Prepared
 from dynlora.report.run_report import write_report
 from dynlora.training.options import TrainOptions
 from dynlora.training.records import RunCost
 from dynlora.training.run_folder import RUN_MARKER
+
+STATE_FOLDER = "dynlora_state"  # adaptive with the input gate: the exact model state
 
 
 def run_cost(prepared: Prepared, result: Any, seconds: float, steps_run: int, memory: ActivationMemoryCallback,
@@ -67,14 +71,30 @@ def write_run_files(work: Path, opts: TrainOptions, labels: tuple[int, tuple[str
     (work / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")
 
 
+FINISHED = ("metrics.json", "history.jsonl", "ranks.json", "gates.json", "report", "adapter", STATE_FOLDER)
+
+
 def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]],
                metrics: dict[str, Any], prepared: Prepared, trainer: Any, gate_means: dict[str, float] | None) -> None:
-    """Write the run files and the PEFT adapter into ``work``, then rename it to ``final``."""
+    """Write the run files and the PEFT adapter into ``work``, then drop the checkpoints and rename it to
+    ``final``. A failed write (a full disk) removes what it wrote and keeps the checkpoints, so the run
+    stays resumable, and raises ``DynloraError`` naming the path and the errno."""
+    try:
+        if gate_means is not None:  # the exact model, gate and all
+            save_checkpoint(work / STATE_FOLDER, prepared.model, prepared.controller)
+        write_run_files(work, opts, labels, metrics, prepared, trainer)
+        prepared.save_adapter(work / "adapter", gate_means=gate_means)
+        write_model_card(work)  # adapter/README.md: method, budget, ranks, metrics, how to serve it
+    except Exception as err:
+        why = write_failure(err, work)
+        if why is None:
+            raise
+        for name in FINISHED:
+            path = work / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise DynloraError(f"cannot write the finished run into {work}: {why}") from None
     logs = work / "checkpoints" / "runs"  # the Trainer's TensorBoard default: <output_dir>/runs/<date_host>
     if logs.is_dir():
         logs.rename(work / "runs")  # RUN/runs outlives the checkpoints: tensorboard --logdir RUN/runs
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    write_run_files(work, opts, labels, metrics, prepared, trainer)
-    prepared.save_adapter(work / "adapter", gate_means=gate_means)
-    write_model_card(work)  # adapter/README.md: method, budget, ranks, metrics, how to serve it
     replace_folder(work, final)  # replaces an earlier dynlora run of the same name

@@ -19,6 +19,7 @@ from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.hf.trainer import CheckpointDone, DynloraTrainer, save_interval
 from dynlora.io.checkpoint import last_complete_checkpoint
+from dynlora.io.disk import write_failure
 from dynlora.methods.base import Prepared
 from dynlora.training.options import TRAINER_DEFAULTS, TrainOptions
 from dynlora.training.prepare import prepare
@@ -135,6 +136,12 @@ def fit(trainer: DynloraTrainer, work: Path, resume: bool,
         log("dynlora: no complete checkpoint yet; starting from the beginning")
     start = time.perf_counter()
     with PeakMemory(cuda=trainer.args.device.type == "cuda") as mem:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as err:  # a full disk: the checkpoint has no marker, so it never counts as complete
+            why = write_failure(err, trainer.saving) if trainer.saving is not None else None
+            if why is None:
+                raise
+            raise DynloraError(f"cannot write checkpoint {trainer.saving}: {why}") from None
     done_before = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
     return result, time.perf_counter() - start, mem, result.global_step - done_before

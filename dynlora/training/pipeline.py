@@ -18,7 +18,6 @@ from transformers import TrainerCallback, set_seed
 from dynlora.core.distributed import is_main_process
 from dynlora.data.instruct import is_instruct
 from dynlora.data.splits import scored_on
-from dynlora.io.checkpoint import save_checkpoint
 from dynlora.io.input_gates import input_gated
 from dynlora.io.model_card import serving_lines
 from dynlora.training.arguments import config_yaml
@@ -90,7 +89,5 @@ def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, opts: TrainO
                                                      kind.export_score(trainer, data, test_ds))
         metrics.update(gate_metrics)
     if is_main_process():
-        if gate_means is not None:  # the exact model, gate and all
-            save_checkpoint(work / "dynlora_state", prepared.model, prepared.controller)
         finish_run(work, final, opts, kind.labels(data), metrics, prepared, trainer, gate_means)
     return metrics
