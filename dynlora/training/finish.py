@@ -23,7 +23,7 @@ from dynlora.training.options import TrainOptions
 from dynlora.training.records import RunCost
 from dynlora.training.run_folder import RUN_MARKER
 
-STATE_FOLDER = "dynlora_state"  # adaptive with the input gate: the exact model state
+STATE_FOLDER = "dynlora_state"  # an input-gated run: the exact model state, gate and all
 
 
 def run_cost(prepared: Prepared, result: Any, seconds: float, steps_run: int, memory: ActivationMemoryCallback,
