@@ -13,6 +13,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from dynlora.core.count import optimizable_parameters
+from dynlora.core.distributed import world_size
+from dynlora.core.peers import Peer, gather_peers, gone, on_sigterm
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import DynloraCallback, StepHooks
 from dynlora.hf.device import resolve_device
@@ -120,6 +122,30 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
     return prepared, trainer, memory
 
 
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because a peer went away (gloo's closed connection,
+    a timeout, a distributed backend error)."""
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                  "timed out", "Timed out", "NCCL", "gloo"))
+
+
+def peer_failure(trainer: DynloraTrainer, peers: Sequence[Peer], how: str) -> str:
+    """One line: which process of the run died (when it can be told from here), at which step."""
+    dead = gone(peers)
+    who = (", ".join(f"process {p.rank} (pid {p.pid})" for p in dead) + f" of {len(peers)} died"
+           if dead else f"another of the {len(peers)} processes died or stopped answering")
+    return f"{who}; process {torch.distributed.get_rank()} stopped at step {trainer.state.global_step}: {how}"
+
+
+def stopped(trainer: DynloraTrainer, peers: Sequence[Peer]) -> None:
+    """SIGTERM: a launcher stops every process when one fails (torchrun, accelerate), or a user stops the run."""
+    if peers:
+        raise DynloraError(peer_failure(trainer, peers, "SIGTERM from the launcher"))
+    raise DynloraError(f"stopped by SIGTERM at step {trainer.state.global_step}")
+
+
 def fit(trainer: DynloraTrainer, work: Path, resume: bool,
         log: Callable[[str], None]) -> tuple[Any, float, PeakMemory, int]:
     """``trainer.train()``, from the last complete checkpoint when resuming.
@@ -134,14 +160,20 @@ def fit(trainer: DynloraTrainer, work: Path, resume: bool,
                 callback.restore(checkpoint)  # every module's rank before the Trainer loads weights
     elif resume:
         log("dynlora: no complete checkpoint yet; starting from the beginning")
+    peers = gather_peers() if world_size() > 1 else ()
     start = time.perf_counter()
-    with PeakMemory(cuda=trainer.args.device.type == "cuda") as mem:
+    with PeakMemory(cuda=trainer.args.device.type == "cuda") as mem, on_sigterm(lambda: stopped(trainer, peers)):
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        except Exception as err:  # a full disk: the checkpoint has no marker, so it never counts as complete
+        except DynloraError:
+            raise
+        except Exception as err:
             why = write_failure(err, trainer.saving) if trainer.saving is not None else None
-            if why is None:
-                raise
-            raise DynloraError(f"cannot write checkpoint {trainer.saving}: {why}") from None
+            if why is not None:  # a full disk: the checkpoint has no marker, so it never counts as complete
+                raise DynloraError(f"cannot write checkpoint {trainer.saving}: {why}") from None
+            if peers and (gone(peers) or is_collective_failure(err)):
+                first = one_line(err).split(". ")[0][:200]  # gloo: "[...pair.cc:537] Read error [ip]:port: ..."
+                raise DynloraError(peer_failure(trainer, peers, f"a collective failed ({first})")) from None
+            raise
     done_before = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
     return result, time.perf_counter() - start, mem, result.global_step - done_before

@@ -25,10 +25,12 @@ TRAINER_FIELDS = {"learning_rate": "lr", "per_device_train_batch_size": "batch_s
                   "gradient_checkpointing": "gradient_checkpointing", "use_cpu": "device"}
 # dynlora's own values of TrainingArguments fields whose transformers defaults differ (or may change):
 # AdamW without the fused kernel (what every method's optimizer was, so runs stay comparable), no reporting
-# unless asked, the last two checkpoints, a progress bar even when not on a terminal, no per-step isnan() sync
+# unless asked, the last two checkpoints, a progress bar even when not on a terminal, no per-step isnan() sync,
+# and a collective that waits 2 minutes, not 30, before it gives up on a process that hangs (a dead one's
+# connection closes at once under gloo; NCCL only learns it from this timeout)
 TRAINER_DEFAULTS: dict[str, Any] = {"optim": "adamw_torch", "report_to": "none", "save_total_limit": 2,
                                     "eval_strategy": "no", "disable_tqdm": False, "logging_nan_inf_filter": False,
-                                    "dataloader_num_workers": 0}
+                                    "dataloader_num_workers": 0, "ddp_timeout": 120}
 # ... and ones dynlora sets itself: a run resumes with --resume; a launcher's local rank comes from the environment
 MANAGED_FIELDS = {"resume_from_checkpoint": "--resume RUN", "local_rank": "the LOCAL_RANK a launcher sets"}
 
