@@ -116,3 +116,13 @@ class StepHooks(TrainerCallback):
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for hook in self.hooks:
             hook(state.global_step)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The state of each hook that keeps one (``checkpoint_state``), for a resume."""
+        return {str(i): hook.checkpoint_state() for i, hook in enumerate(self.hooks)
+                if hasattr(hook, "checkpoint_state")}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        for i, hook in enumerate(self.hooks):
+            if str(i) in state and hasattr(hook, "load_checkpoint_state"):
+                hook.load_checkpoint_state(state[str(i)])

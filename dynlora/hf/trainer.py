@@ -18,13 +18,13 @@
 - **The run's record survives a resume**: the Trainer's ``train_loss`` averages only the losses of
   its own ``train()`` call, so each process keeps the sum of every loss it returned and, at each
   checkpoint, writes it with the state of every callback that has ``checkpoint_state`` (the memory
-  record) into ``dynlora-record-<process>.json``; a resume reads them back, and ``run_train_loss``
+  record, PEFT AdaLoRA's importance scores) into ``dynlora-record-<process>.json`` (``io.record``);
+  a resume reads them back, and ``run_train_loss``
   is the whole run's mean whether it was interrupted or not.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,7 @@ from dynlora.decide.schedule import span_steps
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import FOLLOWS_RANKS
 from dynlora.io.checkpoint import WEIGHTS_FILE, load_trainable_state, mark_complete, trainable_state
-
-RECORD_FILE = "dynlora-record-{process}.json"  # one per process, in every Trainer checkpoint folder
+from dynlora.io.record import read_record, write_record
 
 
 class NonFiniteLoss(DynloraError):
@@ -97,10 +96,9 @@ class DynloraTrainerMixin:
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         self.saving = folder  # until the next step: the callbacks' files and the marker are written after this
         super()._save_checkpoint(model, trial)
-        record = {"loss_sum": self.loss_sum(), "callbacks": {
+        write_record(folder, self.args.process_index, {"loss_sum": self.loss_sum(), "callbacks": {
             type(cb).__name__: cb.checkpoint_state() for cb in self.callback_handler.callbacks
-            if hasattr(cb, "checkpoint_state")}}
-        (folder / RECORD_FILE.format(process=self.args.process_index)).write_text(json.dumps(record) + "\n")
+            if hasattr(cb, "checkpoint_state")}})
 
     def loss_sum(self) -> float:
         """The sum of every loss this process's ``training_step`` returned in the whole run (a host sync)."""
@@ -113,10 +111,9 @@ class DynloraTrainerMixin:
         return float(mean_across_processes(torch.tensor([mean], dtype=torch.float64))[0])
 
     def _restore_record(self, checkpoint: Path) -> None:
-        path = checkpoint / RECORD_FILE.format(process=self.args.process_index)
-        if not path.is_file():  # a checkpoint from before the record existed: the Trainer's own average
+        record = read_record(checkpoint, self.args.process_index)
+        if record is None:  # a checkpoint from before the record existed: the Trainer's own average
             return
-        record = json.loads(path.read_text())
         self._loss_before, self._loss_sum = float(record["loss_sum"]), None
         states = record.get("callbacks", {})
         for callback in self.callback_handler.callbacks:

@@ -31,6 +31,25 @@ class AdaLoraStep:
         self.model.base_model.update_and_allocate(step)
         self.calls += 1
 
+    _SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """PEFT keeps AdaLoRA's importance scores and rank masks outside any state_dict: without them a
+        resumed run would allocate from fresh scores."""
+        allocator = self.model.base_model.rankallocator
+        config = self.model.peft_config[self.model.base_model.trainable_adapter_name]
+        return {**{key: dict(getattr(allocator, key)) for key in self._SCORES},
+                "rank_pattern": config.rank_pattern, "calls": self.calls}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        allocator = self.model.base_model.rankallocator
+        devices = {n: p.device for n, p in self.model.named_parameters()}
+        for key in self._SCORES:
+            setattr(allocator, key, {n: t.to(devices.get(n, t.device)) for n, t in state[key].items()})
+        config = self.model.peft_config[self.model.base_model.trainable_adapter_name]
+        config.rank_pattern = state["rank_pattern"]
+        self.calls = int(state["calls"])
+
 
 def prepare(model: nn.Module, settings: AdapterSettings, config: Any, total_steps: int) -> Prepared:
     from peft import AdaLoraConfig, get_peft_model

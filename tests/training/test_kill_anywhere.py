@@ -190,7 +190,8 @@ def straight_runs(tiny_assets, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method,kind,n", [("l1ra", "forward", 5), ("l1ra", "resize", 3), ("l1ra", "save-between", 5),
-                                           ("adaptive", "save-inside", 4), ("module-alloc", "switch", 2)])
+                                           ("adaptive", "save-inside", 4), ("module-alloc", "switch", 2),
+                                           ("peft-adalora", "forward", 4)])
 def test_killed_at_a_point_resumes_to_the_straight_run(tiny_assets, tmp_path, straight_runs, method, kind, n):
     straight, counts = straight_runs(method)
     assert counts[kind] >= n
