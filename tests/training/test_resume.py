@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from dynlora.cli import main
+from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import COMPLETE_MARKER, last_complete_checkpoint
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
@@ -130,6 +131,30 @@ def test_a_damaged_checkpoint_is_named_and_skipped_for_the_one_before(assets, tm
     assert ("SHA-256" if damage == "flip a byte" else f"{len(data) // 2} bytes, {len(data)} were written") in warning
     assert any("resuming from" in line and line.endswith("checkpoint-4") for line in said), said
     assert_same_run(straight, out)  # from the checkpoint before: the same finished run
+
+
+class TermAt(TrainerCallback):
+    """Sends this process SIGTERM (as a user, a scheduler or a launcher would) at the end of step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_stops_with_one_line_and_the_run_resumes(assets, tmp_path):
+    straight = tmp_path / "straight"
+    train(options(assets, straight, "l1ra"), log=lambda s: None)
+    out = tmp_path / "termed"
+    with pytest.raises(DynloraError) as stopped:
+        train(options(assets, out, "l1ra"), log=lambda s: None, extra_callbacks=[TermAt(10)])
+    assert str(stopped.value) == (f"stopped by SIGTERM at step 10; the last complete checkpoint (checkpoint-8) "
+                                  f"stays: dynlora train --resume {out}")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lives only while training
+    train(options(assets, out, "l1ra"), log=lambda s: None, resume=True)
+    assert_same_run(straight, out)
 
 
 def test_incomplete_checkpoint_is_skipped_and_removed(tmp_path):
