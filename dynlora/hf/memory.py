@@ -71,6 +71,16 @@ class PeakMemory:
         return self.peak_mb - self.start_mb
 
 
+def _storage_of(param: torch.Tensor) -> int | None:
+    """The data pointer of a parameter's storage: its local shard's for an FSDP2 (DTensor) parameter, None
+    when it has none of its own (an FSDP2 parameter between an all-gather and its reshard)."""
+    local = getattr(param, "_local_tensor", param)  # DTensor: the shard this process holds
+    try:
+        return local.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None
+
+
 class SavedTensorBytes:
     """Context manager counting the bytes autograd saves for backward (the activation memory).
 
@@ -94,7 +104,7 @@ class SavedTensorBytes:
         return t
 
     def _param_storages(self) -> set[int]:
-        return {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        return {ptr for p in self.model.parameters() if (ptr := _storage_of(p)) is not None}
 
     def reset(self) -> int:
         """Start a new count (parameters may have been resized since); returns the finished one."""

@@ -73,8 +73,22 @@ DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("4bit", "8bit")
 
 
-def pretrained_kwargs(dtype: str | None, quantize: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """``from_pretrained``'s dtype (None: the library's default) and bitsandbytes quantization arguments.
+def shard_kwargs() -> dict[str, Any]:
+    """``from_pretrained``'s FSDP2 sharding at load time over every process of the run: each process loads only
+    its shard of the base, which never exists whole on one device (transformers' ``DistributedConfig``)."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes < 2:
+        raise DynloraError("shard_base needs several processes: launch with torchrun --nproc_per_node N "
+                           "(or accelerate launch), N >= 2")
+    from transformers.distributed import DistributedConfig
+
+    return {"distributed_config": DistributedConfig(fsdp_size=processes)}
+
+
+def pretrained_kwargs(dtype: str | None, quantize: str | None = None, device: str = "auto",
+                      shard: bool = False) -> dict[str, Any]:
+    """``from_pretrained``'s dtype (None: the library's default), bitsandbytes quantization arguments, and
+    (``shard``) FSDP2 sharding at load time (``shard_kwargs``).
 
     ``4bit``: nf4 with double quantisation, computing in ``dtype`` (bfloat16 by default), as QLoRA does;
     ``8bit``: LLM.int8(). The quantized model is placed on ``device`` (``auto``: the GPU when there is one).
@@ -84,6 +98,8 @@ def pretrained_kwargs(dtype: str | None, quantize: str | None = None, device: st
     if dtype is not None and dtype not in DTYPES:
         raise DynloraError(f"dtype {dtype!r} is not valid; valid: {', '.join(DTYPES)}")
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)} if dtype is not None else {}
+    if shard:
+        kwargs.update(shard_kwargs())
     if quantize is None:
         return kwargs
     if quantize not in QUANTIZATIONS:
@@ -106,7 +122,8 @@ def pretrained_kwargs(dtype: str | None, quantize: str | None = None, device: st
 
 
 def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
-                    quantize: str | None = None, device: str = "auto") -> tuple[nn.Module, object]:
+                    quantize: str | None = None, device: str = "auto", shard: bool = False
+                    ) -> tuple[nn.Module, object]:
     """(model, tokenizer) for sequence classification with a fresh ``num_labels`` head; ``dtype`` is the
     base weights' (None: transformers' default).
 
@@ -121,7 +138,7 @@ def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
             other_head = AutoConfig.from_pretrained(where).num_labels != num_labels  # only the head may differ
             model = AutoModelForSequenceClassification.from_pretrained(
                 where, num_labels=num_labels, ignore_mismatched_sizes=other_head,
-                **pretrained_kwargs(dtype, quantize, device))
+                **pretrained_kwargs(dtype, quantize, device, shard))
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load model {name!r}: {first}") from None
@@ -184,7 +201,7 @@ def gguf_folder(alias: str, log: Any = print) -> Path:
 
 
 def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None,
-                   quantize: str | None = None, device: str = "auto") -> tuple[nn.Module, object]:
+                   quantize: str | None = None, device: str = "auto", shard: bool = False) -> tuple[nn.Module, object]:
     """(model, tokenizer) for a causal LM: ``smollm2`` (embedded, converted once), a folder or hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -192,7 +209,7 @@ def load_causal_lm(name: str | None, log: Any = print, dtype: str | None = None,
     try:
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = AutoModelForCausalLM.from_pretrained(where, **pretrained_kwargs(dtype, quantize, device))
+            model = AutoModelForCausalLM.from_pretrained(where, **pretrained_kwargs(dtype, quantize, device, shard))
     except (OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DynloraError(f"cannot load causal LM {name!r}: {first}") from None

@@ -6,6 +6,10 @@
   rebuilds it (``core.distributed.rewrap``) and runs the step through the new one. Inside a gradient
   accumulation window the loop's ``no_sync`` still names the old wrapper, so the new one all-reduces
   every micro-batch until the next optimizer step: correct, a little more communication.
+- **A base sharded at load time** (``--shard-base``: FSDP2 through transformers' ``DistributedConfig``): the
+  frozen base is sharded, the adapters stay whole, replicated in every process (they change shape, which
+  FSDP2's sharded parameters cannot), their gradients averaged by the Trainer's hooks, re-hooked after
+  every resize or switch; optimizer checkpoints stay whole (see ``__init__``).
 - **Non-finite loss**: a NaN or infinite loss stops the run with an error naming the first step it
   happened (the Trainer's default would quietly drop it from the logged average and train on). The
   check stays on the device until the Trainer reads the loss anyway (a log line, a checkpoint, the
@@ -50,7 +54,19 @@ class DynloraTrainerMixin:
     one process trains correctly with ``DynloraCallback()`` alone."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        training_args, model = kwargs.get("args"), kwargs.get("model")
+        # The Trainer refuses optimizer checkpoints for a base sharded at load time, whose optimizer state would
+        # be sharded too; dynlora's optimizer holds only the adapters, whole in every process, so its state is
+        # an ordinary one: the check is passed as for a weights-only checkpoint, then checkpoints are whole again.
+        whole = (getattr(model, "is_distributed_loading_by_transformers", False) and training_args is not None
+                 and not training_args.save_only_model)
+        if whole:
+            training_args.save_only_model = True
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if whole:
+                training_args.save_only_model = False
         setattr(self.model, FOLLOWS_RANKS, True)  # DynloraCallback checks it in multi-process runs
 
     _signature: Any = None
@@ -131,16 +147,25 @@ class DynloraTrainerMixin:
         return None
 
     def _current_wrapper(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The loop's model, or a rebuilt DDP wrapper when the adapters' parameters changed."""
-        if not isinstance(self.model_wrapped, torch.nn.parallel.DistributedDataParallel):
+        """The loop's model, or a rebuilt DDP wrapper when the adapters' parameters changed.
+
+        A base sharded at load time (FSDP2) has no DDP wrapper: the Trainer broadcasts the adapters (the
+        parameters FSDP2 does not manage) and hooks each one to average its gradient over the processes when
+        training starts, so an adapter resized or switched on since gets the same again."""
+        ddp = isinstance(self.model_wrapped, torch.nn.parallel.DistributedDataParallel)
+        sharded = getattr(self, "is_distributed_loading_by_transformers", False)
+        if not ddp and not sharded:
             return model
         controller = self._controller()
         signature = (controller.generation if controller is not None
                      else parameter_signature(self.model))  # PEFT baselines: watch the parameters themselves
         if self._signature is not None and signature != self._signature:
-            self.model_wrapped = rewrap(self.model_wrapped)
+            if ddp:
+                self.model_wrapped = rewrap(self.model_wrapped)
+            else:
+                self._sync_replicated_trainable_parameters(self.model)
         self._signature = signature
-        return self.model_wrapped
+        return self.model_wrapped if ddp else model
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.args.should_save:

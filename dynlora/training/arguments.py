@@ -59,6 +59,9 @@ class ModelArguments:
     load_in_8bit: bool = _arg("load_in_8bit", "an 8-bit (LLM.int8) base", default=False)
     device: str = _arg("device", "where to train: auto (CUDA when there is one), cpu, cuda (pick a GPU with "
                        "CUDA_VISIBLE_DEVICES)", choices=list(DEVICES))
+    shard_base: bool = _arg("shard_base", "FSDP2 for a base too large for one device: shard the frozen base "
+                            "across the processes at load time (transformers' DistributedConfig); the adapters "
+                            "stay whole in every process (with torchrun / accelerate launch)")
 
 
 @dataclass

@@ -45,7 +45,7 @@ class CausalLM:
         return load_instruct(opts.dataset or opts.task, train_size=opts.train_size, seed=opts.seed)
 
     def load_model(self, opts: TrainOptions, data: InstructDataset, log: Callable[[str], None]) -> tuple[Any, Any]:
-        return load_causal_lm(opts.model, log, opts.dtype, opts.quantize, opts.device)
+        return load_causal_lm(opts.model, log, opts.dtype, opts.quantize, opts.device, opts.shard_base)
 
     def split(self, data: InstructDataset, which: str, tokenizer: Any, max_length: int) -> Any:
         return InstructSplit(getattr(data, which), tokenizer, max_length)

@@ -34,7 +34,8 @@ class Classification:
                          train_size=opts.train_size, seed=opts.seed)
 
     def load_model(self, opts: TrainOptions, data: TextDataset, log: Callable[[str], None]) -> tuple[Any, Any]:
-        return load_classifier(opts.model, data.num_labels, opts.dtype, opts.quantize, opts.device)
+        return load_classifier(opts.model, data.num_labels, opts.dtype, opts.quantize, opts.device,
+                               opts.shard_base)
 
     def split(self, data: TextDataset, which: str, tokenizer: Any, max_length: int) -> Any:
         return tokenize(getattr(data, which), tokenizer, max_length)

@@ -88,6 +88,7 @@ class TrainOptions:
     gradient_checkpointing: bool = False  # non-reentrant, recomputing each block in backward
     quantize: str | None = None  # a bitsandbytes base: 4bit (nf4, QLoRA) | 8bit
     device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda
+    shard_base: bool = False  # FSDP2: the frozen base sharded across the processes at load time
     export_dtype: str = "base"  # the exported PEFT adapter's weights: base (each layer's compute dtype) | float32 | ...
     method_config: Any = None
     trainer: dict[str, Any] = field(default_factory=dict)  # further TrainingArguments fields, applied last
@@ -117,6 +118,11 @@ class TrainOptions:
             raise DynloraError(f"dtype {self.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise DynloraError(f"quantize {self.quantize!r} is not valid; valid: {', '.join(QUANTIZATIONS)}")
+        if self.shard_base and self.quantize is not None:
+            raise DynloraError(f"shard_base and a {self.quantize} base are both set; shard a float base, or quantize "
+                               "it and train data parallel without sharding")
+        if self.shard_base and getattr(self.method_config, "fold", False):
+            raise DynloraError("shard_base and fold are both set; a sharded base weight cannot take a folded adapter")
         check_budget_unit(self.budget_unit)
         if self.eval_split not in EVAL_SPLITS:
             raise DynloraError(f"eval_split {self.eval_split!r} is not valid; valid: {', '.join(EVAL_SPLITS)}")

@@ -59,3 +59,48 @@ def test_two_processes_match_one(no_dropout_model, tmp_path, method):
         assert torch.allclose(wa[key], wb[key], atol=1e-5), key
     assert json.loads((one / "metrics.json").read_text())["accuracy"] == json.loads(
         (two / "metrics.json").read_text())["accuracy"]
+
+
+@pytest.mark.parametrize("method", [
+    ["--method", "adaptive", "--realloc-interval", "0.25", "--realloc-warmup", "0.1"],
+    pytest.param(["--method", "module-alloc", "--strategy", "multinomial", "--schedule", "every:0.25"],
+                 marks=pytest.mark.slow),
+], ids=["adaptive", "module-alloc"])
+def test_a_base_sharded_across_two_processes_matches_one_process(tiny_lm, tmp_path, method):
+    """--shard-base: FSDP2 shards the frozen tiny Llama over 2 gloo processes at load time while the adapters
+    resize, stay whole and replicated, and average their gradients: the same run as one process."""
+    flags = ["--model", str(tiny_lm), "--task", "trec6-instruct", "--train-size", "64", *method, "--max-steps", "8",
+             "--rank", "2", "--lr", "1e-2", "--max-length", "64", "--save-every", "4"]
+    one, two = tmp_path / "one", tmp_path / "sharded"
+    assert main(["train", *flags, "--batch-size", "8", "--output", str(one)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dynlora.cli", "train", *flags, "--batch-size", "4", "--shard-base",
+                           "--output", str(two)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = history(one), history(two)
+    losses = [[r["loss"] for r in h if "loss" in r] for h in (a, b)]
+    assert len(losses[0]) == len(losses[1]) == 8 and max(abs(x - y) for x, y in zip(*losses)) < 1e-4
+    events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
+    assert events[0] == events[1]  # every decision identical
+    assert len({tuple(sorted(e[2].items())) for e in events[1]}) > 1  # and ranks or the active set really moved
+    decided = [r for r in b if "ranks" in r and r["event"] not in ("init", "end") and r["step"] > 0]
+    assert decided and all(r["replicas_agree"] == 2 for r in decided)
+    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    assert ma["total_rank"] == mb["total_rank"] == ma["budget"] == mb["budget"]  # the budget conserved
+    wa, wb = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (one, two))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-5), key
+
+
+def test_shard_base_refuses_what_it_cannot_shard(tiny_lm, tmp_path, capsys):
+    base = ["train", "--model", str(tiny_lm), "--task", "trec6-instruct", "--max-steps", "2", "--shard-base"]
+    cases = [([], "shard_base needs several processes: launch with torchrun"),
+             (["--load-in-4bit"], "shard_base and a 4bit base are both set"),
+             (["--method", "module-alloc", "--fold"], "shard_base and fold are both set")]
+    for extra, needle in cases:
+        assert main([*base, *extra, "--output", str(tmp_path / "run")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+        assert list(tmp_path.iterdir()) == []  # nothing half-written
