@@ -96,6 +96,8 @@ class SavedTensorBytes:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, torch.nn.Parameter):  # a weight: FSDP2's all-gathered ones are not among the model's
+            return t
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in self._skip and ptr not in self._seen:

@@ -58,7 +58,7 @@ def decisions(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "replicas_agree"} for r in rows if "ranks" in r or "loss" in r]
 
 
-def assert_same_run(a: Path, b: Path) -> None:
+def assert_same_run(a: Path, b: Path, measured: tuple[str, ...] | None = None) -> None:
     wa, wb = load_file(str(a / "adapter" / "adapter_model.safetensors")), load_file(
         str(b / "adapter" / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys()
@@ -68,7 +68,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     # the whole record, the loss averaged over the whole run and the counted memory included; only what a
     # clock or a sampled RSS measures (of this process's part of the run) may differ
-    assert {k: v for k, v in ma.items() if k not in MEASURED} == {k: v for k, v in mb.items() if k not in MEASURED}
+    measured = MEASURED if measured is None else measured
+    assert {k: v for k, v in ma.items() if k not in measured} == {k: v for k, v in mb.items() if k not in measured}
     assert decisions(a) == decisions(b)
 
 
