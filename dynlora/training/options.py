@@ -49,6 +49,10 @@ def check_trainer_fields(trainer: dict[str, Any]) -> None:
             raise DynloraError(f"trainer field {key!r} is TrainOptions.{TRAINER_FIELDS[key]}; set that instead")
         if key in MANAGED_FIELDS:
             raise DynloraError(f"trainer field {key!r} is set by dynlora; use {MANAGED_FIELDS[key]}")
+        if key == "fsdp" and trainer[key] not in ("", False, None, []):
+            # accelerate's FSDP wrapping would shard the adapters too, which then could not change shape
+            raise DynloraError(f"fsdp {trainer[key]!r}: accelerate's FSDP wrapping would shard the adapters, whose "
+                               "ranks change; use --shard-base (FSDP2 on the frozen base only)")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """One of two data-parallel processes dies (SIGKILL) mid-run: the other stops at once with one line naming
 the dead process, and ``--resume`` (2 processes again) ends exactly where a straight 2-process run ends."""
 
+import json
 import os
 import re
 import signal
@@ -47,8 +48,11 @@ def test_a_dead_process_stops_the_others_and_the_run_resumes(request, tmp_path, 
         model, data = request.getfixturevalue("tiny_assets")
         where = ["--model", model, "--dataset", data]
     else:
-        where = ["--model", str(request.getfixturevalue("tiny_lm")), "--task", "trec6-instruct", "--train-size",
-                 "256", "--max-length", "64", "--shard-base"]
+        pairs = tmp_path / "pairs.jsonl"  # a small file: evaluating a whole built-in split is slow
+        pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
+                                 for i in range(400)))
+        where = ["--model", str(request.getfixturevalue("tiny_lm")), "--dataset", str(pairs), "--max-length", "64",
+                 "--shard-base"]
     flags = ["train", *where, "--method", "l1ra", "--max-steps", "80", "--batch-size",
              "4", "--rank", "4", "--lr", "5e-3", "--seed", "3", "--save-every", "10", "--l1ra-lambda", "2"]
     straight = tmp_path / "straight"

@@ -69,7 +69,10 @@ def test_two_processes_match_one(no_dropout_model, tmp_path, method):
 def test_a_base_sharded_across_two_processes_matches_one_process(tiny_lm, tmp_path, method):
     """--shard-base: FSDP2 shards the frozen tiny Llama over 2 gloo processes at load time while the adapters
     resize, stay whole and replicated, and average their gradients: the same run as one process."""
-    flags = ["--model", str(tiny_lm), "--task", "trec6-instruct", "--train-size", "64", *method, "--max-steps", "8",
+    pairs = tmp_path / "pairs.jsonl"  # a small file: evaluating (and generating for) a whole built-in split is slow
+    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
+                             for i in range(80)))
+    flags = ["--model", str(tiny_lm), "--dataset", str(pairs), "--train-size", "64", *method, "--max-steps", "8",
              "--rank", "2", "--lr", "1e-2", "--max-length", "64", "--save-every", "4"]
     one, two = tmp_path / "one", tmp_path / "sharded"
     assert main(["train", *flags, "--batch-size", "8", "--output", str(one)]) == 0
@@ -98,7 +101,8 @@ def test_shard_base_refuses_what_it_cannot_shard(tiny_lm, tmp_path, capsys):
     base = ["train", "--model", str(tiny_lm), "--task", "trec6-instruct", "--max-steps", "2", "--shard-base"]
     cases = [([], "shard_base needs several processes: launch with torchrun"),
              (["--load-in-4bit"], "shard_base and a 4bit base are both set"),
-             (["--method", "module-alloc", "--fold"], "shard_base and fold are both set")]
+             (["--method", "module-alloc", "--fold"], "shard_base and fold are both set"),
+             (["--fsdp", "full_shard"], "accelerate's FSDP wrapping would shard the adapters")]
     for extra, needle in cases:
         assert main([*base, *extra, "--output", str(tmp_path / "run")]) == 2, extra
         err = capsys.readouterr().err.strip()

@@ -112,10 +112,17 @@ def test_a_checkpoint_inside_a_logging_window_resumes_to_the_same_record(assets,
     assert_same_run(tmp_path / "straight", out)
 
 
-@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
-def test_a_damaged_checkpoint_is_named_and_skipped_for_the_one_before(assets, tmp_path, damage):
-    straight = tmp_path / "straight"
+@pytest.fixture(scope="module")
+def straight_l1ra(assets, tmp_path_factory):
+    """One uninterrupted l1ra run of ``options``, for the tests that stop theirs and compare."""
+    straight = tmp_path_factory.mktemp("straight") / "l1ra"
     train(options(assets, straight, "l1ra"), log=lambda s: None)
+    return straight
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_a_damaged_checkpoint_is_named_and_skipped_for_the_one_before(assets, tmp_path, damage, straight_l1ra):
+    straight = straight_l1ra
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train(options(assets, out, "l1ra"), log=lambda s: None, extra_callbacks=[StopAt(10)])
@@ -145,9 +152,8 @@ class TermAt(TrainerCallback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_stops_with_one_line_and_the_run_resumes(assets, tmp_path):
-    straight = tmp_path / "straight"
-    train(options(assets, straight, "l1ra"), log=lambda s: None)
+def test_sigterm_stops_with_one_line_and_the_run_resumes(assets, tmp_path, straight_l1ra):
+    straight = straight_l1ra
     out = tmp_path / "termed"
     with pytest.raises(DynloraError) as stopped:
         train(options(assets, out, "l1ra"), log=lambda s: None, extra_callbacks=[TermAt(10)])
@@ -193,8 +199,8 @@ def test_stopped_before_any_checkpoint_leaves_nothing(assets, tmp_path):
 def test_sigkill_then_resume(assets, tmp_path):
     """A real kill (SIGKILL, no clean-up at all) mid-run, then ``dynlora train --resume``."""
     model, data = assets
-    flags = ["--model", model, "--dataset", data, "--method", "l1ra", "--max-steps", "120", "--batch-size", "8",
-             "--rank", "4", "--lr", "5e-3", "--seed", "3", "--save-every", "10", "--l1ra-interval", "20"]
+    flags = ["--model", model, "--dataset", data, "--method", "l1ra", "--max-steps", "60", "--batch-size", "8",
+             "--rank", "4", "--lr", "5e-3", "--seed", "3", "--save-every", "10", "--l1ra-interval", "10"]
     straight = tmp_path / "straight"
     assert main(["train", *flags, "--output", str(straight)]) == 0
     out = tmp_path / "killed"
