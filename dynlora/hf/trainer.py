@@ -159,6 +159,11 @@ class DynloraTrainerMixin:
         controller = self._controller()
         signature = (controller.generation if controller is not None
                      else parameter_signature(self.model))  # PEFT baselines: watch the parameters themselves
+        if ddp and not any(p.requires_grad for p in self.model.parameters()):
+            # nothing trains (a probe): nothing to synchronise, and a DDP forward would leave its reducer waiting
+            # for gradients that never come, to fire on the next step's; the wrapper is rebuilt once one trains
+            self._signature = signature
+            return self.model_wrapped.module
         if self._signature is not None and signature != self._signature:
             if ddp:
                 self.model_wrapped = rewrap(self.model_wrapped)

@@ -86,7 +86,7 @@ def test_a_base_sharded_across_two_processes_matches_one_process(tiny_lm, tmp_pa
     assert len(losses[0]) == len(losses[1]) == 8 and max(abs(x - y) for x, y in zip(*losses)) < 1e-4
     events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
     assert events[0] == events[1]  # every decision identical
-    assert len({tuple(sorted(e[2].items())) for e in events[1]}) > 1  # and ranks or the active set really moved
+    assert len({(tuple(sorted(e[2].items())), tuple(e[3] or ())) for e in events[1]}) > 1  # ranks or active moved
     decided = [r for r in b if "ranks" in r and r["event"] not in ("init", "end") and r["step"] > 0]
     assert decided and all(r["replicas_agree"] == 2 for r in decided)
     ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
