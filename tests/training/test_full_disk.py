@@ -65,11 +65,17 @@ class FillDisk(TrainerCallback):
             self.fill()
 
 
+@pytest.fixture(scope="module")
+def straight(tiny_assets, tmp_path_factory):
+    """The uninterrupted run both cases end up equal to."""
+    folder = tmp_path_factory.mktemp("straight") / "l1ra"
+    train(options(tiny_assets, folder, "l1ra"), log=lambda s: None)
+    return folder
+
+
 @pytest.mark.parametrize("when", ["a checkpoint", "the final save"])
-def test_a_full_disk_stops_the_run_resumably(tiny_assets, tmp_path, small_disk, when):
+def test_a_full_disk_stops_the_run_resumably(tiny_assets, tmp_path, small_disk, straight, when):
     disk = small_disk
-    straight = tmp_path / "straight"
-    train(options(tiny_assets, straight, "l1ra"), log=lambda s: None)
     out = disk / "run"
     fill = FillDisk(disk, step=5 if when == "a checkpoint" else None)
     with pytest.raises(DynloraError) as failed:

@@ -196,6 +196,7 @@ def test_stopped_before_any_checkpoint_leaves_nothing(assets, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # test_kill_anywhere.py kills forked runs at chosen points in the default suite
 def test_sigkill_then_resume(assets, tmp_path):
     """A real kill (SIGKILL, no clean-up at all) mid-run, then ``dynlora train --resume``."""
     model, data = assets
