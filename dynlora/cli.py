@@ -1,48 +1,53 @@
 """The ``dynlora`` command: ``train``, ``export``, ``compare``, ``report``, ``generate`` and ``serve``.
 
 Bad input raises ``DynloraError``; ``main`` prints it as one line on stderr and exits with code 2.
+
+The command answers ``--help`` and a bad flag without importing torch, transformers or peft: only the
+command given gets its flags, and ``train`` / ``compare`` (whose flags come from those libraries) take
+them from a cached snapshot (``parser_snapshot``) until the flags parse; then the real parser, with the
+real types, parses them again. Dependencies' output is held from the first import on and goes to the
+run's log (``training.run_log``), never to the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
-
+from dynlora import parser_snapshot
 from dynlora.errors import DynloraError
+from dynlora.training.run_log import hold_output, run_log
 
 
-class _Parser(HfArgumentParser):
-    """argparse's own errors as one line and exit code 2; HfArgumentParser for the train command's dataclasses."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.HelpFormatter)  # HF's shows defaults; other commands say them
-        super().__init__(**kwargs)
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors as one line and exit code 2."""
 
     def error(self, message: str) -> None:
         self.exit(2, f"dynlora: error: {message}\n")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return sub.add_parser("train", help="fine-tune with adapters and write a run folder",
+                          usage="dynlora train [CONFIG] [--flag VALUE ...]",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                          description="Every transformers.TrainingArguments flag works here under its usual name "
+                                      "(--report_to tensorboard, --lr_scheduler_type cosine, ...); a YAML or JSON "
+                                      "file takes the same keys (dynlora train run.yaml), and flags override it.")
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
     from dynlora.training.arguments import add_train_arguments
 
-    p = sub.add_parser("train", help="fine-tune with adapters and write a run folder",
-                       usage="dynlora train [CONFIG] [--flag VALUE ...]",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Every transformers.TrainingArguments flag works here under its usual name "
-                                   "(--report_to tensorboard, --lr_scheduler_type cosine, ...); a YAML or JSON "
-                                   "file takes the same keys (dynlora train run.yaml), and flags override it.")
     add_train_arguments(p)
-    return p
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def _add_export(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy a run's adapter out as a plain PEFT LoRA folder")
     p.add_argument("run", help="a run folder written by dynlora train")
     p.add_argument("--output", required=True, help="new folder for the PEFT adapter")
@@ -55,15 +60,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad-rank", type=int, default=None, metavar="R",
                    help="every module at rank R (zero-padded, its scale folded into B, one global "
                         "lora_alpha / r): for servers and engines that take one rank per adapter")
+    return p
 
 
-def _add_compare(sub: argparse._SubParsersAction) -> None:
+def _add_compare(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return sub.add_parser("compare", help="train methods side by side on one task and rank budget")
+
+
+def _compare_flags(p: argparse.ArgumentParser) -> None:
     from dynlora.tools.compare import add_arguments
 
-    add_arguments(sub.add_parser("compare", help="train methods side by side on one task and rank budget"))
+    add_arguments(p)
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
+def _add_generate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer prompts with an exported causal-LM adapter (plain PEFT)")
     p.add_argument("--adapter", required=True, help="a PEFT adapter folder or a dynlora run folder")
     p.add_argument("prompts", nargs="+", help="one or more prompts")
@@ -71,6 +81,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
+    return p
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -82,7 +93,7 @@ def _generate(args: argparse.Namespace) -> None:
         print(reply if len(opts.prompts) == 1 else f">>> {prompt}\n{reply}\n")
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
+def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start vLLM's OpenAI-compatible server with exported adapters (vllm needed)",
                        usage="dynlora serve ADAPTER_OR_RUN [...] [--flag VALUE ...] [-- VLLM_ARG ...]",
                        description="Every adapter is loaded at once, by the name of its run folder (or NAME=PATH); "
@@ -99,6 +110,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="the served weights: base (the default: the base's own dtype, so a float32 base serves in "
                         "float32 as it trained), or vLLM's auto / float32 / bfloat16 / float16")
     p.add_argument("--dry-run", action="store_true", help="print the vLLM command and exit")
+    return p
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -108,9 +120,10 @@ def _serve(args: argparse.Namespace) -> None:
                        port=args.port, dtype=args.dtype, extra=tuple(args.extra)), dry_run=args.dry_run)
 
 
-def _add_report(sub: argparse._SubParsersAction) -> None:
+def _add_report(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="draw a run's rank heatmap, rank per module type over steps, gates")
     p.add_argument("run", help="a run folder written by dynlora train")
+    return p
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -122,33 +135,72 @@ def _report(args: argparse.Namespace) -> None:
         print(f"dynlora: wrote {path}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# each command's parser (with the flags that cost nothing to define), and the flags defined by importing libraries
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = {
+    "train": _add_train, "export": _add_export, "compare": _add_compare, "report": _add_report,
+    "generate": _add_generate, "serve": _add_serve}
+HEAVY_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"train": _train_flags, "compare": _compare_flags}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    return argv[0] if argv and argv[0] in COMMANDS else None  # the top-level parser has no option but --help
+
+
+def build_parser(command: str | None = "", *, snapshot: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The ``dynlora`` parser: every command with its own flags, and the flags that libraries define
+    (``HEAVY_FLAGS``) for ``command`` only ("": for all of them), from ``snapshot`` when one is given."""
     parser = _Parser(prog="dynlora", description="Dynamic LoRA fine-tuning that exports plain PEFT LoRA.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    parser.train_parser = _add_train(sub)  # a config file sets its defaults
-    _add_export(sub)
-    _add_compare(sub)
-    _add_report(sub)
-    _add_generate(sub)
-    _add_serve(sub)
+    for name, add in COMMANDS.items():
+        p = add(sub)
+        if name in HEAVY_FLAGS and command in ("", name):
+            if snapshot is not None:
+                parser_snapshot.restore(snapshot, p)
+            else:
+                HEAVY_FLAGS[name](p)
+        if name == "train":
+            parser.train_parser = p  # a config file sets its defaults
     return parser
 
 
-def _train_values(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """The train command's values: a config file's (when one is given) under the flags given."""
-    from dynlora.training.arguments import read_config_file
+def _parsers(command: str | None) -> tuple[argparse.ArgumentParser | None, argparse.ArgumentParser | None]:
+    """(fast, real): a parser for ``command`` that imports no library (the cached snapshot's flags), or else the real
+    one, built here (and its snapshot cached for the next call); (None, None) when the real one costs nothing."""
+    if command not in HEAVY_FLAGS or os.environ.get("DYNLORA_PARSER_CACHE", "1") == "0":
+        return None, None
+    key = parser_snapshot.fingerprint()
+    data = parser_snapshot.load(command, key)
+    if data is not None:
+        return build_parser(command, snapshot=data), None
+    real = build_parser(command)  # this call pays for the real parser; the ones after it do not
+    parser_snapshot.save(command, key, subparser(real, command), subparser(build_parser(None), command))
+    return None, real
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # serve: vLLM's own arguments
-    argv = argv[:len(argv) - len(extra) - 1] if "--" in argv else argv
-    args = parser.parse_args(argv)
+
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command`` inside the ``dynlora`` parser."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed; what follows ``--`` is vLLM's (serve only)."""
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:len(argv) - len(extra) - 1] if "--" in argv else argv)
     if extra and args.command != "serve":
         parser.error(f"arguments after -- ({shlex.join(extra)}) are only for dynlora serve")
     args.extra = extra
+    return args
+
+
+def _values(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The command's values; for train, a config file's (when one is given) under the flags given."""
+    args = _parse(parser, argv)
     if args.command == "train" and args.config is not None:
+        from dynlora.training.arguments import read_config_file
+
         train = parser.train_parser
         train.set_defaults(**read_config_file(args.config, train))
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     return args
 
 
@@ -166,7 +218,6 @@ def _train(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     import shutil
-    from pathlib import Path
 
     from dynlora.training.run_folder import RUN_MARKER
 
@@ -218,31 +269,35 @@ def _compare(args: argparse.Namespace) -> None:
     run_from_args(args)
 
 
-QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
-
-
-def quiet_imports() -> None:
-    """Keep stderr for dynlora's one-line errors: on a CPU with AVX512-BF16, bitsandbytes (which peft
-    imports) warns on import that an optional speed-up kernel from the hub cannot be loaded."""
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+def _log_of(folder: str | None) -> Path | None:
+    """A run folder's ``train.log`` (what a command does to a run is logged with it); None for other folders."""
+    log = Path(folder) / "train.log" if folder else None
+    return log if log is not None and log.is_file() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynlora`` command; returns the exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    quiet_imports()
-    parser = build_parser()
-    try:
-        args = _train_values(parser, argv)
-        if args.command is None:
-            parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(argv)
+    with hold_output():  # from the first import on: some dependencies log as they are imported
+        try:
+            fast, parser = _parsers(command)
+            if fast is not None:
+                _parse(fast, argv)  # --help, or a bad flag refused as the real parser would, before any import
+            parser = parser or build_parser(command)
+            args = _values(parser, argv)
+            if args.command is None:
+                parser.print_help()
+                return 2
+            folder = {"export": "run", "report": "run", "generate": "adapter"}.get(args.command)
+            log = _log_of(getattr(args, folder)) if folder else None
+            with run_log(log) if log is not None else nullcontext():  # else held, and dropped at the end
+                {"train": _train, "export": _export, "compare": _compare, "report": _report,
+                 "generate": _generate, "serve": _serve}[args.command](args)
+        except DynloraError as err:
+            print(f"dynlora: error: {err}", file=sys.stderr)
             return 2
-        {"train": _train, "export": _export, "compare": _compare, "report": _report,
-         "generate": _generate, "serve": _serve}[args.command](args)
-    except DynloraError as err:
-        print(f"dynlora: error: {err}", file=sys.stderr)
-        return 2
     return 0
 
 

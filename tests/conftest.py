@@ -12,7 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # as dynlora.cli.main does
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # its import-time kernel notice
 
 import pytest
 import torch

@@ -59,11 +59,69 @@ def test_export_of_a_non_run_is_refused(tmp_path, capsys):
     assert code == 2 and str(tmp_path) in err and not (tmp_path / "out").exists()
 
 
-def test_argparse_errors_exit_2_in_a_real_process():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dynlora.cli", "train", "--rank", "eight"], capture_output=True,
-                          text=True, env=env)
-    assert proc.returncode == 2 and "eight" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+BAD_FLAGS = {  # one mistake per command, and the type error a new user makes first
+    "train": ["--rank", "eight"], "export": ["run", "--output", "out", "--pad-rank", "two"],
+    "compare": ["--seeds"], "report": [], "generate": ["--adapter", "a", "hi", "--no-such-flag"],
+    "serve": ["x", "--port", "http"]}
+
+
+def _expected(argv: list[str], capsys) -> tuple[int, str, str]:
+    """What the real parser (every flag built from its libraries, in this process) prints for ``argv``."""
+    from dynlora.cli import _parse, build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        _parse(build_parser(argv[0] if argv else ""), argv)
+    out = capsys.readouterr()
+    return stop.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    """The environment of a ``dynlora`` process with a parser cache of its own, already holding the snapshots
+    (made here, in a process that has the libraries imported anyway)."""
+    from dynlora.cli import HEAVY_FLAGS, _parsers
+
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "100", "DYNLORA_CACHE": str(cache)}
+    saved = {k: os.environ.get(k) for k in ("DYNLORA_CACHE", "COLUMNS")}
+    os.environ.update(DYNLORA_CACHE=str(cache), COLUMNS="100")
+    try:
+        for command in HEAVY_FLAGS:
+            fast, real = _parsers(command)
+            assert fast is None and real is not None  # built now; cached for the processes below
+        assert all(_parsers(command)[0] is not None for command in HEAVY_FLAGS)
+        yield env
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.mark.parametrize("command", ["", *BAD_FLAGS])
+@pytest.mark.parametrize("mistake", [False, True])
+def test_help_and_a_bad_flag_print_exactly_what_the_real_parser_does_in_a_real_process(cli_env, capsys, command,
+                                                                                       mistake, monkeypatch):
+    if mistake and not command:
+        pytest.skip("the top-level parser has no flag but --help")
+    argv = [command] if command else []
+    argv += BAD_FLAGS[command] if mistake else ["--help"]
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, err = _expected(argv, capsys)
+    proc = subprocess.run([sys.executable, "-m", "dynlora.cli", *argv], capture_output=True, text=True, env=cli_env)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, err)
+    if mistake:
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and err.startswith("dynlora: error: ")
+    else:
+        assert code == 0 and err == "" and out.startswith("usage: dynlora")
+
+
+def test_help_and_a_bad_flag_import_no_library(cli_env):
+    probe = ("import sys; from dynlora.cli import main\n"
+             "for argv in (['train', '--help'], ['train', '--rank', 'eight'], ['compare', '--help'], ['--help']):\n"
+             "    try: main(argv)\n"
+             "    except SystemExit: pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
 
 
 def test_every_flag_of_every_command_has_a_line_of_help():

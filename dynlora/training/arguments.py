@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,13 +190,20 @@ def argument_types() -> list[type]:
     return [ModelArguments, DataArguments, AdapterArguments, *_method_dataclasses(), DynloraTrainingArguments]
 
 
-def add_train_arguments(parser: HfArgumentParser) -> None:
-    """The train command's flags (and its config-file argument) on ``parser``."""
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train command's flags (and its config-file argument) on ``parser``: each dataclass's fields as
+    ``HfArgumentParser`` lays them out, in a group of its own."""
     parser.add_argument("config", nargs="?", default=None, metavar="CONFIG",
                         help="a YAML or JSON file of these flags' values (keys as the flags' names: "
                              "learning_rate: 0.001); flags given here override it")
     for dtype in argument_types():
-        parser._add_dataclass_arguments(dtype)
+        group = parser.add_argument_group(dtype._argument_group_name) if hasattr(dtype, "_argument_group_name") \
+            else parser
+        hints = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            if f.init:
+                f.type = hints[f.name]  # as HfArgumentParser._add_dataclass_arguments does
+                HfArgumentParser._parse_dataclass_field(group, f)
 
 
 @functools.cache
@@ -272,7 +280,7 @@ def config_yaml(opts: TrainOptions) -> str:
     return head + yaml.safe_dump(config_of(opts), sort_keys=False, default_flow_style=None)
 
 
-def read_config_file(path: str, parser: HfArgumentParser) -> dict[str, Any]:
+def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The values of a YAML / JSON config file, keyed by the parser's destinations; a one-line error for an
     unreadable file or an unknown key (naming the closest valid ones)."""
     file = Path(path)

@@ -45,10 +45,10 @@ def test_the_config_is_both_methods_knobs_under_their_own_flags():
     config = L1RAAllocConfig(lam=0.3, k=0.25, select_threshold=0.4, threshold=1e-5)
     assert config.rank_config() == L1RAConfig(lam=0.3, threshold=1e-5)
     assert config.select_config() == ModuleAllocConfig(k=0.25, threshold=0.4)
-    from dynlora.cli import _train_values, build_parser
+    from dynlora.cli import _values, build_parser
     from dynlora.training.arguments import options_from
 
-    opts = options_from(vars(_train_values(build_parser(), [
+    opts = options_from(vars(_values(build_parser(), [
         "train", "--method", "l1ra-alloc", "--l1ra-lambda", "0.3", "--k", "0.25", "--threshold", "0.4",
         "--l1ra-threshold", "1e-5"])))
     assert opts.method_config == config

@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from dynlora.cli import _train_values, build_parser, main
+from dynlora.cli import _values, build_parser, main
 from dynlora.methods.l1ra import L1RAConfig
 from dynlora.training.arguments import config_of, config_yaml, options_from
 from dynlora.training.fit import training_args
@@ -16,7 +16,7 @@ from dynlora.training.options import TrainOptions
 
 
 def _options(*argv: str) -> TrainOptions:
-    return options_from(vars(_train_values(build_parser(), ["train", *argv])))
+    return options_from(vars(_values(build_parser(), ["train", *argv])))
 
 
 def test_no_flags_give_the_default_options():
