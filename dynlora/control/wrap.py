@@ -23,6 +23,10 @@ from dynlora.methods import registry
 from dynlora.methods.peft_configs import DynamicLoraConfig
 
 CONFIG_ATTR = "dynlora_config"
+# transformers' Trainer refuses to train a quantized model unless this flag (which its own PEFT integration sets)
+# says trainable adapters sit on it; it checks the flag when it is built, and afterwards the flag would send its
+# checkpoints through that integration, which knows nothing of dynlora's adapters: DynloraCallback clears it then
+TRAINABLE_ON_QUANTIZED = "_hf_peft_config_loaded"
 
 
 def adapter_config(model: nn.Module, config: DynamicLoraConfig) -> AdapterConfig:
@@ -51,6 +55,8 @@ def get_dynamic_model(model: nn.Module, config: DynamicLoraConfig) -> nn.Module:
         raise DynloraError("the model has dynlora adapters already")
     inject(model, adapter_config(model, config), generator=torch.Generator().manual_seed(config.seed))
     setattr(model, CONFIG_ATTR, config)
+    if getattr(model, "is_quantized", False):
+        setattr(model, TRAINABLE_ON_QUANTIZED, True)
     return model
 
 

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from dynlora.control.controller import Controller
 from dynlora.control.events import rank_scalars
-from dynlora.control.wrap import attach
+from dynlora.control.wrap import CONFIG_ATTR, TRAINABLE_ON_QUANTIZED, attach
 from dynlora.core.distributed import world_size
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import CONTROLLER_FILE, controller_state_json, load_controller_json
@@ -45,6 +45,10 @@ class DynloraCallback(TrainerCallback):
         if self._controller is None:
             raise DynloraError("DynloraCallback() builds its controller when training begins")
         return self._controller
+
+    def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if getattr(model, TRAINABLE_ON_QUANTIZED, False) and hasattr(model, CONFIG_ATTR):
+            setattr(model, TRAINABLE_ON_QUANTIZED, False)  # the Trainer has checked it (see control.wrap)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:

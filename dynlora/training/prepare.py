@@ -32,10 +32,6 @@ def dynamic_config(opts: TrainOptions) -> DynamicLoraConfig:
 def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total_steps: int) -> Prepared:
     """Inject dynlora adapters and wrap the method in a controller (what ``get_dynamic_model`` does)."""
     get_dynamic_model(model, dynamic_config(opts))
-    if getattr(model, "is_quantized", False):
-        # transformers refuses to train a quantized model unless it knows trainable adapters are attached;
-        # this is the flag its own adapter integration sets
-        model._hf_peft_config_loaded = True
     controller = attach(model, total_steps=total_steps)
     groups = spec.param_groups(model, opts.lr, opts.method_config, opts.weight_decay) if spec.param_groups is not None else None
 
