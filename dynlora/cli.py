@@ -163,18 +163,27 @@ def build_parser(command: str | None = "", *, snapshot: dict[str, Any] | None = 
     return parser
 
 
-def _parsers(command: str | None) -> tuple[argparse.ArgumentParser | None, argparse.ArgumentParser | None]:
-    """(fast, real): a parser for ``command`` that imports no library (the cached snapshot's flags), or else the real
-    one, built here (and its snapshot cached for the next call); (None, None) when the real one costs nothing."""
-    if command not in HEAVY_FLAGS or os.environ.get("DYNLORA_PARSER_CACHE", "1") == "0":
-        return None, None
-    key = parser_snapshot.fingerprint()
-    data = parser_snapshot.load(command, key)
-    if data is not None:
-        return build_parser(command, snapshot=data), None
-    real = build_parser(command)  # this call pays for the real parser; the ones after it do not
-    parser_snapshot.save(command, key, subparser(real, command), subparser(build_parser(None), command))
-    return None, real
+def _snapshot_parser(command: str | None) -> argparse.ArgumentParser | None:
+    """A parser for ``command`` that imports no library (its flags from the cached snapshot), or None: a command
+    whose real parser costs nothing, no snapshot yet, the cache turned off, or a process that has the methods
+    loaded already (it may have registered one at run time, which no snapshot knows)."""
+    if not _snapshots_apply(command):
+        return None
+    data = parser_snapshot.load(command, parser_snapshot.fingerprint())
+    return build_parser(command, snapshot=data) if data is not None else None
+
+
+def _snapshots_apply(command: str | None) -> bool:
+    return (command in HEAVY_FLAGS and os.environ.get("DYNLORA_PARSER_CACHE", "1") != "0"
+            and "dynlora.methods.registry" not in sys.modules)
+
+
+def cache_parser(command: str, real: argparse.ArgumentParser | None = None) -> bool:
+    """Cache the snapshot of ``command``'s real parser (``real``, the whole ``dynlora`` parser, or built here)
+    for the calls after this one; False if it cannot stand in for the real one or cannot be written."""
+    real = real or build_parser(command)
+    return parser_snapshot.save(command, parser_snapshot.fingerprint(), subparser(real, command),
+                                subparser(build_parser(None), command))
 
 
 def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
@@ -282,10 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _command_of(argv)
     with hold_output():  # from the first import on: some dependencies log as they are imported
         try:
-            fast, parser = _parsers(command)
+            cached = _snapshots_apply(command)  # decided before this call imports the methods
+            fast = _snapshot_parser(command)
             if fast is not None:
                 _parse(fast, argv)  # --help, or a bad flag refused as the real parser would, before any import
-            parser = parser or build_parser(command)
+            parser = build_parser(command)
+            if cached and fast is None:  # this call paid for the real parser; the ones after it will not
+                cache_parser(command, parser)
             args = _values(parser, argv)
             if args.command is None:
                 parser.print_help()

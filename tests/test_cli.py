@@ -79,17 +79,14 @@ def _expected(argv: list[str], capsys) -> tuple[int, str, str]:
 def cli_env(tmp_path_factory):
     """The environment of a ``dynlora`` process with a parser cache of its own, already holding the snapshots
     (made here, in a process that has the libraries imported anyway)."""
-    from dynlora.cli import HEAVY_FLAGS, _parsers
+    from dynlora.cli import HEAVY_FLAGS, cache_parser
 
     cache = tmp_path_factory.mktemp("cache")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "100", "DYNLORA_CACHE": str(cache)}
     saved = {k: os.environ.get(k) for k in ("DYNLORA_CACHE", "COLUMNS")}
     os.environ.update(DYNLORA_CACHE=str(cache), COLUMNS="100")
     try:
-        for command in HEAVY_FLAGS:
-            fast, real = _parsers(command)
-            assert fast is None and real is not None  # built now; cached for the processes below
-        assert all(_parsers(command)[0] is not None for command in HEAVY_FLAGS)
+        assert all(cache_parser(command) for command in HEAVY_FLAGS)  # a snapshot is kept only if it prints the same
         yield env
     finally:
         for k, v in saved.items():
@@ -131,3 +128,11 @@ def test_every_flag_of_every_command_has_a_line_of_help():
     missing = {name: [a.option_strings[0] for a in sub._actions if a.option_strings and not a.help]
                for name, sub in commands.items()}
     assert not any(missing.values()), missing
+
+
+def test_the_first_call_pays_for_the_real_parser_and_caches_its_snapshot(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DYNLORA_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "dynlora.cli", "compare", "--help"], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0 and proc.stderr == "" and "--methods" in proc.stdout
+    assert len(list((tmp_path / "parsers").glob("compare-*.json"))) == 1

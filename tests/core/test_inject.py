@@ -17,6 +17,7 @@ from dynlora.core.inject import (
 )
 from dynlora.errors import DynloraError
 from tests.conftest import tiny_bert, tiny_llama, tokens
+from tests.tolerance import assert_within_rounding, chain_terms
 
 EXPECTED_LEAVES = {
     "bert": {"query", "key", "value", "dense"},
@@ -39,7 +40,7 @@ def test_fresh_injection_is_identity_and_only_adapters_and_head_train(tiny_model
         ref = model(**batch).logits
     layers = inject(model, AdapterConfig(rank=3, use_gate=True))
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, ref)
+        assert torch.equal(model(**batch).logits, ref)  # B = 0: every adapter adds exact zeros
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     for name in trainable:
         assert ".lora_" in name or ".gate" in name or name.split(".")[0] in ("classifier", "score")
@@ -55,13 +56,16 @@ def test_merge_unmerge_remove(tiny_model):
         for layer in adapters(model).values():
             layer.lora_B.normal_(std=0.1)
         y = model(**batch).logits
+        # merged weights sum the same products in another order in every layer (tiny models: 2 layers, hidden 32,
+        # feed-forward at most 128, 8 tokens); unmerging leaves each weight within 2 roundings of what it was
+        terms = chain_terms(layers=2, hidden=32, intermediate=128, seq=8) + 2
         merge(model)
-        torch.testing.assert_close(model(**batch).logits, y, atol=1e-4, rtol=1e-4)
+        assert_within_rounding(model(**batch).logits, y, terms)
         unmerge(model)
-        torch.testing.assert_close(model(**batch).logits, y, atol=1e-4, rtol=1e-4)
+        assert_within_rounding(model(**batch).logits, y, terms)
         remove(model, merge_first=True)
         assert not adapters(model)
-        torch.testing.assert_close(model(**batch).logits, y, atol=1e-4, rtol=1e-4)
+        assert_within_rounding(model(**batch).logits, y, terms)
 
 
 def test_target_forms():

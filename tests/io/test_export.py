@@ -14,6 +14,7 @@ from dynlora.errors import DynloraError
 from dynlora.io.export import export_peft
 from dynlora.io.load import load_peft
 from tests.conftest import TINY, tiny_gpt2, tiny_llama, tokens
+from tests.tolerance import assert_within_rounding, chain_terms
 
 
 def _train_like(model, seed: int = 0) -> None:
@@ -33,14 +34,21 @@ def _train_like(model, seed: int = 0) -> None:
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
-def _parity(model, base_loader, folder: Path, batch) -> None:
+# the tiny models (2 layers, hidden 32, feed-forward at most 128) on tokens()' 8 positions; MiniLM-L6 on 12
+TINY_TERMS = chain_terms(layers=2, hidden=32, intermediate=128, seq=8)
+MINILM_TERMS = chain_terms(layers=6, hidden=384, intermediate=1536, seq=12)
+
+
+def _parity(model, base_loader, folder: Path, batch, terms: int = TINY_TERMS) -> None:
     with torch.no_grad():
         ours = model(**batch).logits
     export_peft(model, folder)
     plain = PeftModel.from_pretrained(base_loader(), str(folder)).eval()
     with torch.no_grad():
         theirs = plain(**batch).logits
-    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    # PEFT's forward against dynlora's on the same weights (the gates folded into B: one rounding more each):
+    # the same sums in another order through every layer
+    assert_within_rounding(theirs, ours, terms + 2)
 
 
 @pytest.mark.parametrize("arch", sorted(TINY))
@@ -81,12 +89,12 @@ def test_minilm_parity_and_reload_for_more_training(tmp_path):
     inject(model, AdapterConfig(rank=4, alpha=16, use_gate=True))
     _train_like(model)
     batch = tokens(seq=12)
-    _parity(model, load, tmp_path / "adapter", batch)
+    _parity(model, load, tmp_path / "adapter", batch, MINILM_TERMS)
 
     again = load()
     layers = load_peft(again, tmp_path / "adapter")
-    with torch.no_grad():
-        torch.testing.assert_close(again(**batch).logits, model(**batch).logits, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the exported weights (gates folded into B) back in dynlora's layers
+        assert_within_rounding(again(**batch).logits, model(**batch).logits, MINILM_TERMS + 2)
     ours = {n: layer.rank for n, layer in adapters(model).items() if layer.rank}
     assert {n: layer.rank for n, layer in layers.items()} == ours
     assert all(p.requires_grad for layer in layers.values() for p in (layer.lora_A, layer.lora_B))

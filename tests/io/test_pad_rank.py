@@ -13,6 +13,7 @@ from dynlora.errors import DynloraError
 from dynlora.io.export import export_peft
 from dynlora.io.pad_rank import pad_adapter
 from tests.conftest import tiny_bert, tokens
+from tests.tolerance import assert_within_rounding, chain_terms
 from tests.io.test_export import _train_like
 
 
@@ -37,8 +38,8 @@ def test_padded_adapter_has_one_rank_and_the_same_logits(tmp_path):
     assert {t.shape[0] for k, t in weights.items() if "lora_A" in k} == {widest + 2}
     assert {t.shape[1] for k, t in weights.items() if "lora_B" in k} == {widest + 2}
     plain = PeftModel.from_pretrained(load(), str(tmp_path / "padded")).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(plain(**batch).logits, ours, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # PEFT's forward against dynlora's; each B rounded once more (gate and scale folded in)
+        assert_within_rounding(plain(**batch).logits, ours, chain_terms(layers=2, hidden=32, intermediate=64, seq=8) + 2)
 
 
 def test_pad_rank_below_the_largest_rank_is_refused_and_writes_nothing(tmp_path):

@@ -13,9 +13,12 @@ from dynlora.io.export import export_peft
 from dynlora.io.input_gates import calibrate_input_gates, constant_input_gates
 from dynlora.methods.adaptive import Adaptive, AdaptiveConfig
 from tests.conftest import tiny_bert, train_steps
+from tests.tolerance import assert_within_rounding, chain_terms
 
 STEPS = 24
 CFG = AdaptiveConfig(interval=4, warmup=0.2, max_moves=0.25)
+# tiny BERT (2 layers, hidden 32, feed-forward 64) on batches of 10 tokens
+TERMS = chain_terms(layers=2, hidden=32, intermediate=64, seq=10)
 
 
 def _batch(step: int):
@@ -60,7 +63,8 @@ def test_growing_keeps_the_output():
         y = model(input_ids=ids).logits
         name = next(iter(controller.layers))
         controller.resize({name: __import__("dynlora").Resize(keep=tuple(range(4)), grow=3)})
-        torch.testing.assert_close(model(input_ids=ids).logits, y)
+        # the new ranks add exact zeros; the 7 ranks may be summed in another order than the 4
+        assert_within_rounding(model(input_ids=ids).logits, y, TERMS)
 
 
 def test_input_gate_starts_near_one_so_the_first_forward_matches_plain_lora():
@@ -100,7 +104,8 @@ def test_export_refuses_then_approximates_with_a_calibration_set(tmp_path):
     with torch.no_grad(), constant_input_gates(model, means):
         folded = model(input_ids=ids).logits
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, folded, atol=1e-4, rtol=1e-4)
+        # PEFT's forward against dynlora's with the gates held at their means (folded into B on export)
+        assert_within_rounding(plain(input_ids=ids).logits, folded, TERMS + 2)
         exact = model(input_ids=ids).logits
     assert float((exact - folded).abs().max()) > 0  # it is an approximation, and the error is measurable
 
@@ -113,8 +118,8 @@ def test_exact_save_keeps_the_input_gate(tmp_path):
     load_checkpoint(tmp_path / "exact", other, other_controller)
     ids, _ = _batch(3)
     model.eval(), other.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(other(input_ids=ids).logits, model(input_ids=ids).logits)
+    with torch.no_grad():  # the same weights, input gate included, in the same computation
+        assert torch.equal(other(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
 def test_resume_equals_straight_through(tmp_path):

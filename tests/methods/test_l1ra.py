@@ -15,9 +15,12 @@ from dynlora.io.export import export_peft
 from dynlora.methods.base import View
 from dynlora.methods.l1ra import L1RA, L1RAConfig, gate_param_groups
 from tests.conftest import tiny_bert, train_steps
+from tests.tolerance import assert_within_rounding, chain_terms
 
 STEPS = 24
 CFG = L1RAConfig(lam=1.5, lr_c=0.05, interval=6)  # strong enough to prune within a tiny run
+# tiny BERT (2 layers, hidden 32, feed-forward 64) on batches of 10 tokens
+TERMS = chain_terms(layers=2, hidden=32, intermediate=64, seq=10)
 
 
 def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +45,8 @@ def test_proximal_step_shrinks_by_exactly_lr_times_lambda_and_zeroes_crossers():
     with torch.no_grad():
         layer.gate.copy_(torch.tensor([1.0, 0.5, 0.003, 0.0]))
     L1RA(L1RAConfig(lam=0.5, lr_c=0.01), total_steps=10).per_step(1, View(1, {"x": layer}, torch.Generator()))
-    torch.testing.assert_close(layer.gate.detach(), torch.tensor([0.995, 0.495, 0.0, 0.0]), atol=0, rtol=1e-6)
+    # one subtraction in float32 against the literals' own rounding to float32: 2 roundings
+    assert_within_rounding(layer.gate.detach(), torch.tensor([0.995, 0.495, 0.0, 0.0]), terms=2)
 
 
 @pytest.mark.parametrize("steps", [10, 40])
@@ -52,7 +56,8 @@ def test_pull_is_spread_over_the_run_whatever_its_length(steps):
     method = L1RA(L1RAConfig(pull=0.6, lr_c=0.01), total_steps=steps)
     for step in range(1, steps + 1):
         method.per_step(step, View(step, {"x": layer}, torch.Generator()))
-    torch.testing.assert_close(layer.gate.detach(), torch.full((2,), 0.4), atol=1e-5, rtol=0)
+    # `steps` subtractions, each rounded to float32 at the gate's size
+    assert_within_rounding(layer.gate.detach(), torch.full((2,), 0.4), terms=1, steps=steps + 1)
     assert L1RAConfig(lam=0.3, pull=5.0).strength(steps) == 0.3  # an explicit lambda wins
 
 
@@ -66,7 +71,7 @@ def test_proximal_step_uses_the_optimizers_gate_lr():
     layer(torch.randn(2, layer.in_features)).sum().backward()
     opt.step()
     controller.step()
-    torch.testing.assert_close(layer.gate.detach(), (before - 0.02).clamp(0, 1))
+    assert torch.equal(layer.gate.detach(), (before - 0.02).clamp(0, 1))  # the same subtraction
 
 
 def test_budget_conserved_and_ranks_really_move():
@@ -97,8 +102,8 @@ def test_event_keeps_output_and_surviving_moments():
     with torch.no_grad():
         y = model(input_ids=ids).logits
     controller.step()  # step 6: the event
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, y, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():  # freed ranks added exact zeros, new ones add exact zeros: the rank sums' order may change
+        assert_within_rounding(model(input_ids=ids).logits, y, TERMS)
     assert layers[0].rank == 2 and sum(controller.ranks().values()) == 4 * len(layers)
     assert torch.equal(opt.state[layers[0].lora_A]["exp_avg"], before_a["exp_avg"][[1, 3]])
     assert torch.equal(opt.state[layers[0].lora_A]["step"], before_a["step"])
@@ -142,8 +147,8 @@ def test_peft_parity_after_reallocation(tmp_path):
                                       str(tmp_path / "adapter")).eval()
     ids, _ = _batch(7)
     model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # PEFT's forward against dynlora's (gates folded into B: one rounding more)
+        assert_within_rounding(plain(input_ids=ids).logits, model(input_ids=ids).logits, TERMS + 2)
 
 
 def test_config_errors():

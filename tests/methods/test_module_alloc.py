@@ -13,6 +13,7 @@ from dynlora.hf.callback import DynloraCallback
 from dynlora.hf.memory import SavedTensorBytes
 from dynlora.methods.module_alloc import ModuleAlloc, ModuleAllocConfig, parse_variant
 from tests.conftest import adapted_bert, labelled_batch
+from tests.tolerance import assert_within_rounding, chain_terms
 
 
 def test_inactive_adapters_get_no_gradient_do_not_change_and_keep_optimizer_state():
@@ -177,7 +178,10 @@ def test_folded_and_unfolded_runs_agree_to_float32_rounding():
         with torch.no_grad():
             return model.eval()(**tokens()).logits
 
-    torch.testing.assert_close(run(True), run(False), atol=1e-4, rtol=0)
+    # frozen adapters folded into their base weights: each step's forward sums the same products in another order
+    # (tiny BERT: 2 layers, hidden 32, feed-forward 64; batches of 8 x 10 tokens; folds round twice), 8 steps
+    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=10, batch_tokens=80) + 2
+    assert_within_rounding(run(True), run(False), terms, steps=8)
 
 
 @pytest.mark.parametrize("unit", ["rank", "params"])

