@@ -24,6 +24,9 @@ LATEST_VENV ?= .venv-latest
 UV_VENV ?= .venv-uv
 NEWEST_UV = $(UV_VENV)/bin/uv
 export HF_HUB_OFFLINE = 1
+# uv installs no bytecode; each module is compiled once, by the first process that imports it, and kept in the
+# venv (an environment that forbids writing it would have every process compile torch again: seconds each)
+unexport PYTHONDONTWRITEBYTECODE
 export TOKENIZERS_PARALLELISM = false
 
 .PHONY: setup setup-llm setup-serve demo test test-slow test-serve test-latest lock bench clean
@@ -32,14 +35,14 @@ $(VENV)/.installed: $(LOCK) requirements/assets.txt pyproject.toml Makefile
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --no-deps $(UV_PIN)
-	$(UV) pip sync -q --compile-bytecode --python $(VENV)/bin/python $(LOCK)
-	$(UV) pip install -q --compile-bytecode --python $(VENV)/bin/python --no-deps -e . -r requirements/assets.txt
+	$(UV) pip sync -q --python $(VENV)/bin/python $(LOCK)
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -e . -r requirements/assets.txt
 	touch $@
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed-llm: $(VENV)/.installed requirements/assets-llm.txt
-	$(UV) pip install -q --compile-bytecode --python $(VENV)/bin/python --no-deps -r requirements/assets-llm.txt
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -r requirements/assets-llm.txt
 	touch $@
 
 setup-llm: $(VENV)/.installed-llm
@@ -86,9 +89,9 @@ $(NEWEST_UV):
 test-latest: $(NEWEST_UV)
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
-	$(NEWEST_UV) pip install -q --compile-bytecode --python $(LATEST_VENV)/bin/python --upgrade -e ".[test,quant,llm]" \
+	$(NEWEST_UV) pip install -q --python $(LATEST_VENV)/bin/python --upgrade -e ".[test,quant,llm]" \
 	    $(if $(GPU),,-c requirements/torch-cpu.txt)
-	$(NEWEST_UV) pip install -q --compile-bytecode --python $(LATEST_VENV)/bin/python --no-deps -r requirements/assets.txt
+	$(NEWEST_UV) pip install -q --python $(LATEST_VENV)/bin/python --no-deps -r requirements/assets.txt
 	$(NEWEST_UV) pip freeze -q --python $(LATEST_VENV)/bin/python --exclude-editable | sort > $(LATEST_VENV)/versions.txt
 	@echo "versions that differ from $(LOCK) (< lock, > latest):"
 	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sort | diff - $(LATEST_VENV)/versions.txt | grep -E '^[<>]' || echo "(none)"

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent('''
                                                                     lam=3.0, lr_c=0.1, interval=4))
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"what is {i} plus one?"}],
                                "completion": [{"role": "assistant", "content": f"{i + 1}"}]} for i in range(64)])
-    args = SFTConfig(output_dir=OUT, max_steps=12, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+    args = SFTConfig(output_dir=OUT, max_steps=8, per_device_train_batch_size=2, gradient_accumulation_steps=2,
                      bf16=True, gradient_checkpointing=True, learning_rate=1e-2, save_steps=4, max_length=64,
                      report_to="none", seed=0)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
@@ -90,12 +90,12 @@ def test_the_qlora_recipe_moves_ranks_resumes_to_the_straight_run_and_exports_fo
     straight = _run(small_llama, tmp_path / "straight")
     model, trainer = straight["model"], straight["trainer"]
     controller = next(c.controller for c in trainer.callback_handler.callbacks if hasattr(c, "_controller"))
-    assert trainer.state.global_step == 12 and model.is_loaded_in_4bit and model.is_gradient_checkpointing
+    assert trainer.state.global_step == 8 and model.is_loaded_in_4bit and model.is_gradient_checkpointing
     assert sum(e.detail["moved"] for e in controller.history if e.event == "realloc") > 0  # ranks moved
     assert sum(controller.ranks().values()) == 4 * len(controller.layers)  # under the same budget
 
-    _run(small_llama, tmp_path / "resumed", stop_at=9)  # checkpoints at 4 and 8, stopped at 9
-    resumed = _run(small_llama, tmp_path / "resumed", resume=True)  # from checkpoint-8
+    _run(small_llama, tmp_path / "resumed", stop_at=6)  # a checkpoint at 4, stopped at 6
+    resumed = _run(small_llama, tmp_path / "resumed", resume=True)  # from checkpoint-4
     ours, theirs = (load_file(str(run / "adapter" / "adapter_model.safetensors"))
                     for run in (tmp_path / "resumed", tmp_path / "straight"))
     assert ours.keys() == theirs.keys()

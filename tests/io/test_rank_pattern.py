@@ -38,7 +38,7 @@ def test_the_learned_ranks_train_again_in_plain_peft(tiny_assets, tmp_path, caps
         if hasattr(module, "lora_A") and "default" in module.lora_A:
             short = name.removeprefix("base_model.model.")
             got[short] = module.r["default"]
-            assert module.scaling["default"] == pytest.approx(8 / 4)  # the run's alpha / rank, every module
+            assert module.scaling["default"] == 8 / 4  # the run's alpha / rank, every module (exact in binary)
             assert float(module.lora_B["default"].weight.abs().sum()) == 0  # fresh: PEFT's own init
     assert got == {n: r for n, r in ranks.items() if r > 0}
 
