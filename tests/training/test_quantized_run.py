@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from dynlora.cli import main
 from dynlora.hf.models import pretrained_kwargs
+from tests.conftest import write_pairs
 
 pytest.importorskip("bitsandbytes")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -37,8 +38,7 @@ def test_quantized_run_finishes_and_exports_for_plain_peft(wide_lm, tmp_path, fl
     extra = ["--l1ra-lambda", "6", "--l1ra-lr", "0.05", "--l1ra-interval", "2"] if method == "l1ra" else \
         ["--schedule", "every:2"]
     pairs = tmp_path / "pairs.jsonl"  # a small file: a quantized CPU eval of a whole built-in split is slow
-    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
-                             for i in range(60)))
+    write_pairs(pairs, 60)
     assert main(["train", "--model", str(wide_lm), "--dataset", str(pairs), "--method", method, *extra, flag,
                  "--train-size", "32", "--max-steps", "6", "--batch-size", "4", "--rank", "2", "--lr", "1e-2",
                  "--save-every", "0", "--output", str(out)]) == 0

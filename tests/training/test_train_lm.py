@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from dynlora.training.options import TrainOptions
 from dynlora.training.pipeline import train
+from tests.conftest import write_pairs
 
 
 # every native method also trains a causal LM through SFTTrainer in tests/hf/test_sft.py, and adaptive in
@@ -17,10 +18,13 @@ from dynlora.training.pipeline import train
                                       ("lora", "module-alloc:topk", "adaptive:no-gate", "adaptive", "peft-adalora"))])
 def test_instruction_tuning_runs_each_method_and_exports(tiny_lm, tmp_path, method):
     out = tmp_path / "run"
-    metrics = train(TrainOptions(model=str(tiny_lm), task="trec6-instruct", method=method, train_size=64,
+    # l1ra on a built-in task; the others on a small file (evaluating, and generating for, a whole split is slow)
+    data = {"task": "trec6-instruct"} if method == "l1ra" else {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}
+    metrics = train(TrainOptions(model=str(tiny_lm), **data, method=method, train_size=64,
                                  max_steps=10, batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)),
                     log=lambda s: None)
-    assert metrics["steps"] == 10 and metrics["eval_loss"] > 0 and 0 <= metrics["exact_match"] <= 1
+    assert metrics["steps"] == 10 and metrics["eval_loss"] > 0
+    assert 0 <= metrics["exact_match"] <= 1 if method == "l1ra" else "exact_match" not in metrics  # a task's labels
     assert metrics["total_rank"] == metrics["budget"]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert history
@@ -32,8 +36,7 @@ def test_instruction_tuning_runs_each_method_and_exports(tiny_lm, tmp_path, meth
 def test_input_gated_lm_export_reports_its_cost(tiny_lm, tmp_path):
     out = tmp_path / "run"
     pairs = tmp_path / "pairs.jsonl"  # a small file: the export is evaluated on its held-out pairs, twice
-    pairs.write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n"
-                             for i in range(80)))
+    write_pairs(pairs)
     metrics = train(TrainOptions(model=str(tiny_lm), dataset=str(pairs), method="adaptive", train_size=32,
                                  max_steps=4, batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)),
                     log=lambda s: None)
