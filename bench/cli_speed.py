@@ -60,16 +60,31 @@ def main() -> None:
                    "ratio_to_import_torch": statistics.median(t) / torch_s} for name, t in times.items()}
     rows["dynlora train --help (first, empty cache)"] = {"median_s": first, "min_s": first, "max_s": first,
                                                          "ratio_to_import_torch": first / torch_s}
-    print(f"| command | median s | min-max s | / import torch |\n|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {r['ratio_to_import_torch']:.2f} |")
+    data = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(), "rounds": args.rounds,
+            "command": "python bench/cli_speed.py " + " ".join(sys.argv[1:]), "rows": rows}
+    print(table(data))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({
-            "date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(), "rounds": args.rounds,
-            "command": "python bench/cli_speed.py " + " ".join(sys.argv[1:]), "rows": rows}, indent=1))
+        (out / "results.json").write_text(json.dumps(data, indent=1))
+        (out / "summary.md").write_text(summary_markdown(data))
+
+
+def table(data: dict) -> str:
+    lines = ["| command | median s | min-max s | / import torch |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f}-{r['max_s']:.3f} | {r['ratio_to_import_torch']:.2f} |"
+              for name, r in data["rows"].items()]
+    return "\n".join(lines)
+
+
+def summary_markdown(data: dict) -> str:
+    """The results as a BENCHMARKS.md section (``bench/benchmarks_md.py`` collects it)."""
+    return (f"# How fast the command answers: --help and a bad flag\n\n"
+            f"- command: `{data['command']}`\n- machine: {data['machine']}, Python {data['python']}; {data['date']}\n"
+            f"- each a new process, {data['rounds']} rounds interleaved; `before:` is the checkout before the "
+            "parser snapshot (every command's flags built from transformers and the methods)\n\n"
+            + table(data) + "\n")
 
 
 if __name__ == "__main__":
