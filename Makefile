@@ -92,9 +92,14 @@ test-latest: $(NEWEST_UV)
 	$(NEWEST_UV) pip install -q --python $(LATEST_VENV)/bin/python --upgrade -e ".[test,quant,llm]" \
 	    $(if $(GPU),,-c requirements/torch-cpu.txt)
 	$(NEWEST_UV) pip install -q --python $(LATEST_VENV)/bin/python --no-deps -r requirements/assets.txt
-	$(NEWEST_UV) pip freeze -q --python $(LATEST_VENV)/bin/python --exclude-editable | sort > $(LATEST_VENV)/versions.txt
+	@sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/^\1==/p' requirements/assets*.txt > $(LATEST_VENV)/not-locked.txt
+	@printf '^pip==\n^setuptools==\n^uv==\n' >> $(LATEST_VENV)/not-locked.txt
+	@$(NEWEST_UV) pip freeze -q --python $(LATEST_VENV)/bin/python --exclude-editable \
+	    | grep -vEf $(LATEST_VENV)/not-locked.txt | sort > $(LATEST_VENV)/latest.txt
+	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ *;.*//' | grep -vEf $(LATEST_VENV)/not-locked.txt | sort \
+	    > $(LATEST_VENV)/locked.txt
 	@echo "versions that differ from $(LOCK) (< lock, > latest):"
-	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sort | diff - $(LATEST_VENV)/versions.txt | grep -E '^[<>]' || echo "(none)"
+	@diff $(LATEST_VENV)/locked.txt $(LATEST_VENV)/latest.txt | grep -E '^[<>]' || echo "(none)"
 	$(LATEST_VENV)/bin/python -m pytest -q
 
 clean:
