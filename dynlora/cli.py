@@ -163,17 +163,16 @@ def build_parser(command: str | None = "", *, snapshot: dict[str, Any] | None = 
     return parser
 
 
-def _snapshot_parser(command: str | None) -> argparse.ArgumentParser | None:
-    """A parser for ``command`` that imports no library (its flags from the cached snapshot), or None: a command
-    whose real parser costs nothing, no snapshot yet, the cache turned off, or a process that has the methods
-    loaded already (it may have registered one at run time, which no snapshot knows)."""
-    if not _snapshots_apply(command):
-        return None
+def _snapshot_parser(command: str) -> argparse.ArgumentParser | None:
+    """A parser for ``command`` that imports no library (its flags from the cached snapshot); None: no snapshot yet."""
     data = parser_snapshot.load(command, parser_snapshot.fingerprint())
     return build_parser(command, snapshot=data) if data is not None else None
 
 
 def _snapshots_apply(command: str | None) -> bool:
+    """Whether a snapshot may stand in for ``command``'s parser: a command whose real parser costs imports, the
+    cache not turned off, and a process that has not loaded the methods (it may have registered one at run
+    time, which no snapshot knows)."""
     return (command in HEAVY_FLAGS and os.environ.get("DYNLORA_PARSER_CACHE", "1") != "0"
             and "dynlora.methods.registry" not in sys.modules)
 
@@ -292,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with hold_output():  # from the first import on: some dependencies log as they are imported
         try:
             cached = _snapshots_apply(command)  # decided before this call imports the methods
-            fast = _snapshot_parser(command)
+            fast = _snapshot_parser(command) if cached else None
             if fast is not None:
                 _parse(fast, argv)  # --help, or a bad flag refused as the real parser would, before any import
             parser = build_parser(command)

@@ -17,6 +17,7 @@ or an edit makes a new one; it lives in ``$DYNLORA_CACHE`` (default ``~/.cache/d
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from dynlora.cache import cache_root
 
 FORMAT = 1
 DEPENDENCIES = ("torch", "transformers", "peft", "accelerate", "trl", "bitsandbytes")
@@ -95,11 +98,13 @@ def restore(data: dict[str, Any], parser: argparse.ArgumentParser) -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DYNLORA_CACHE", Path.home() / ".cache" / "dynlora")) / "parsers"
+    return cache_root() / "parsers"
 
 
+@functools.cache
 def fingerprint() -> str:
-    """What a command's flags depend on: Python, the dependencies' versions, dynlora's sources."""
+    """What a command's flags depend on: Python, the dependencies' versions, dynlora's sources (read once a
+    process)."""
     digest = hashlib.sha256(f"{FORMAT} {sys.version}".encode())
     for name in DEPENDENCIES:
         try:

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1] / "dynlora"
 # lowest first; a module may import its own layer and the layers below it, never one above
-LAYERS = ("errors", "core", "observe", "decide", "methods", "control", "io", "report", "hf", "data", "training",
+LAYERS = ("errors", "cache", "core", "observe", "decide", "methods", "control", "io", "report", "hf", "data", "training",
           "tools", "cli")
 
 

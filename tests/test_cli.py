@@ -82,15 +82,11 @@ def cli_env(tmp_path_factory):
     from dynlora.cli import HEAVY_FLAGS, cache_parser
 
     cache = tmp_path_factory.mktemp("cache")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "100", "DYNLORA_CACHE": str(cache)}
-    saved = {k: os.environ.get(k) for k in ("DYNLORA_CACHE", "COLUMNS")}
-    os.environ.update(DYNLORA_CACHE=str(cache), COLUMNS="100")
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DYNLORA_CACHE", str(cache))
+        mp.setenv("COLUMNS", "100")
         assert all(cache_parser(command) for command in HEAVY_FLAGS)  # a snapshot is kept only if it prints the same
-        yield env
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        yield {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.mark.parametrize("command", ["", *BAD_FLAGS])

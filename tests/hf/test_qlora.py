@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 pytest.importorskip("trl")
 pytest.importorskip("bitsandbytes")
@@ -42,34 +43,24 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-class _StopAt:
+class _StopAt(TrainerCallback):
     """Stops the Trainer after optimizer step ``step`` (a run killed between two checkpoints)."""
 
-    def __new__(cls, step: int):
-        from transformers import TrainerCallback
+    def __init__(self, step: int) -> None:
+        self.step = step
 
-        class Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                control.should_training_stop = state.global_step >= step
-
-        return Stop()
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step
 
 
 def _run(model: Path, out: Path, resume: bool = False, stop_at: int | None = None) -> dict:
     """``SCRIPT`` as a user runs it (here on the CPU, without progress bars); the scope it leaves."""
-    from trl import SFTTrainer
-
     scope = {"MODEL": str(model), "OUT": str(out), "RESUME": True if resume else None, "DEVICE": "cpu"}
     script = SCRIPT.replace('report_to="none", seed=0)', 'report_to="none", seed=0, use_cpu=True, disable_tqdm=True)')
-    if stop_at is not None:  # the Trainer is built, then stopped after step `stop_at`
-        original = SFTTrainer.train
-        SFTTrainer.train = lambda self, **kw: (self.add_callback(_StopAt(stop_at)), original(self, **kw))[1]
+    if stop_at is not None:  # stopped after step `stop_at`, before the export
+        scope["STOP"] = _StopAt(stop_at)
+        script = script.replace("callbacks=[dynlora.DynloraCallback()]", "callbacks=[dynlora.DynloraCallback(), STOP]")
         script = script.replace('dynlora.export_peft(model, f"{OUT}/adapter")', "")
-        try:
-            exec(compile(script, "qlora.py", "exec"), scope)
-        finally:
-            SFTTrainer.train = original
-        return scope
     exec(compile(script, "qlora.py", "exec"), scope)
     return scope
 
