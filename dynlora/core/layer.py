@@ -76,6 +76,8 @@ class LoraLayer(nn.Module):
         self.register_buffer("fade", None)  # optional per-rank multiplier set by a method (not trained)
         with torch.no_grad():
             self.lora_A.copy_(self._init_a(rank, generator))
+        self.switched_on = True  # set by ``switch`` (module-level on/off); ``trains`` also needs a rank
+        self._follow_trains()
         self._remerge = False
         self._register_load_state_dict_pre_hook(self._take_saved_rank)
         self.register_load_state_dict_post_hook(self._merge_again)
@@ -120,6 +122,30 @@ class LoraLayer(nn.Module):
     @property
     def has_input_gate(self) -> bool:
         return self.gate_w is not None
+
+    @property
+    def trains(self) -> bool:
+        """Whether the adapter's parameters take gradients: switched on and at least one rank."""
+        return self.switched_on and self.rank > 0
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """A, B, the rank gate and the input gate (those the layer has); not the base's."""
+        return [p for p in (self.lora_A, self.lora_B, self.gate, self.gate_w, self.gate_b) if p is not None]
+
+    def switch(self, on: bool) -> None:
+        """Switch the adapter's training on or off; off, it still applies its delta, and keeps its weights."""
+        self.switched_on = on
+        self._follow_trains()
+
+    def _follow_trains(self) -> None:
+        """``requires_grad`` of every adapter parameter = ``trains``. A rank-0 forward skips the adapter
+        path, so its parameters (the input gate's too) would get no gradient while asking for one: DDP
+        without ``find_unused_parameters`` (the HF Trainer's choice under gradient checkpointing) raises."""
+        on = self.trains
+        for p in self.adapter_parameters():
+            p.requires_grad_(on)
+            if not on:
+                p.grad = None  # the optimizer skips a parameter without a gradient: no update, state kept
 
     def num_parameters(self) -> int:
         """Trainable adapter parameters at the current rank (A, B, the rank gate, the input gate)."""
@@ -271,11 +297,12 @@ class LoraLayer(nn.Module):
             changes.append(self._swap("gate", new_c, 0, keep, grow))
         if self.fade is not None:
             self.fade = torch.cat([self.fade.index_select(0, keep), self.fade.new_ones(grow)])
+        self._follow_trains()  # to rank 0 or back from it: training stops or resumes (if switched on)
         return changes
 
     def _swap(self, attr: str, new: torch.Tensor, dim: int, keep: torch.Tensor, grow: int) -> RankChange:
         old = getattr(self, attr)
-        param = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+        param = nn.Parameter(new.contiguous(), requires_grad=False)  # ``resize`` sets it (``_follow_trains``)
         setattr(self, attr, param)
         return RankChange(old=old, param=param, dim=dim, keep=keep, grow=grow)
 

@@ -16,15 +16,12 @@ def set_trainable(layers: Mapping[str, LoraLayer], active: Collection[str]) -> N
 
     An adapter that does not train still applies its delta. ``requires_grad = False`` means autograd
     computes and stores no gradient for it (and saves fewer activations) and the optimizer skips it.
+    Its input gate stops too. An active adapter at rank 0 trains only once it grows a rank again
+    (``LoraLayer.trains``).
     """
     chosen = set(active)
     for name, layer in layers.items():
-        on = name in chosen
-        for p in (layer.lora_A, layer.lora_B, layer.gate):
-            if p is not None:
-                p.requires_grad_(on)
-                if not on:
-                    p.grad = None
+        layer.switch(name in chosen)
 
 
 def keep_backward(model: nn.Module) -> torch.utils.hooks.RemovableHandle:

@@ -90,6 +90,28 @@ def test_rank_zero_costs_nothing_and_is_identity():
     assert torch.equal(layer(x), layer.base(x))  # exact zeros are added
 
 
+def _adapter_parameters(layer: LoraLayer) -> list[torch.nn.Parameter]:
+    return [p for name, p in layer.named_parameters() if not name.startswith("base.")]
+
+
+def test_a_rank_zero_adapter_asks_for_no_gradient_and_trains_again_once_grown():
+    """A rank-0 forward skips the adapter path: a parameter that asked for a gradient would get none, which DDP
+    without find_unused_parameters rejects. The input gate's parameters are unused at rank 0 too."""
+    layer = LoraLayer(nn.Linear(12, 10), rank=3, alpha=8.0, use_gate=True, input_gate=True)
+    x = torch.randn(2, 12)
+    layer(x).sum().backward()
+    layer.resize(keep=[])
+    assert len(_adapter_parameters(layer)) == 5
+    assert not any(p.requires_grad for p in _adapter_parameters(layer))
+    assert layer.gate_w.grad is None  # a stale gradient would move it at the next optimizer step
+    layer.resize(keep=[], grow=2, generator=torch.Generator().manual_seed(0))
+    assert all(p.requires_grad for p in _adapter_parameters(layer))
+    layer(x).sum().backward()
+    assert all(p.grad is not None for p in _adapter_parameters(layer))
+    built_empty = LoraLayer(nn.Linear(12, 10), rank=0, alpha=8.0, use_gate=True, input_gate=True)
+    assert not any(p.requires_grad for p in _adapter_parameters(built_empty))
+
+
 def test_resize_reorders_and_names_old_and_new_parameters():
     layer = _layer()
     old, a = layer.lora_A, layer.lora_A.detach().clone()

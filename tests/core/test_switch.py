@@ -69,13 +69,34 @@ def test_a_folded_layer_saves_and_loads_like_an_unfolded_one():
     assert_within_rounding(model(**tokens()).logits, fresh(**tokens()).logits, FOLD_TERMS + 4)
 
 
+def _adapter_parameters(layer: LoraLayer) -> list[nn.Parameter]:
+    return [p for name, p in layer.named_parameters() if not name.startswith("base.")]
+
+
 @pytest.mark.parametrize("on", [True, False])
 def test_set_trainable_keeps_optimizer_relevant_state(on):
-    layer = LoraLayer(nn.Linear(6, 4), rank=2, alpha=4.0, use_gate=True)
+    layer = LoraLayer(nn.Linear(6, 4), rank=2, alpha=4.0, use_gate=True, input_gate=True)
     layer(torch.randn(3, 6)).sum().backward()
     set_trainable({"x": layer}, ["x"] if on else [])
-    assert all(p.requires_grad == on for p in (layer.lora_A, layer.lora_B, layer.gate))
-    assert (layer.lora_A.grad is not None) == on
+    assert all(p.requires_grad == on for p in _adapter_parameters(layer))  # the input gate too
+    assert all((p.grad is not None) == on for p in _adapter_parameters(layer))
+
+
+def test_switched_on_or_off_survives_rank_zero_and_growing_back():
+    """Rank 0 stops every adapter's training (DDP without find_unused_parameters); growing back restores what the
+    switch said: an active adapter trains again, a switched-off one stays off."""
+    layers = {name: LoraLayer(nn.Linear(6, 4), rank=2, alpha=4.0, use_gate=True, input_gate=True)
+              for name in ("on", "off")}
+    set_trainable(layers, ["on"])
+    for layer in layers.values():
+        layer.resize(keep=[])
+        assert not any(p.requires_grad for p in _adapter_parameters(layer))
+    set_trainable(layers, ["on"])  # a switch while at rank 0 does not make the empty adapter train
+    assert not any(p.requires_grad for layer in layers.values() for p in _adapter_parameters(layer))
+    for layer in layers.values():
+        layer.resize(keep=[], grow=1)
+    assert all(p.requires_grad for p in _adapter_parameters(layers["on"]))
+    assert not any(p.requires_grad for p in _adapter_parameters(layers["off"]))
 
 
 def test_a_step_where_nothing_trains_still_runs_backward_and_changes_nothing():
