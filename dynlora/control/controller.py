@@ -37,21 +37,29 @@ from dynlora.errors import DynloraError
 from dynlora.methods.base import Method, View
 
 
-def run_budget(layers: Mapping[str, LoraLayer], unit: str) -> tuple[dict[str, int] | None, int]:
-    """(what one rank of each adapter costs, the budget for all ranks) in ``unit``: what plain LoRA of the
-    adapters' ranks now costs, less what the adapters cost at any rank (input gates). Ranks: (None, total)."""
+def run_budget(layers: Mapping[str, LoraLayer], unit: str, ranks: Mapping[str, int] | None = None
+               ) -> tuple[dict[str, int] | None, int]:
+    """(what one rank of each adapter costs, the budget for all ranks) in ``unit``: what plain LoRA of
+    ``ranks`` (default: the adapters' ranks now) costs, less what the adapters cost at any rank (input gates).
+    Ranks: (None, total)."""
+    ranks = ranks if ranks is not None else {name: layer.rank for name, layer in layers.items()}
     if unit == "rank":
-        return None, sum(layer.rank for layer in layers.values())
+        return None, sum(ranks[name] for name in layers)
     costs = {name: rank_cost(layer, unit) for name, layer in layers.items()}
-    budget = sum(lora_cost(layer, layer.rank, unit) - fixed_cost(layer, unit) for layer in layers.values())
+    budget = sum(lora_cost(layer, ranks[name], unit) - fixed_cost(layer, unit) for name, layer in layers.items())
     return costs, budget
 
 
 class Controller:
-    """Drives one model's adapters through training; holds the step count, the active set and the history."""
+    """Drives one model's adapters through training; holds the step count, the active set and the history.
+
+    ``budget_ranks``: the ranks whose plain-LoRA cost is the budget (default: the adapters' ranks now). A
+    controller built after the ranks moved (a resume: the layers took the checkpoint's ranks) needs the run's
+    starting ranks here, or it would recount the budget from the moved ranks and trim trained ranks to it.
+    """
 
     def __init__(self, model: nn.Module, method: Method | None = None, optimizer: object | None = None,
-                 seed: int = 0, budget_unit: str = "rank") -> None:
+                 seed: int = 0, budget_unit: str = "rank", budget_ranks: Mapping[str, int] | None = None) -> None:
         self.model = model
         self.layers: dict[str, LoraLayer] = adapters(model)
         if not self.layers:
@@ -67,7 +75,10 @@ class Controller:
         self.generator = torch.Generator().manual_seed(seed)
         self.history: list[Event] = []
         self.budget_unit = budget_unit
-        self.costs, self.budget = run_budget(self.layers, budget_unit)
+        if budget_ranks is not None and set(budget_ranks) != set(self.layers):
+            raise ValueError("budget_ranks name other adapters than the model's: "
+                             f"{sorted(set(budget_ranks) ^ set(self.layers))[:3]}")
+        self.costs, self.budget = run_budget(self.layers, budget_unit, budget_ranks)
         if method is not None:
             method.attach(self.layers)
             for tracker in method.trackers:

@@ -12,6 +12,8 @@ same one, so any Trainer, TRL's included, takes it as it is). The config travels
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -29,16 +31,21 @@ CONFIG_ATTR = "dynlora_config"
 TRAINABLE_ON_QUANTIZED = "_hf_peft_config_loaded"
 
 
+def _rank_pattern(names: Sequence[str], config: DynamicLoraConfig) -> dict[str, int]:
+    """The ranks ``config`` gives the adapters ``names`` where they are not ``r``: an even split of
+    ``rank_budget`` when there is one."""
+    if config.rank_budget is None:
+        return {}
+    try:
+        return even_ranks(names, config.rank_budget, registry.get(config.method).min_rank(config.method_config))
+    except ValueError as err:
+        raise DynloraError(f"rank_budget {config.rank_budget}: {err}") from None
+
+
 def adapter_config(model: nn.Module, config: DynamicLoraConfig) -> AdapterConfig:
     """What ``inject`` needs for ``config``: the method's gates and fades, an even split of the budget."""
     spec = registry.get(config.method)
-    pattern: dict[str, int] = {}
-    if config.rank_budget is not None:
-        try:
-            pattern = even_ranks(match_targets(model, config.target_modules), config.rank_budget,
-                                 spec.min_rank(config.method_config))
-        except ValueError as err:
-            raise DynloraError(f"rank_budget {config.rank_budget}: {err}") from None
+    pattern = _rank_pattern(match_targets(model, config.target_modules), config)
     needs = spec.needs(config.method_config)
     return AdapterConfig(rank=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                          targets=config.target_modules, use_gate=needs.gate, rank_pattern=pattern,
@@ -69,5 +76,10 @@ def attach(model: nn.Module, optimizer: object | None = None, total_steps: int |
         raise DynloraError(f"total_steps {total_steps!r}: the run's number of optimizer steps (>= 1) is needed")
     spec = registry.get(config.method)
     assert spec.build is not None
+    # the budget is what the run's starting ranks cost (those ``config`` injected), whatever the ranks are now:
+    # on a resume the layers already hold the checkpoint's moved ranks, and a budget recounted from them (less
+    # the gates' cost) would be another one, to which the controller would trim trained ranks
+    names = list(adapters(model))
+    pattern = _rank_pattern(names, config)
     return Controller(model, spec.build(config.method_config, total_steps), optimizer=optimizer, seed=config.seed,
-                      budget_unit=config.budget_unit)
+                      budget_unit=config.budget_unit, budget_ranks={n: pattern.get(n, config.r) for n in names})

@@ -38,6 +38,11 @@ def test_adapters_never_cost_more_than_plain_lora_of_the_same_ranks(method, unit
         train_steps(model, opt, controller, until, labelled_batch)
         assert 0 <= lora - _spent(model, unit) < widest  # within one rank of the costliest module
     assert any(e.detail["moved"] for e in controller.history if e.event == "realloc"), "no rank moved"
+    # a controller built on the moved ranks (as DynloraCallback builds one on a resume, after the Trainer loaded
+    # the checkpoint's ranks) takes the run's budget from its config: nothing to recount, no rank to trim
+    moved = controller.ranks()
+    rebuilt = dynlora.attach(model, None, total_steps=16)
+    assert rebuilt.budget == controller.budget and rebuilt.ranks() == moved
     state = controller.state_dict()
     assert state["budget"] == controller.budget
     again = dynlora.attach(dynlora.get_dynamic_model(tiny_bert(), CONFIGS[method](unit)), None, total_steps=16)
