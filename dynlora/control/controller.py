@@ -26,6 +26,7 @@ from torch import nn
 from dynlora.control.events import Event
 from dynlora.core.count import fixed_cost, lora_cost, rank_cost
 from dynlora.core.distributed import check_replicas, world_size
+from dynlora.core.fresh_slots import FreshSlots
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer, RankChange
 from dynlora.core.own_lr import OwnLearningRates
@@ -67,6 +68,7 @@ class Controller:
         self.method = method
         self._optimizer: object | None = None
         self._own_lr: OwnLearningRates | None = None
+        self.fresh = FreshSlots()  # grown ranks' own Adam bias correction
         self.global_step = 0
         self.generation = 0
         self.active: tuple[str, ...] | None = None  # None: every adapter trains
@@ -110,6 +112,7 @@ class Controller:
         if optimizer is self._optimizer:
             return
         self._optimizer = optimizer
+        self.fresh.install(optimizer)  # before the own-lr rescale: that one scales the corrected step
         self._follow_own_lrs()
 
     def _follow_own_lrs(self) -> None:
@@ -185,6 +188,7 @@ class Controller:
             if folded and not fold(self.layers, [name]):
                 self.folded.discard(name)
         remap_optimizer_state(self.optimizer, changes)
+        self.fresh.follow(self.optimizer, changes)
         if changes:
             self.generation += 1
             self._follow_own_lrs()
@@ -248,10 +252,23 @@ class Controller:
                 "fold_inactive": self.fold_inactive,
                 "generator": self.generator.get_state(),
                 "method": method.state_dict() if method is not None else {},
-                "trackers": [t.state_dict() for t in method.trackers] if method is not None else []}
+                "trackers": [t.state_dict() for t in method.trackers] if method is not None else [],
+                "fresh_slots": self.fresh.state_dict(self._rank_params()[0])}
+
+    def _rank_params(self) -> tuple[dict[str, nn.Parameter], dict[str, int]]:
+        """Every adapter tensor with a rank dimension, by name, and that dimension."""
+        params: dict[str, nn.Parameter] = {}
+        dims: dict[str, int] = {}
+        for name, layer in self.layers.items():
+            for attr, dim in (("lora_A", 0), ("lora_B", 1), ("gate", 0)):
+                p = getattr(layer, attr)
+                if p is not None:
+                    params[f"{name}.{attr}"], dims[f"{name}.{attr}"] = p, dim
+        return params, dims
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.restore_ranks(state["ranks"])
+        self.fresh.load_state_dict(state.get("fresh_slots", {}), *self._rank_params())
         self.budget = int(state.get("budget", self.budget))
         self.global_step = int(state["global_step"])
         self.history = [Event.from_row(row) for row in state["history"]]
