@@ -229,6 +229,28 @@ class LoraLayer(nn.Module):
         """scale * B diag(c * fade) A, shaped like ``nn.Linear.weight``: (out, in)."""
         return (self._gated_b() @ self.lora_A) * self.scale
 
+    @torch.no_grad()
+    def rank_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(positions, r) float32: what B sees for input ``x`` (A x, times the per-rank gate and fade and the
+        input gate g(x)), as forward computes it but without dropout."""
+        h = F.linear(x.detach().to(self.lora_A.dtype), self.lora_A).reshape(-1, self.rank).float()  # (n, r)
+        if self.gate_w is not None:
+            g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
+            h = h * (g.reshape(-1, 1).float() if torch.is_tensor(g) else g)
+        per_rank = self._rank_multiplier()
+        return h if per_rank is None else h * per_rank.float()
+
+    @torch.no_grad()
+    def update_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """0-dim float32 ||dW x|| over every position of ``x``: the norm of the adapter's own output (scale
+        included), computed in rank space without forming it: sum_t |B h_t|^2 = sum((H^T H) * (B^T B))."""
+        if self.rank == 0:
+            return torch.zeros((), dtype=torch.float32, device=self.lora_A.device)
+        h = self.rank_activations(x)  # (n, r)
+        b = self.lora_B.detach().float()  # (out, r)
+        square = ((h.T @ h) * (b.T @ b)).sum().clamp(min=0)  # (r, r) Gram matrices, elementwise
+        return square.sqrt() * self.scale.float()
+
     def folded_b(self) -> torch.Tensor:
         """B with gate, fade and scale folded in: (out, r); with it, plain LoRA at scale 1 is exact."""
         return self._gated_b() * self.scale

@@ -5,13 +5,15 @@ Every adapter exists and keeps applying its delta; only a selected subset trains
 trains until the next selection, and the controller switches the others off (``core.switch``): no
 gradient, no update, optimizer state kept for their return.
 
-Before the first selection the paper trains every adapter (a full-cost warm-up: the peak saved
-activations are LoRA's). By default a short probe replaces it: for the first 5 % of the run no adapter
-trains, each is scored from its forward activations, and the first selection follows; ``k`` counts the
-share of the adapters' cost in the run's budget unit, not their number. Chosen on the validation split
-(bench/results/search-module-alloc-rt-polarity, MiniLM, 2 seeds): warm-up 78.0 % at 0.55x LoRA's
-trainable parameters and 0.94x its peak saved activations; probe 78.5 %, 0.58x, 0.85x; probe with
-``k_of budget`` 78.0 %, 0.50x, 0.81x. ``probe 0, k_of adapters`` is the paper's schedule.
+Before the first selection every adapter trains (the paper's warm-up), so that each has a ``dW`` to
+be scored by: the activation score is the norm of the adapter's own output ``dW x`` (LoRA-drop), and a
+never-trained adapter (B = 0) scores 0. A ``probe`` instead trains nothing for its first steps and scores
+each adapter by the forecast of that norm (the loss gradient with respect to B; ``observe.activation``),
+which needs a backward pass but no optimizer state; its first selection is taken on the forecast, and the
+adapters it leaves out keep B = 0, so only the sampling strategies give them a turn later: that is why
+the default is the warm-up (``probe 0``). ``k`` counts the share of the adapters' cost in the run's
+budget unit (``k_of budget``), or their number (``k_of adapters``, the paper's). The earlier default (a
+5 % probe) was chosen on a score of the whole layer's output, which measured the frozen base.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from dynlora.observe.gradient import GradientNorm
 
 TRACKERS = {"activation": ActivationNorm, "gradient": GradientNorm}
 K_OF = ("adapters", "budget")
-DEFAULT_PROBE = 0.05  # of the run; searched on validation (module docstring)
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,10 @@ class ModuleAllocConfig:
     threshold: float = knob(0.5, "cumulative share for topp", gt=0, le=1)
     decay: float | None = knob(None, "EMA factor for the scores (default: accumulate)", type=float, ge=0, lt=1)
     warmup: float = knob(0, "extra steps (or fraction of the run) with every adapter active", type=float)
-    probe: float | None = knob(None, "steps (or a fraction of the run) at the start when no adapter trains and each "
-                                     "is scored from its forward activations alone, then the first selection; 0: "
-                                     "every adapter trains until the first selection (the paper's warm-up); default: "
-                                     "0.05 with activation scores, 0 with gradient scores", type=float, ge=0)
+    probe: float = knob(0, "steps (or a fraction of the run) at the start when no adapter trains and each is scored by "
+                           "the forecast of its output norm (the loss gradient with respect to B), then the first "
+                           "selection; 0: every adapter trains until the first selection (the paper's warm-up)",
+                        type=float, ge=0)
     fold: bool = knob(False, "fold an adapter that does not train into its float32 base weight until it trains "
                              "again, so it costs nothing forward or backward; exact to float32 rounding only, so a "
                              "resumed run then matches a straight one to rounding, not bit for bit")
@@ -71,15 +72,9 @@ class ModuleAllocConfig:
         if self.probe:
             check_span("probe", self.probe)
             if self.score != "activation":
-                raise DynloraError(f"probe {self.probe:g} scores frozen adapters from their forward activations: "
+                raise DynloraError(f"probe {self.probe:g} scores untrained adapters by the forecast of their output norm: "
                                    f"use score activation, not {self.score!r}, or probe 0 (every adapter trains "
                                    "until the first selection)")
-
-    def probe_span(self) -> float:
-        """The probe in steps or a fraction of the run: as given, or the default for the score."""
-        if self.probe is not None:
-            return self.probe
-        return DEFAULT_PROBE if self.score == "activation" else 0
 
     def when(self) -> Schedule:
         return Schedule.parse(self.schedule, warmup=self.warmup, label="--schedule")
@@ -108,8 +103,8 @@ class ModuleAlloc(MethodBase):
         self.config = config
         self.total_steps = total_steps
         regular = config.when().for_run(total_steps)
-        if config.probe_span():  # the first selection right after the probe, then the regular schedule
-            first = Schedule("once", config.probe_span(), label="--probe").for_run(total_steps)
+        if config.probe:  # the first selection right after the probe, then the regular schedule
+            first = Schedule("once", config.probe, label="--probe").for_run(total_steps)
             self.schedule: Schedule | AnyOf = AnyOf((first, regular))
         else:
             self.schedule = regular
@@ -124,9 +119,10 @@ class ModuleAlloc(MethodBase):
                                "or a fraction in (0, 1)")
 
     def start(self, view: View) -> Plan | None:
-        """With a probe, nothing trains (and nothing saves activations for backward) until the first selection."""
-        if not self.config.probe_span():
+        """With a probe, nothing trains until the first selection; the tracker scores the forecast meanwhile."""
+        if not self.config.probe:
             return None
+        self.tracker.restart(forecast=True)
         return Plan("select", active=(), fold_inactive=self.config.fold, detail=Selection(k=0, scores={}))
 
     def decide(self, step: int, view: View) -> Plan:
@@ -139,6 +135,9 @@ class ModuleAlloc(MethodBase):
                         counts=self.counts, generator=view.generator, costs=costs)
         for name in chosen:
             self.counts[name] = self.counts.get(name, 0) + 1
+        if getattr(self.tracker, "forecast", False):  # the probe is over: from now on the trained dW x counts
+            self.tracker.restart(forecast=False)
+        self.tracker.new_period()
         k = len(chosen) if self.config.strategy == "topp" or costs else resolve_k(self.config.k, len(scores))
         detail = Selection(k=k, scores={n: round(s, 6) for n, s in scores.items()})
         return Plan("select", active=chosen, fold_inactive=self.config.fold, detail=detail)

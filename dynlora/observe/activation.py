@@ -1,10 +1,23 @@
-"""The L2 norm of each adapted module's output ``(W + dW) x`` over training forward passes (LoRA-drop).
+"""The L2 norm of each adapter's own output ``dW x = B A x * scale`` over training forward passes (LoRA-drop).
 
-Per optimizer step the signal is the norm of the module's output over the whole step's batch:
-with gradient accumulation the micro-batches' norms combine as ``sqrt(sum n_i^2)``, so 8 x 2
-accumulation scores exactly like one batch of 16. A block that gradient checkpointing recomputes
-during backward is not counted again. In a data-parallel run the processes' values are averaged
-before they are folded, so that every process decides alike.
+LoRA-drop (arXiv 2402.07721) and the module-allocation authors' code (JesseBrouw/FoMo-LoRA accumulates
+``norm(lora_B(lora_A(x)) * scaling)``) score the adapter path, not the whole layer: the frozen base's
+``W x`` would dominate ``(W + dW) x``, and the selection would be a property of the pretrained weights
+(with dW at 5 % of W the normalised scores moved by under 1e-3 between dW = 0 and a trained dW).
+``LoraLayer.update_norm`` computes it in rank space, without forming ``dW x``.
+
+Per optimizer step the signal is the norm over the whole step's batch: with gradient accumulation
+the micro-batches' norms combine as ``sqrt(sum n_i^2)``, so 8 x 2 accumulation scores exactly like one
+batch of 16. A block that gradient checkpointing recomputes during backward is not counted again. In a
+data-parallel run the processes' values are averaged before they are folded, so that every process
+decides alike.
+
+**Forecast** (``forecast = True``, set by a method for a probe in which no adapter trains): every B is
+still 0, so ``dW x`` is 0 everywhere. The signal is then the norm of the loss gradient with respect to
+B, ``|scale * sum_t delta_t (A x_t)^T|`` (``delta_t``: the gradient at the layer's output): how fast
+``|dW x|`` would grow under the first steps of training, the first-order forecast of the trained score.
+Each adapter's output is tied to a fresh zero leaf so that the backward reaches it; no parameter gets
+a gradient. It costs a backward pass through the network (what a warm-up costs, less the optimizer).
 """
 
 from __future__ import annotations
@@ -13,7 +26,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from dynlora.core.distributed import mean_across_processes
 from dynlora.core.layer import LoraLayer
@@ -32,11 +44,13 @@ def _combined(norms: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ActivationNorm(RunningScores):
-    """Accumulated L2 norm of each adapted module's output over each optimizer step's batch."""
+    """Accumulated L2 norm of each adapter's output ``dW x`` over each optimizer step's batch."""
 
     def __init__(self, decay: float | None = None) -> None:
         super().__init__(decay)
+        self.forecast = False
         self._pending: dict[str, list[torch.Tensor]] = {}
+        self._grads: dict[str, torch.Tensor] = {}  # forecast: the step's dL/dB (before scale), (out, r)
         self._handles: list[Any] = []
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
@@ -45,15 +59,31 @@ class ActivationNorm(RunningScores):
             self._handles.append(layer.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            if module.training and not in_backward():  # a checkpointed block's recompute is not a new batch
-                # stays on the device (no sync per module); reduced in float32 without a float32 copy of a
-                # bf16 output
-                norm = torch.linalg.vector_norm(output.detach(), dtype=torch.float32)
-                self._pending.setdefault(name, []).append(norm)
+        def hook(module: LoraLayer, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+            if not module.training or in_backward():  # a checkpointed block's recompute is not a new batch
+                return None
+            if not self.forecast:
+                # stays on the device (no sync per module)
+                self._pending.setdefault(name, []).append(module.update_norm(args[0]))
+                return None
+            if module.rank == 0 or not torch.is_grad_enabled():
+                return None
+            h = module.rank_activations(args[0])  # (n, r)
+            tied = output + torch.zeros((), dtype=output.dtype, device=output.device, requires_grad=True)
+
+            def on_grad(delta: torch.Tensor) -> None:
+                g_b = delta.detach().reshape(-1, delta.shape[-1]).float().T @ h  # (out, r): dL/dB / scale
+                self._grads[name] = self._grads[name] + g_b if name in self._grads else g_b
+
+            tied.register_hook(on_grad)
+            return tied
         return hook
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
+        if self._grads:  # forecast: one gradient norm per module for the step's whole batch
+            for name, g_b in self._grads.items():
+                self._pending[name] = [torch.linalg.vector_norm(g_b) * layers[name].scale.float()]
+            self._grads.clear()
         if self._pending:
             names = sorted(self._pending)
             # each process saw its own micro-batches: average over processes so that every one decides alike
@@ -61,6 +91,18 @@ class ActivationNorm(RunningScores):
             values = mean_across_processes(torch.stack(norms))  # (modules,), on the device
             self.fold(dict(zip(names, values.unbind())))
         self._pending.clear()
+
+    def restart(self, forecast: bool = False) -> None:
+        """Forget what was folded (every module back to 0) and score ``dW x``, or the forecast."""
+        self._raw = {name: 0.0 for name in self._raw}
+        self.forecast = forecast
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "forecast": self.forecast}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.forecast = bool(state.get("forecast", False))
 
     def detach(self) -> None:
         for handle in self._handles:

@@ -83,5 +83,8 @@ class RunningScores:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.raw = {k: float(v) for k, v in state["raw"].items()}
 
+    def new_period(self) -> None:
+        """A method decided on the scores: a tracker that scores per period between decisions starts a new one."""
+
     def detach(self) -> None:
         """Remove any hooks (none here)."""

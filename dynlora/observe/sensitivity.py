@@ -29,8 +29,8 @@ def _normalised(raw: Mapping[str, float]) -> dict[str, float]:
 class Sensitivity:
     """Per-rank sensitivity ``|theta * grad|`` of each adapter, smoothed by an EMA (as AdaLoRA does).
 
-    For rank i of a module: ``sum |A[i] * dA[i]| + sum |B[:, i] * dB[:, i]|`` (+ ``|c_i * dc_i|`` with a
-    gate), read once per optimizer step. ``I <- beta * I + (1 - beta) * s``; with ``uncertainty`` also
+    For rank i of a module: ``mean |A[i] * dA[i]| + mean |B[:, i] * dB[:, i]|`` (+ ``|c_i * dc_i|`` with a
+    gate; AdaLoRA's ``E``), read once per optimizer step. ``I <- beta * I + (1 - beta) * s``; with ``uncertainty`` also
     ``U <- beta_u * U + (1 - beta_u) * |s - I|`` and the score is ``I * U``. A module's score is the
     sum over its ranks. ``follow`` follows a resize: kept ranks keep their history, new ranks start at
     the mean of the kept ones (so a fresh rank, whose B is zero, is not the first one pruned).
@@ -55,7 +55,9 @@ class Sensitivity:
             a, b = layer.lora_A, layer.lora_B
             if a.grad is None or b.grad is None or layer.rank == 0:
                 continue
-            s = (a * a.grad).abs().sum(1) + (b * b.grad).abs().sum(0)  # (r,)
+            # AdaLoRA's triplet score: the mean over a rank's A row plus the mean over its B column (a sum would
+            # favour wide modules, which a budget in parameters then has to fight)
+            s = (a * a.grad).abs().mean(1) + (b * b.grad).abs().mean(0)  # (r,)
             if layer.gate is not None and layer.gate.grad is not None:
                 s = s + (layer.gate * layer.gate.grad).abs()
             s = s.detach().float()  # stays on the device: no host sync per module and step

@@ -95,7 +95,7 @@ def test_same_seed_same_selections_for_random_strategies():
         return [row["active"] for row in controller.history if row["event"] == "select"]
 
     first = run()
-    assert first == run() and len(first) == 6 and first[0] == []  # the probe (nothing trains), its selection, 4 more
+    assert first == run() and len(first) == 4  # every adapter trains until the first selection, then every 2 steps
 
 
 def test_variants_and_config_errors():
@@ -110,7 +110,7 @@ def test_variants_and_config_errors():
         ModuleAlloc(ModuleAllocConfig(schedule="once:50"), 20)
 
 
-def test_a_probe_scores_frozen_adapters_and_saves_no_adapter_activations_before_the_first_selection():
+def test_a_probe_trains_nothing_scores_the_forecast_and_costs_less_before_the_first_selection():
     from tests.conftest import train_steps
 
     model, layers = adapted_bert()
@@ -129,7 +129,7 @@ def test_a_probe_scores_frozen_adapters_and_saves_no_adapter_activations_before_
     assert all(torch.equal(layers[n].lora_B, b) for n, b in before.items())  # nothing trained during the probe
     selection = controller.history[-1]
     assert selection.event == "select" and selection.step == 2 and len(controller.active) == len(layers) // 2
-    assert all(v > 0 for v in selection.detail["scores"].values())  # scored from forward activations alone
+    assert all(v > 0 for v in selection.detail["scores"].values())  # every B is 0: scored by the forecast
     set_trainable(layers, tuple(layers))
     with SavedTensorBytes(model) as counter:
         model(input_ids=ids).logits.sum().backward()
@@ -198,3 +198,27 @@ def test_k_of_budget_trains_at_most_that_share_of_the_adapters_cost(unit):
     trained = sum(cost[n] for n in controller.active)
     assert 0.5 * sum(cost.values()) - max(cost.values()) < trained <= 0.5 * sum(cost.values())
     assert controller.history[-1].detail["k"] == len(controller.active)
+
+
+def test_gradient_scores_follow_a_changed_loss():
+    """Periodic selection by gradient norms must not lock in the first set: a frozen adapter has no gradient,
+    and a score that sums over steps kept the adapters that happened to train first ahead for good."""
+    model, layers = adapted_bert(dropout=False)
+    method = ModuleAlloc(ModuleAllocConfig(score="gradient", schedule="every:5", k=0.5, k_of="adapters"), 60)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    controller = Controller(model, method, optimizer=opt)
+    model.train()
+    for step in range(60):
+        ids, labels = labelled_batch(step)
+        if step < 30:  # the task: every adapter's gradient counts
+            loss = nn.functional.cross_entropy(model(input_ids=ids).logits, labels)
+        else:  # now only the first layer's output matters: the second layer's adapters get no gradient
+            out = model(input_ids=ids, output_hidden_states=True)
+            loss = out.hidden_states[1].pow(2).mean() + 0 * out.logits.sum()
+        loss.backward()
+        opt.step()
+        controller.step()
+        opt.zero_grad()
+    selections = [tuple(row["active"]) for row in controller.history if row["event"] == "select"]
+    assert len(selections) == 11 and len(set(selections)) > 1
+    assert all(".layer.0." in name for name in selections[-1])  # the last one: the adapters the loss now needs
