@@ -4,9 +4,11 @@ Importing this package registers the built-in methods. A new method is a module 
 ``MethodSpec`` and calls ``registry.register``; nothing outside this package names a method.
 """
 
-from dynlora.methods import adaptive, l1ra, l1ra_alloc, lora, module_alloc, peft_adalora, peft_lora  # noqa: F401
-from dynlora.methods.base import AdapterNeeds, AdapterSettings, Method, MethodBase, MethodSpec, Prepared, View
+from dynlora.methods import (  # noqa: F401
+    adaptive, l1ra, l1ra_alloc, lora, module_alloc, peft_adalora, peft_eva, peft_lora)
+from dynlora.methods.base import (AdapterNeeds, AdapterSettings, Method, MethodBase, MethodSpec, Prepared, TrainData,
+                                  View)
 from dynlora.methods.registry import get, names, register, unregister
 
-__all__ = ["AdapterNeeds", "AdapterSettings", "Method", "MethodBase", "MethodSpec", "Prepared", "View", "get",
-           "names", "register", "unregister"]
+__all__ = ["AdapterNeeds", "AdapterSettings", "Method", "MethodBase", "MethodSpec", "Prepared", "TrainData", "View",
+           "get", "names", "register", "unregister"]

@@ -141,6 +141,26 @@ class AdapterSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class TrainData:
+    """The run's training split as a method may read it while it prepares (a data-driven initialisation):
+    tokenized examples, the run's collator, batch size and seed."""
+
+    dataset: Any  # a sized torch dataset of tokenized examples
+    collate: Callable[[list[Any]], dict[str, Any]]
+    batch_size: int
+    seed: int
+
+    def batches(self, count: int, size: int | None = None) -> list[dict[str, Any]]:
+        """``count`` collated batches of ``size`` distinct examples (default the run's batch size), labels
+        included, in an order drawn from the run seed: every process and every resume reads the same ones.
+        Fewer when the split runs out; never a short batch."""
+        size = size or self.batch_size
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return [self.collate([self.dataset[i] for i in order[start:start + size]])
+                for start in range(0, min(count * size, len(order) - size + 1), size)]
+
+
 @dataclass
 class Prepared:
     """An adapted model ready for training, whichever way it was built."""
@@ -160,7 +180,8 @@ class MethodSpec:
     """Everything shared code needs to know about a method; ``methods.registry.register`` takes it.
 
     Native methods give ``build`` (config, total optimizer steps) -> ``Method`` or None (static
-    adapters) and run on dynlora's adapters and controller; others (PEFT baselines) give ``prepare``.
+    adapters) and run on dynlora's adapters and controller; others (PEFT baselines) give ``prepare``,
+    which with ``reads_data`` gets the training split too (an initialisation computed from the data).
     ``config`` is a frozen dataclass whose fields carry ``metadata`` made by ``methods.config.knob``
     (flag, help, bounds): the CLI's flags are generated from it.
     """
@@ -169,7 +190,8 @@ class MethodSpec:
     help: str
     config: type | None = None
     build: Callable[[Any, int], Method | None] | None = None
-    prepare: Callable[[nn.Module, AdapterSettings, Any, int], Prepared] | None = None
+    prepare: Callable[..., Prepared] | None = None  # (model, settings, config, total_steps[, data=TrainData])
+    reads_data: bool = False  # ``prepare`` also takes ``data=TrainData``: the run's training batches
     variant: Callable[[str, Any], Any] | None = None  # ("topk-gradient", config) -> config, for name:variant
     variant_help: str = ""
     needs: Callable[[Any], AdapterNeeds] = lambda config: AdapterNeeds()

@@ -35,11 +35,13 @@ from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
 from dynlora.methods import registry
+from dynlora.methods.base import TrainData
 from dynlora.methods.config import knobs, optional, type_of
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
 from dynlora.training.options import TrainOptions
-from dynlora.training.pipeline import train
+from dynlora.training.fit import fit_max_length
+from dynlora.training.pipeline import task_kind, train
 
 
 @dataclass(frozen=True)
@@ -258,27 +260,34 @@ def preflight_budgets(opts: CompareOptions, methods: list[str]) -> dict[str, int
     first = opts.cell_options(methods[0], opts.seeds[0])
     budgets = {}
     for method in methods:
-        model, examples = _fresh_model(first)
-        budgets[method] = prepare(model, opts.cell_options(method, opts.seeds[0]),
-                                  total_optimizer_steps(first, examples)).budget
+        cell = opts.cell_options(method, opts.seeds[0])
+        model, examples, data = _fresh_model(first, with_data=registry.get(cell.method).reads_data)
+        budgets[method] = prepare(model, cell, total_optimizer_steps(first, examples), data).budget
     gc.collect()
     return budgets
 
 
-def _fresh_model(opts: TrainOptions) -> tuple[torch.nn.Module, int]:
-    """(a freshly loaded base model, the number of training examples) for one cell's options."""
+def _fresh_model(opts: TrainOptions, with_data: bool = False) -> tuple[torch.nn.Module, int, TrainData | None]:
+    """(a freshly loaded base model, the number of training examples, and ``with_data`` the training split as a
+    method that initialises from it reads it) for one cell's options."""
     if is_instruct(opts.task, opts.dataset):
         from dynlora.data.instruct import load_instruct
         from dynlora.hf.models import load_causal_lm
 
-        pairs = load_instruct(opts.dataset or opts.task, opts.train_size, opts.seed)
-        return load_causal_lm(opts.model, log=tqdm.write)[0], len(pairs.train)
-    from dynlora.data.text import load_task
-    from dynlora.hf.models import load_classifier
+        data = load_instruct(opts.dataset or opts.task, opts.train_size, opts.seed)
+        model, tokenizer = load_causal_lm(opts.model, log=tqdm.write)
+    else:
+        from dynlora.data.text import load_task
+        from dynlora.hf.models import load_classifier
 
-    data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
-                     train_size=opts.train_size, seed=opts.seed)
-    return load_classifier(opts.model, data.num_labels)[0], len(data.train)
+        data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
+                         train_size=opts.train_size, seed=opts.seed)
+        model, tokenizer = load_classifier(opts.model, data.num_labels)
+    if not with_data:
+        return model, len(data.train), None
+    kind = task_kind(opts)  # the training pipeline's own split and collator
+    train_ds = kind.split(data, "train", tokenizer, fit_max_length(opts.max_length, model, tqdm.write))
+    return model, len(data.train), TrainData(train_ds, kind.collator(tokenizer), opts.batch_size, opts.seed)
 
 
 def run_compare(opts: CompareOptions) -> list[CompareRow]:

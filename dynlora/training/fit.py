@@ -22,7 +22,7 @@ from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.hf.trainer import CheckpointDone, DynloraTrainer, save_interval
 from dynlora.io.checkpoint import last_complete_checkpoint
 from dynlora.io.disk import write_failure
-from dynlora.methods.base import Prepared
+from dynlora.methods.base import Prepared, TrainData
 from dynlora.training.options import TRAINER_DEFAULTS, TrainOptions
 from dynlora.training.prepare import prepare
 
@@ -94,7 +94,7 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
                   tokens_across_devices: bool, extra_callbacks: Sequence[TrainerCallback] = ()
                   ) -> tuple[Prepared, DynloraTrainer, ActivationMemoryCallback]:
     """The method's adapted model, an HF Trainer around it, and the activation-memory recorder."""
-    prepared = prepare(model, opts, total_steps)
+    prepared = prepare(model, opts, total_steps, TrainData(train_ds, collator, opts.batch_size, opts.seed))
     args = training_args(opts, work, total_steps, tokens_across_devices)
     memory = ActivationMemoryCallback()
     groups = prepared.param_groups

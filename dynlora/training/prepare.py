@@ -2,7 +2,8 @@
 
 A native method (``MethodSpec.build``) gets adapters injected with what it needs (gates, input gate,
 fade), an even split of the rank budget, and a ``Controller`` around its method object. Any other
-method (the PEFT baselines) prepares the model itself (``MethodSpec.prepare``).
+method (the PEFT baselines) prepares the model itself (``MethodSpec.prepare``), reading the training
+split too where it says so (``MethodSpec.reads_data``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from torch import nn
 
 from dynlora.control.wrap import attach, get_dynamic_model
 from dynlora.core.count import adapter_flops_per_token, fixed_cost
+from dynlora.errors import DynloraError
 from dynlora.io.export import export_peft
 from dynlora.methods import registry
-from dynlora.methods.base import MethodSpec, Prepared
+from dynlora.methods.base import MethodSpec, Prepared, TrainData
 from dynlora.methods.peft_configs import DynamicLoraConfig
 from dynlora.training.options import TrainOptions
 
@@ -44,9 +46,13 @@ def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total
                     controller=controller, param_groups=groups)
 
 
-def prepare(model: nn.Module, opts: TrainOptions, total_steps: int) -> Prepared:
-    """The adapted model for ``opts.method`` (``name`` or ``name:variant``)."""
+def prepare(model: nn.Module, opts: TrainOptions, total_steps: int, data: TrainData | None = None) -> Prepared:
+    """The adapted model for ``opts.method`` (``name`` or ``name:variant``); ``data``: the run's training split,
+    for a method that reads it while it prepares."""
     spec = registry.get(opts.method)
+    if spec.reads_data and data is None:
+        raise DynloraError(f"method {opts.method!r} initialises its adapters from training batches; "
+                           "prepare it with the run's training data")
     if getattr(model, "is_quantized", False):
         from peft import prepare_model_for_kbit_training
 
@@ -58,5 +64,6 @@ def prepare(model: nn.Module, opts: TrainOptions, total_steps: int) -> Prepared:
         # reentrant checkpointing would then drop the adapters' gradients
         model.enable_input_require_grads()
     if spec.prepare is not None:
-        return spec.prepare(model, opts.adapter_settings(), opts.method_config, total_steps)
+        extra = {"data": data} if spec.reads_data else {}
+        return spec.prepare(model, opts.adapter_settings(), opts.method_config, total_steps, **extra)
     return prepare_native(model, opts, spec, total_steps)

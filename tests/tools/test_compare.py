@@ -285,7 +285,7 @@ def test_budgets_in_parameters_are_plain_lora_s_for_every_method(assets, tmp_pat
 
     p = argparse.ArgumentParser()
     compare.add_arguments(p)
-    methods = ["lora", "peft-lora", "peft-adalora", "l1ra", "adaptive", "module-alloc"]
+    methods = ["lora", "peft-lora", "peft-adalora", "peft-eva", "l1ra", "adaptive", "module-alloc"]
     model_dir, data = assets
     opts = compare.options_from_args(p.parse_args(["--model", model_dir, "--dataset", data, "--methods",
                                                    ",".join(methods), "--budget-unit", "params", "--rank", "4",
@@ -298,6 +298,21 @@ def test_budgets_in_parameters_are_plain_lora_s_for_every_method(assets, tmp_pat
     compare.check_budgets(budgets, "params")
     with pytest.raises(compare.DynloraError, match="plain LoRA's params"):
         compare.check_budgets({**budgets, "l1ra": expected - 1}, "params")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_peft_eva_trains_beside_peft_lora_on_the_same_budget(assets, tmp_path):
+    model, data = assets
+    out = tmp_path / "eva"
+    eva = "peft-eva@rho=1.5"
+    assert main(["compare", "--model", model, "--dataset", data, "--methods", f"peft-lora,{eva}", "--seeds", "0",
+                 "--max-steps", "3", "--batch-size", "8", "--rank", "4", "--output", str(out)]) == 0
+    rows = {r["method"]: r for r in rows_of(out)}
+    assert rows[eva]["budget"] == rows["peft-lora"]["budget"] == rows[eva]["total_rank"] == 4 * 13
+    ranks = json.loads((out / rows[eva]["cell"] / "ranks.json").read_text())
+    assert len(set(ranks.values())) > 1 and max(ranks.values()) <= 6  # from the data, at most round(4 x 1.5)
+    assert any(p.name.startswith("ranks_peft-eva") for p in out.iterdir())  # its ranks differ: drawn
 
 
 def test_eval_split_reaches_every_cell_and_keeps_old_folders_resumable():
