@@ -1,7 +1,13 @@
 """Adaptive ranks: our reading of "dynamic LoRA" (Liao et al., 2025, arXiv 2501.14859; abstract only).
 
 1. Layer importance during training: by default the sensitivity ``|theta * grad|`` of each adapter,
-   EMA-smoothed (optionally times AdaLoRA's uncertainty term); alternatives: output norm, gate size.
+   EMA-smoothed (optionally times AdaLoRA's uncertainty term); alternatives: output norm, gate size. A
+   module's sensitivity pools its ranks' (``pool``): by default their sum, the module's total. The sum
+   grows with the ranks a module holds (a module that gains ranks scores higher and gains more); the
+   minimum (whether every rank it holds is needed) avoids that loop. On the planted benchmark
+   (``bench/planted.py``, MiniLM, 300 steps, average rank 2, seed 0) the sum still placed rank better:
+   held-out error 0.184 against 0.208 for the minimum (uniform LoRA 0.227, the oracle 0.049), 95 % of
+   the planted rank covered against 76 %, though it gave one planted module 21 ranks for its 4.
 2. At every scheduled step after a warm-up, the fixed budget (sum of ranks) is re-divided in
    proportion to importance within [min_rank, max_rank] (``decide.allocate.proportional_targets``); at
    most ``max_moves`` ranks move per event (``decide.allocate.limit_moves``).
@@ -32,7 +38,7 @@ from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.registry import register
 from dynlora.observe.activation import ActivationNorm
 from dynlora.observe.gates import GateMagnitude, rank_magnitude
-from dynlora.observe.sensitivity import Sensitivity
+from dynlora.observe.sensitivity import POOLS, Sensitivity
 
 SCORES = ("sensitivity", "activation", "gate")
 
@@ -44,6 +50,9 @@ class AdaptiveConfig:
     score: str = knob("sensitivity", " | ".join(SCORES), flag="--importance", choices=SCORES)
     beta: float = knob(0.85, "EMA factor of the importance", flag="--importance-beta", ge=0, lt=1)
     uncertainty: bool = knob(False, "multiply sensitivity by its uncertainty (AdaLoRA)")
+    pool: str = knob("sum", "a module's sensitivity from its ranks': sum (its total; grows with the ranks it "
+                            "holds), mean, or min (its weakest rank: are all the ranks it holds needed)",
+                     flag="--importance-pool", choices=POOLS)
     interval: float = knob(0.1, "steps between reallocations: a whole number, or a fraction (< 1) of the run",
                            flag="--realloc-interval")
     warmup: float = knob(0.1, "steps (or fraction of the run) before the first reallocation",
@@ -95,7 +104,7 @@ class Adaptive(MethodBase):
         self.schedule = config.when().for_run(total_steps)
         self.interval = int(self.schedule.n)
         if config.score == "sensitivity":
-            self.tracker: Any = Sensitivity(config.beta, config.uncertainty)
+            self.tracker: Any = Sensitivity(config.beta, config.uncertainty, pool=config.pool)
         elif config.score == "activation":
             self.tracker = ActivationNorm(config.beta)
         else:

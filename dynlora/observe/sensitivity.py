@@ -21,6 +21,17 @@ def follow_ranks(values: torch.Tensor, keep: Sequence[int] | torch.Tensor, grow:
     return torch.cat([kept, fill.expand(grow)])
 
 
+# how a module's score comes from its ranks' scores: the sum (a module's total sensitivity), the mean, or the
+# minimum (its weakest rank: whether every rank it holds is needed, i.e. whether one more could help)
+POOLS = ("sum", "mean", "min")
+
+
+def _pooled(values: torch.Tensor, pool: str) -> float:
+    if not values.numel():
+        return 0.0
+    return float(values.sum() if pool == "sum" else values.mean() if pool == "mean" else values.min())
+
+
 def _normalised(raw: Mapping[str, float]) -> dict[str, float]:
     total = sum(raw.values())
     return {n: (v / total if total > 0 else 1.0 / len(raw)) for n, v in raw.items()}
@@ -31,16 +42,20 @@ class Sensitivity:
 
     For rank i of a module: ``mean |A[i] * dA[i]| + mean |B[:, i] * dB[:, i]|`` (+ ``|c_i * dc_i|`` with a
     gate; AdaLoRA's ``E``), read once per optimizer step. ``I <- beta * I + (1 - beta) * s``; with ``uncertainty`` also
-    ``U <- beta_u * U + (1 - beta_u) * |s - I|`` and the score is ``I * U``. A module's score is the
-    sum over its ranks. ``follow`` follows a resize: kept ranks keep their history, new ranks start at
-    the mean of the kept ones (so a fresh rank, whose B is zero, is not the first one pruned).
+    ``U <- beta_u * U + (1 - beta_u) * |s - I|`` and the score is ``I * U``. A module's score pools its
+    ranks' scores (``pool``: sum, mean or min). ``follow`` follows a resize: kept ranks keep their history,
+    new ranks start at the mean of the kept ones (so a fresh rank, whose B is zero, is not the first one
+    pruned).
     """
 
-    def __init__(self, beta: float = 0.85, uncertainty: bool = False, beta_u: float = 0.85) -> None:
+    def __init__(self, beta: float = 0.85, uncertainty: bool = False, beta_u: float = 0.85,
+                 pool: str = "sum") -> None:
         for name, value in (("beta", beta), ("beta_u", beta_u)):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
-        self.beta, self.beta_u, self.uncertainty = beta, beta_u, uncertainty
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.beta, self.beta_u, self.uncertainty, self.pool = beta, beta_u, uncertainty, pool
         self.ema: dict[str, torch.Tensor] = {}
         self.unc: dict[str, torch.Tensor] = {}
 
@@ -71,13 +86,13 @@ class Sensitivity:
         return self.ema[name] * self.unc[name] if self.uncertainty else self.ema[name]
 
     def scores(self) -> dict[str, float]:
-        """Module scores (sum over its ranks), normalised to sum to 1."""
-        return _normalised({n: float(self.rank_scores(n).sum()) for n in self.ema})
+        """Module scores (its ranks' scores pooled: sum, mean or min), normalised to sum to 1."""
+        return _normalised({n: _pooled(self.rank_scores(n), self.pool) for n in self.ema})
 
     def scores_after(self, resizes: Mapping[str, Any]) -> dict[str, float]:
         """What ``scores()`` will be once ``resizes`` (name -> ``Resize``) are applied and followed."""
-        return _normalised({n: float((self.rank_scores_after(n, list(resizes[n].keep), resizes[n].grow)
-                                      if n in resizes else self.rank_scores(n)).sum()) for n in self.ema})
+        return _normalised({n: _pooled(self.rank_scores_after(n, list(resizes[n].keep), resizes[n].grow)
+                                       if n in resizes else self.rank_scores(n), self.pool) for n in self.ema})
 
     def follow(self, name: str, keep: Sequence[int] | torch.Tensor, grow: int) -> None:
         """Follow a resize of module ``name`` (``follow_ranks`` on both EMAs)."""

@@ -218,3 +218,17 @@ def _within_rounding(actual: dict[str, float], expected: dict[str, float], terms
     assert actual.keys() == expected.keys()
     for name in expected:
         assert_within_rounding(torch.tensor([actual[name]]), torch.tensor([expected[name]]), terms, name=name)
+
+
+def test_sensitivity_pools_a_modules_ranks_by_sum_mean_or_min():
+    scores = {"wide": torch.tensor([4.0, 4.0, 0.5, 0.5]), "full": torch.tensor([2.0, 2.0])}
+    pooled = {}
+    for pool in ("sum", "mean", "min"):
+        tracker = Sensitivity(pool=pool)
+        tracker.ema = dict(scores)
+        pooled[pool] = tracker.scores()
+    assert pooled["sum"] == pytest.approx({"wide": 9 / 13, "full": 4 / 13})  # grows with the ranks held
+    assert pooled["mean"] == pytest.approx({"wide": 9 / 17, "full": 8 / 17})
+    assert pooled["min"] == pytest.approx({"wide": 0.2, "full": 0.8})  # every rank of "full" is needed
+    with pytest.raises(ValueError, match="pool"):
+        Sensitivity(pool="max")
