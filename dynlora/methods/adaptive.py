@@ -2,22 +2,22 @@
 
 1. Layer importance during training: by default the sensitivity ``|theta * grad|`` of each adapter,
    EMA-smoothed (optionally times AdaLoRA's uncertainty term); alternatives: output norm, gate size. A
-   module's sensitivity pools its ranks' (``pool``): by default their sum, the module's total. The sum
-   grows with the ranks a module holds (a module that gains ranks scores higher and gains more); the
-   minimum (whether every rank it holds is needed) avoids that loop. On the planted benchmark
-   (``bench/planted.py``, MiniLM, 300 steps, average rank 2, seed 0) the sum still placed rank better:
-   held-out error 0.184 against 0.208 for the minimum (uniform LoRA 0.227, the oracle 0.049), 95 % of
-   the planted rank covered against 76 %, though it gave one planted module 21 ranks for its 4.
+   rank's sensitivity sums its elements' (``elements``; AdaLoRA's triplet score averages them) and a
+   module's sums its ranks' (``pool``; or their mean, or minimum: whether every rank it holds is needed).
+   Both sums favour wide modules and modules that already hold rank, yet they placed rank best on the
+   planted benchmark (``bench/results/planted-minilm-adaptive``: MiniLM, 300 steps, average rank 2 in
+   ranks, seed 0; uniform LoRA 0.227, the oracle 0.049): element means 0.059, element sums 0.043 (the
+   sums of both kinds give the wide FFN modules the ranks planted there; with means one attention output
+   took 21 ranks for its 4). Under a budget in parameters the proportional split divides each module's
+   score by what its rank costs, which takes the width back out of an element sum.
 2. At every scheduled step after a warm-up, the fixed budget (sum of ranks) is re-divided in
    proportion to importance within [min_rank, max_rank] (``decide.allocate.proportional_targets``); at
    most ``max_moves`` ranks move per event (``decide.allocate.limit_moves``). Every 5 % of the run after
    a 5 % warm-up (it was 10 % and 10 %): a rank moved early has the rest of the run to train. On the
-   planted benchmark (MiniLM, 300 steps, average rank 2) that closed 94 % of the uniform-to-oracle gap
-   against 24 % (``bench/results/planted-minilm-adaptive``; at 900 steps the old schedule reached 90 %);
-   on rt-polarity's validation split (2 seeds) 78.1 % against 78.0 % (LoRA 78.4 %, all within the seeds'
-   spread; ``bench/results/search-adaptive-rt-polarity``). It moves more where nothing should move (the
-   null case: 0.035 against 0.030, uniform 0.025) and did worse at a budget below the planted total
-   (12 % of the gap against 30 %): one seed each.
+   planted benchmark that took the error from 0.084 to 0.043 (element sums; with means 0.184 to 0.059;
+   at 900 steps the old schedule with means reached 0.019, the oracle 0.0014: ``planted-minilm-900``); on
+   rt-polarity's validation split (2 seeds, element means) 78.1 % against 78.0 % (LoRA 78.4 %, all within
+   the seeds' spread; ``bench/results/search-adaptive-rt-polarity``).
 3. Optionally an input-feature gate ``g(x) = sigmoid(w . x + b)`` per adapter (``LoraLayer``).
 
 So that no event moves the output, a rank is never cut while it still contributes: at an event the
@@ -45,7 +45,7 @@ from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.registry import register
 from dynlora.observe.activation import ActivationNorm
 from dynlora.observe.gates import GateMagnitude, rank_magnitude
-from dynlora.observe.sensitivity import POOLS, Sensitivity
+from dynlora.observe.sensitivity import ELEMENTS, POOLS, Sensitivity
 
 SCORES = ("sensitivity", "activation", "gate")
 
@@ -60,6 +60,9 @@ class AdaptiveConfig:
     pool: str = knob("sum", "a module's sensitivity from its ranks': sum (its total; grows with the ranks it "
                             "holds), mean, or min (its weakest rank: are all the ranks it holds needed)",
                      flag="--importance-pool", choices=POOLS)
+    elements: str = knob("sum", "a rank's sensitivity from its elements' |theta * grad|: sum (the rank's whole "
+                                "sensitivity), or mean over its A row and B column (AdaLoRA's triplet score)",
+                         flag="--importance-elements", choices=ELEMENTS)
     interval: float = knob(0.05, "steps between reallocations: a whole number, or a fraction (< 1) of the run",
                            flag="--realloc-interval")
     warmup: float = knob(0.05, "steps (or fraction of the run) before the first reallocation",
@@ -111,7 +114,8 @@ class Adaptive(MethodBase):
         self.schedule = config.when().for_run(total_steps)
         self.interval = int(self.schedule.n)
         if config.score == "sensitivity":
-            self.tracker: Any = Sensitivity(config.beta, config.uncertainty, pool=config.pool)
+            self.tracker: Any = Sensitivity(config.beta, config.uncertainty, pool=config.pool,
+                                            elements=config.elements)
         elif config.score == "activation":
             self.tracker = ActivationNorm(config.beta)
         else:

@@ -24,6 +24,9 @@ def follow_ranks(values: torch.Tensor, keep: Sequence[int] | torch.Tensor, grow:
 # how a module's score comes from its ranks' scores: the sum (a module's total sensitivity), the mean, or the
 # minimum (its weakest rank: whether every rank it holds is needed, i.e. whether one more could help)
 POOLS = ("sum", "mean", "min")
+# how a rank's score comes from its elements' |theta * grad|: their sum (the rank's whole sensitivity), or their
+# mean over A's row and over B's column (AdaLoRA's triplet score, which does not grow with a module's width)
+ELEMENTS = ("sum", "mean")
 
 
 def _pooled(values: torch.Tensor, pool: str) -> float:
@@ -40,8 +43,9 @@ def _normalised(raw: Mapping[str, float]) -> dict[str, float]:
 class Sensitivity:
     """Per-rank sensitivity ``|theta * grad|`` of each adapter, smoothed by an EMA (as AdaLoRA does).
 
-    For rank i of a module: ``mean |A[i] * dA[i]| + mean |B[:, i] * dB[:, i]|`` (+ ``|c_i * dc_i|`` with a
-    gate; AdaLoRA's ``E``), read once per optimizer step. ``I <- beta * I + (1 - beta) * s``; with ``uncertainty`` also
+    For rank i of a module: ``sum |A[i] * dA[i]| + sum |B[:, i] * dB[:, i]|`` (``elements="mean"``: the
+    means, AdaLoRA's triplet score; + ``|c_i * dc_i|`` with a gate, AdaLoRA's ``E``), read once per
+    optimizer step. ``I <- beta * I + (1 - beta) * s``; with ``uncertainty`` also
     ``U <- beta_u * U + (1 - beta_u) * |s - I|`` and the score is ``I * U``. A module's score pools its
     ranks' scores (``pool``: sum, mean or min). ``follow`` follows a resize: kept ranks keep their history,
     new ranks start at the mean of the kept ones (so a fresh rank, whose B is zero, is not the first one
@@ -49,13 +53,16 @@ class Sensitivity:
     """
 
     def __init__(self, beta: float = 0.85, uncertainty: bool = False, beta_u: float = 0.85,
-                 pool: str = "sum") -> None:
+                 pool: str = "sum", elements: str = "sum") -> None:
         for name, value in (("beta", beta), ("beta_u", beta_u)):
             if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if elements not in ELEMENTS:
+            raise ValueError(f"elements must be one of {', '.join(ELEMENTS)}, got {elements!r}")
         self.beta, self.beta_u, self.uncertainty, self.pool = beta, beta_u, uncertainty, pool
+        self.elements = elements
         self.ema: dict[str, torch.Tensor] = {}
         self.unc: dict[str, torch.Tensor] = {}
 
@@ -70,9 +77,10 @@ class Sensitivity:
             a, b = layer.lora_A, layer.lora_B
             if a.grad is None or b.grad is None or layer.rank == 0:
                 continue
-            # AdaLoRA's triplet score: the mean over a rank's A row plus the mean over its B column (a sum would
-            # favour wide modules, which a budget in parameters then has to fight)
-            s = (a * a.grad).abs().mean(1) + (b * b.grad).abs().mean(0)  # (r,)
+            if self.elements == "mean":  # AdaLoRA's triplet score: the mean over A's row plus over B's column
+                s = (a * a.grad).abs().mean(1) + (b * b.grad).abs().mean(0)  # (r,)
+            else:  # the rank's whole sensitivity: wider modules' ranks weigh more
+                s = (a * a.grad).abs().sum(1) + (b * b.grad).abs().sum(0)  # (r,)
             if layer.gate is not None and layer.gate.grad is not None:
                 s = s + (layer.gate * layer.gate.grad).abs()
             s = s.detach().float()  # stays on the device: no host sync per module and step

@@ -130,8 +130,8 @@ def test_gradient_score_is_the_mean_over_the_steps_a_module_was_observed_in_its_
     assert restored.raw == tracker.raw
 
 
-def test_sensitivity_averages_over_a_ranks_elements():
-    """AdaLoRA's triplet score: mean |theta * grad| over A's row plus over B's column, not their sums."""
+def test_sensitivity_sums_or_averages_over_a_ranks_elements():
+    """AdaLoRA's triplet score averages |theta * grad| over A's row and B's column; the default sums them."""
     from dynlora.core.layer import LoraLayer
 
     layers = {"narrow": LoraLayer(nn.Linear(4, 4), rank=2, alpha=2.0),
@@ -140,12 +140,14 @@ def test_sensitivity_averages_over_a_ranks_elements():
         for p in (layer.lora_A, layer.lora_B):
             p.data.fill_(0.5)
             p.grad = torch.full_like(p, 0.2)
-    tracker = Sensitivity(beta=0.0)
-    tracker.attach(layers)
-    tracker.step(layers)
-    for name in layers:
-        assert torch.allclose(tracker.rank_scores(name), torch.full((2,), 0.2))
-    assert tracker.scores() == pytest.approx({"narrow": 0.5, "wide": 0.5})
+    for elements, expected in (("mean", {"narrow": 0.2, "wide": 0.2}), ("sum", {"narrow": 0.8, "wide": 12.8})):
+        tracker = Sensitivity(beta=0.0, elements=elements)
+        tracker.attach(layers)
+        tracker.step(layers)
+        for name in layers:
+            assert torch.allclose(tracker.rank_scores(name), torch.full((2,), expected[name]))
+    with pytest.raises(ValueError, match="elements"):
+        Sensitivity(elements="max")
 
 
 def test_decay_is_an_exponential_moving_average():
