@@ -42,5 +42,6 @@ def _train(process: int, store: str) -> None:
 
 
 def test_ddp_without_unused_parameter_search_trains_past_a_rank_zero_adapter(tmp_path: Path) -> None:
-    # fork: the children need no fresh import of torch (a spawn costs seconds of a 2-core machine)
-    mp.start_processes(_train, args=(str(tmp_path / "store"),), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a fork of a process whose thread pools already ran (any earlier test's) can copy a held
+    # lock into the child, which then waits for it forever (seen once in a full suite run)
+    mp.start_processes(_train, args=(str(tmp_path / "store"),), nprocs=2, join=True, start_method="spawn")
