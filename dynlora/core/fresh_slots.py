@@ -52,7 +52,8 @@ def _step_count(state: Mapping[str, Any] | None) -> float:
     """The tensor's Adam step count (0 before its first step)."""
     if not state or "step" not in state:
         return 0.0
-    return float(state["step"])  # a Python number or a 0-dim tensor
+    step = state["step"]
+    return float(step) if torch.is_tensor(step) else float(step)
 
 
 class FreshSlots:
@@ -73,8 +74,6 @@ class FreshSlots:
         opt = unwrap_optimizer(optimizer) if optimizer is not None else None
         for change in changes:
             old = self.births.pop(id(change.old), None)
-            if old is None and not change.grow:  # every slot as old as the tensor: nothing to correct
-                continue
             state = opt.state.get(change.param) if opt is not None else None
             step = _step_count(state)
             device = change.param.device
