@@ -81,6 +81,9 @@ class Controller:
             raise ValueError("budget_ranks name other adapters than the model's: "
                              f"{sorted(set(budget_ranks) ^ set(self.layers))[:3]}")
         self.costs, self.budget = run_budget(self.layers, budget_unit, budget_ranks)
+        # an adapter at rank 0 pays no input gate (it is frozen and not exported) and, in FLOPs, does no add
+        self.fixed = ({name: fixed_cost(layer, budget_unit) for name, layer in self.layers.items()}
+                      if self.costs is not None else None)
         if method is not None:
             method.attach(self.layers)
             for tracker in method.trackers:
@@ -89,7 +92,7 @@ class Controller:
         if self.costs is not None:  # gates and input gates cost too: the ranks start within what LoRA costs
             ranks = self.ranks()
             try:  # at an average rank of 1 a module may have to start at rank 0 to pay for the others' gates
-                fitted = fit_to_budget(ranks, self.costs, self.budget, min_rank=0)
+                fitted = fit_to_budget(ranks, self.costs, self.budget, min_rank=0, fixed=self.fixed)
             except ValueError as err:
                 raise DynloraError(f"budget_unit {budget_unit!r}: {err}") from None
             self.apply(Plan("budget", resizes={n: Resize(keep=tuple(range(r)))
@@ -134,7 +137,7 @@ class Controller:
     def view(self) -> View:
         factors = self._own_lr.factors() if self._own_lr is not None else None
         return View(self.global_step, self.layers, self.generator, self.optimizer, factors, budget=self.budget,
-                    costs=self.costs)
+                    costs=self.costs, fixed=self.fixed)
 
     def step(self) -> None:
         """Advance one optimizer step: observe, the per-step hook, and decide -> apply -> record when due."""

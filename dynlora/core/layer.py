@@ -148,7 +148,10 @@ class LoraLayer(nn.Module):
                 p.grad = None  # the optimizer skips a parameter without a gradient: no update, state kept
 
     def num_parameters(self) -> int:
-        """Trainable adapter parameters at the current rank (A, B, the rank gate, the input gate)."""
+        """Trainable adapter parameters at the current rank (A, B, the rank gate, the input gate); zero at rank 0,
+        where the input gate is frozen and no export holds it."""
+        if self.rank == 0:
+            return 0
         gate = self.rank if self.gate is not None else 0
         return self.rank * (self.in_features + self.out_features) + gate + self.input_gate_parameters()
 

@@ -9,6 +9,7 @@ from dynlora.decide.allocate import (
     check_rank_bounds,
     even_ranks,
     fit_to_budget,
+    idle_fixed,
     limit_moves,
     proportional_targets,
     prune_and_redistribute,
@@ -17,5 +18,6 @@ from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.decide.select import select
 
-__all__ = ["Plan", "RankPlan", "Resize", "Schedule", "check_rank_bounds", "even_ranks", "fit_to_budget", "limit_moves",
+__all__ = ["Plan", "RankPlan", "Resize", "Schedule", "check_rank_bounds", "even_ranks", "fit_to_budget", "idle_fixed",
+           "limit_moves",
            "proportional_targets", "prune_and_redistribute", "select"]

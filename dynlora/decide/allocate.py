@@ -130,7 +130,8 @@ def even_ranks(names: Sequence[str], budget: int, min_rank: int = 1) -> dict[str
 
 
 def proportional_targets(scores: Mapping[str, float], budget: int, min_rank: int = 1,
-                         max_rank: int | None = None, costs: Mapping[str, int] | None = None) -> dict[str, int]:
+                         max_rank: int | None = None, costs: Mapping[str, int] | None = None,
+                         fixed: Mapping[str, int] | None = None) -> dict[str, int]:
     """Divide ``budget`` in proportion to ``scores``: each module's ranks within [min_rank, max_rank].
 
     ``costs``: what one rank of each module costs in the budget's unit (default 1: ``budget`` is ranks).
@@ -139,7 +140,26 @@ def proportional_targets(scores: Mapping[str, float], budget: int, min_rank: int
     floored and what is left buys one more rank each, in order of importance, while it pays for one.
     In ranks the result sums to ``budget`` exactly; with costs it costs at most ``budget``, and less by
     under one rank of the costliest module that still has room.
+
+    ``fixed``: what each module costs at any rank >= 1 and not at rank 0 (an input gate), already paid out
+    of ``budget`` for every module. With ``min_rank`` 0 a module left at rank 0 hands its fixed cost back
+    and the split is redone over the others with it, until every module kept holds a rank: the result's
+    ranks cost at most ``budget`` plus the fixed costs of the modules at rank 0.
     """
+    if fixed is None or min_rank > 0:
+        return _proportional(scores, budget, min_rank, max_rank, costs)
+    live = list(scores)
+    while True:
+        freed = sum(fixed[k] for k in scores if k not in live)
+        targets = _proportional({k: scores[k] for k in live}, budget + freed, 0, max_rank, costs)
+        dead = [k for k in live if targets[k] == 0]
+        if not dead or len(dead) == len(live):
+            return {k: targets.get(k, 0) for k in scores}
+        live = [k for k in live if k not in dead]
+
+
+def _proportional(scores: Mapping[str, float], budget: int, min_rank: int, max_rank: int | None,
+                  costs: Mapping[str, int] | None) -> dict[str, int]:
     names = list(scores)
     n = len(names)
     cost = {k: (costs[k] if costs is not None else 1) for k in names}
@@ -245,16 +265,26 @@ def _limit_costed_moves(current: Mapping[str, int], targets: Mapping[str, int], 
     return result
 
 
+def idle_fixed(fixed: Mapping[str, int] | None, *ranks: Mapping[str, int]) -> int:
+    """The fixed costs (``proportional_targets``) of the modules at rank 0 in every one of ``ranks``: budget
+    that no rank of theirs uses, now or after the change."""
+    if fixed is None:
+        return 0
+    return sum(cost for name, cost in fixed.items() if all(r[name] == 0 for r in ranks))
+
+
 def fit_to_budget(ranks: Mapping[str, int], costs: Mapping[str, int], budget: int,
-                  min_rank: int = 1) -> dict[str, int]:
+                  min_rank: int = 1, fixed: Mapping[str, int] | None = None) -> dict[str, int]:
     """``ranks`` with the fewest ranks removed so that they cost at most ``budget``: one rank at a time from
-    the module whose ranks cost the most (ties: the first), never below ``min_rank``. A ``ValueError``
-    when even ``min_rank`` everywhere costs more."""
+    the module whose ranks cost the most (ties: the first), never below ``min_rank``. ``fixed``: as in
+    ``proportional_targets``, a module that drops to rank 0 hands its fixed cost back to the budget. A
+    ``ValueError`` when even ``min_rank`` everywhere costs more."""
     result = dict(ranks)
     names = list(result)
-    if sum(min(min_rank, result[k]) * costs[k] for k in names) > budget:
+    if sum(min(min_rank, result[k]) * costs[k] for k in names) > budget + idle_fixed(fixed, {
+            k: min(min_rank, result[k]) for k in names}):
         raise ValueError(f"{min_rank} rank(s) per module cost more than the budget {budget}")
-    while sum(result[k] * costs[k] for k in names) > budget:
+    while sum(result[k] * costs[k] for k in names) > budget + idle_fixed(fixed, result):
         giver = max((k for k in names if result[k] > min_rank), key=lambda k: (result[k] * costs[k], -names.index(k)))
         result[giver] -= 1
     return result

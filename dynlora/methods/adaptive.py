@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from dynlora.core.layer import LoraLayer
-from dynlora.decide.allocate import check_rank_bounds, limit_moves, proportional_targets
+from dynlora.decide.allocate import check_rank_bounds, idle_fixed, limit_moves, proportional_targets
 from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.errors import DynloraError
@@ -147,7 +147,7 @@ class Adaptive(MethodBase):
         after = {n: len(resizes[n].keep) + resizes[n].grow if n in resizes else layer.rank
                  for n, layer in view.layers.items()}
         spent = sum(r * (view.costs[n] if view.costs is not None else 1) for n, r in after.items())
-        if spent > view.budget or (view.costs is None and removed != grown):
+        if spent > view.budget + idle_fixed(view.fixed, after) or (view.costs is None and removed != grown):
             raise RuntimeError(f"adaptive: {removed} faded ranks, {grown} owed: the ranks would cost {spent}, "
                                f"not the budget {view.budget}")
         self.pending = {}
@@ -196,9 +196,13 @@ class Adaptive(MethodBase):
             floor = self.config.min_rank
             if view.budget < sum(floor * view.costs[n] for n in layers):  # the tightest budgets (input gates paid)
                 floor = 0  # cannot give every module min_rank: the least important may drop to rank 0
-            targets = proportional_targets(scores, view.budget, floor, self.config.max_rank, costs=view.costs)
+            # at floor 0 a module left without rank hands its input gate's share back to the others
+            targets = proportional_targets(scores, view.budget, floor, self.config.max_rank, costs=view.costs,
+                                           fixed=view.fixed)
             moves = max(1, int(self.config.max_moves * sum(current.values())))
-            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=view.budget)
+            # a module at rank 0 before and after pays no gate; one on its way out pays until its ranks are gone
+            budget = view.budget + idle_fixed(view.fixed, current, targets)
+            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=budget)
         fade: dict[str, tuple[int, ...]] = {}
         moved = 0
         for name, layer in layers.items():

@@ -74,5 +74,9 @@ def test_at_an_average_rank_of_one_gates_are_paid_for_by_dropping_ranks():
     assert 0 in controller.ranks().values() and _spent(model, "params") <= lora  # input gates cost ranks
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     controller.optimizer = opt
-    train_steps(model, opt, controller, 16, labelled_batch)
-    assert _spent(model, "params") <= lora
+    # an adapter at rank 0 has no input gate to pay for (frozen, not exported): its share buys ranks elsewhere,
+    # so the adapters end within one rank and gate of what LoRA costs (they spent 57 % of it when they paid)
+    widest = max(rank_cost(layer, "params") + layer.input_gate_parameters() for layer in adapters(model).values())
+    for until in range(4, 17, 4):
+        train_steps(model, opt, controller, until, labelled_batch)
+        assert 0 <= lora - _spent(model, "params") < widest
