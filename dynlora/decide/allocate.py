@@ -137,7 +137,7 @@ def proportional_targets(scores: Mapping[str, float], budget: int, min_rank: int
     ``costs``: what one rank of each module costs in the budget's unit (default 1: ``budget`` is ranks).
     A module's share of the budget is ``clamp(lam * score / cost, min_rank, max_rank) * cost``, with
     ``lam`` found by bisection so that the shares spend the budget (water filling); ranks are then
-    floored and what is left buys one more rank each, in order of importance, while it pays for one.
+    floored and what is left buys one more rank each, largest remainder first, while it pays for one.
     In ranks the result sums to ``budget`` exactly; with costs it costs at most ``budget``, and less by
     under one rank of the costliest module that still has room.
 
@@ -194,9 +194,12 @@ def _proportional(scores: Mapping[str, float], budget: int, min_rank: int, max_r
             hi_lam = mid
     exact = filled(hi_lam)
     targets = {k: int(exact[k] // 1) for k in names}
-    order = sorted(names, key=lambda k: (-weights[k], names.index(k)))
+    # largest remainder first (ties: importance): a module whose exact share is 1.98 ranks keeps 2; by importance
+    # alone it would drop to 1 and its rank go to a stronger module already at its share, so scores equal up to
+    # noise (nothing to move) moved ranks at every event
+    order = sorted(names, key=lambda k: (-(exact[k] - targets[k]), -weights[k], names.index(k)))
     left = budget - spent(targets)
-    while True:  # one more rank each, by importance, while the budget pays for one
+    while True:  # one more rank each, in that order, while the budget pays for one
         given = 0
         for k in order:
             if targets[k] < cap[k] and cost[k] <= left:

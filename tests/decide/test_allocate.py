@@ -131,6 +131,17 @@ def test_proportional_targets_examples():
         proportional_targets({"a": 1.0, "b": 1.0}, 3, min_rank=2)
 
 
+def test_scores_equal_up_to_noise_keep_an_even_split():
+    # exact shares 1.98-2.02 ranks: largest-remainder rounding keeps every module at 2 (rounding by importance
+    # gave the modules under 2.0 one rank and the strongest three)
+    scores = {f"m{i}": 1.0 + 0.01 * ((-1) ** i) * (i % 3) for i in range(12)}
+    assert proportional_targets(scores, 24) == {name: 2 for name in scores}
+    costs = {name: 768 if i % 2 else 1920 for i, name in enumerate(scores)}  # in parameters: the same
+    even = {name: 2 for name in scores}
+    assert proportional_targets({n: v * costs[n] for n, v in scores.items()}, sum(2 * c for c in costs.values()),
+                                costs=costs) == even
+
+
 def test_limit_moves_keeps_the_total_and_the_cap():
     current = {"a": 4, "b": 4, "c": 4}
     targets = {"a": 8, "b": 2, "c": 2}
