@@ -3,7 +3,8 @@
 Each (method, seed) cell is one :func:`dynlora.train.train` run into ``DIR/cells/<method>-s<seed>/``.
 Within a seed every method sees the same training subset in the same order for the same number of
 optimizer steps. ``DIR/results.jsonl`` gets one row per finished cell (appended and flushed at once),
-so re-running the same command resumes; ``DIR/meta.json`` holds the settings (a resume with other
+so re-running the same command resumes (a cell killed mid-run goes on from its last complete checkpoint,
+or starts again if it had none); ``DIR/meta.json`` holds the settings (a resume with other
 settings is refused), the command, machine and date; ``DIR/summary.md`` and the plots are rewritten
 at the end of every invocation.
 """
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +36,7 @@ from dynlora.data.splits import EVAL_SPLITS
 from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
+from dynlora.io.checkpoint import last_complete_checkpoint
 from dynlora.methods import registry
 from dynlora.methods.base import TrainData
 from dynlora.methods.config import knobs, optional, type_of
@@ -41,6 +44,7 @@ from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
 from dynlora.training.options import TrainOptions
 from dynlora.training.fit import fit_max_length
+from dynlora.training.run_folder import RUN_MARKER, partial_folder
 from dynlora.training.pipeline import task_kind, train
 
 
@@ -313,7 +317,8 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     bar = tqdm(todo, desc="compare", unit="cell", position=0, dynamic_ncols=True, disable=not todo)
     for i, (method, seed) in enumerate(bar, 1):
         bar.set_description(f"compare {method} seed {seed} ({i}/{len(todo)})")
-        metrics = train(opts.cell_options(method, seed), log=tqdm.write)
+        cell = opts.cell_options(method, seed)
+        metrics = train(cell, log=tqdm.write, resume=unfinished_cell(cell))
         check_budgets({**budgets, method: metrics["budget"]}, opts.profile.budget_unit)
         row = make_row(method, seed, metrics, cell=str(Path(metrics["output"]).relative_to(root)),
                        invocation=started, device=meta["machine"]["device"])
@@ -328,6 +333,25 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     draw_plots(wanted, opts.methods, root)
     print(f"dynlora: compare of {len(opts.methods)} methods x {len(opts.seeds)} seeds written to {root}")
     return wanted
+
+
+def unfinished_cell(cell: TrainOptions) -> bool:
+    """Whether ``cell`` goes on from a killed invocation's unfinished run (its options, a complete checkpoint).
+
+    A cell killed before its first checkpoint, or started with other options, is started again: the compare owns
+    its cells' folders, and a re-run resumes."""
+    work = partial_folder(Path(cell.output))
+    if not work.exists():
+        return False
+    marker = work / RUN_MARKER
+    try:
+        same = marker.is_file() and TrainOptions.from_dict(json.loads(marker.read_text())["options"]) == cell
+    except (ValueError, KeyError, TypeError, DynloraError):  # torn or from another version: not this cell's
+        same = False
+    if same and last_complete_checkpoint(work / "checkpoints") is not None:
+        return True
+    shutil.rmtree(work)
+    return False
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

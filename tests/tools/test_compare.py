@@ -113,6 +113,38 @@ def test_rerun_skips_finished_cells_and_resumes_a_torn_one(first_run, assets, tm
     assert [(r["method"], r["seed"]) for r in rows_of(out)] == [(m, s) for s in SEEDS for m in METHODS]
 
 
+def test_a_cell_killed_mid_run_is_started_again(first_run, assets, tmp_path, monkeypatch):
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0], out)
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    (out / "results.jsonl").write_text("".join(lines[:-1]))
+    cell = out / last["cell"]
+    partial = cell.with_name(f".{cell.name}.partial")
+    cell.rename(partial)  # what a kill before the cell's first checkpoint leaves: run.json, no checkpoint
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    counter = CountingTrain()
+    monkeypatch.setattr(compare, "train", counter)
+    assert main(argv(assets, out)) == 0  # it was: "has an unfinished run ... continue it with --resume"
+    assert counter.cells == [(last["method"], last["seed"])] and not partial.exists() and cell.is_dir()
+    assert len(rows_of(out)) == len(METHODS) * len(SEEDS)
+
+
+def test_an_unfinished_cell_resumes_only_with_its_own_options_and_a_checkpoint(tmp_path):
+    cell = compare.TrainOptions(method="lora", seed=1, output=str(tmp_path / "cells" / "lora-s1"))
+    partial = tmp_path / "cells" / ".lora-s1.partial"
+    assert not compare.unfinished_cell(cell)
+    complete = partial / "checkpoints" / "checkpoint-4"
+    complete.mkdir(parents=True)
+    (complete / "dynlora-complete").write_text("4\n")
+    for options, resumes in ((dataclasses.replace(cell, seed=2), False), (cell, True)):
+        (partial / "run.json").write_text(json.dumps({"options": options.as_dict(), "unfinished": True}))
+        assert compare.unfinished_cell(cell) is resumes
+        assert partial.exists() is resumes  # another cell's options: removed, the cell starts again
+        complete.mkdir(parents=True, exist_ok=True)
+        (complete / "dynlora-complete").write_text("4\n")
+
+
 def summary_table(text: str) -> dict[str, dict[str, str]]:
     lines = [line for line in text.splitlines() if line.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
