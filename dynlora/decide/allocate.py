@@ -196,8 +196,8 @@ def _proportional(scores: Mapping[str, float], budget: int, min_rank: int, max_r
     targets = {k: int(exact[k] // 1) for k in names}
     # largest remainder first (ties: importance): a module whose exact share is 1.98 ranks keeps 2; by importance
     # alone it would drop to 1 and its rank go to a stronger module already at its share (scores equal up to
-    # noise moved ranks). It is not what adaptive's null-case cost comes from: on the planted benchmark's null
-    # case the error stayed 0.037 and the moves 71-74 (the sensitivities differ between modules, not by noise)
+    # noise moved ranks). It is not where the planted benchmark's null-case cost comes from: with this rounding
+    # the sensitivity split still moved 71-74 ranks there at an error of 0.037 (scores differ between modules)
     order = sorted(names, key=lambda k: (-(exact[k] - targets[k]), -weights[k], names.index(k)))
     left = budget - spent(targets)
     while True:  # one more rank each, in that order, while the budget pays for one

@@ -132,7 +132,7 @@ def pareto_plot(pts: Sequence[Point], path: Path, label: str, metric: str) -> No
 
 def front_of(labels: Iterable[str]) -> str | None:
     """The label that draws LoRA's front: the baseline itself, else the baseline with its own options
-    (``peft-lora@lr=0.002``: each method at the learning rate chosen for it on validation), the first given."""
+    (``BASELINE@lr=X``: each method at the learning rate chosen for it on validation), the first given."""
     labels = list(labels)
     if registry.baseline() in labels:
         return registry.baseline()

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIGS = {
     "l1ra": lambda unit: dynlora.L1RALoraConfig(r=4, lora_alpha=8, lam=1.5, lr_c=0.05, interval=4, budget_unit=unit),
     "adaptive": lambda unit: dynlora.AdaptiveLoraConfig(r=4, lora_alpha=8, interval=4, warmup=0.0, max_moves=0.3,
-                                                        budget_unit=unit),
+                                                        budget_unit=unit, input_gate=True),
 }
 
 
@@ -68,7 +68,7 @@ def test_a_bad_unit_is_a_one_line_error():
 
 def test_at_an_average_rank_of_one_gates_are_paid_for_by_dropping_ranks():
     model = dynlora.get_dynamic_model(tiny_bert(), dynlora.AdaptiveLoraConfig(
-        r=1, lora_alpha=2, interval=4, warmup=0.0, max_moves=0.3, budget_unit="params"))
+        r=1, lora_alpha=2, interval=4, warmup=0.0, max_moves=0.3, budget_unit="params", input_gate=True))
     lora = sum(lora_cost(layer, 1, "params") for layer in adapters(model).values())
     controller = dynlora.attach(model, None, total_steps=16)
     assert 0 in controller.ranks().values() and _spent(model, "params") <= lora  # input gates cost ranks

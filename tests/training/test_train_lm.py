@@ -37,7 +37,7 @@ def test_input_gated_lm_export_reports_its_cost(tiny_lm, tmp_path):
     out = tmp_path / "run"
     pairs = tmp_path / "pairs.jsonl"  # a small file: the export is evaluated on its held-out pairs, twice
     write_pairs(pairs)
-    metrics = train(TrainOptions(model=str(tiny_lm), dataset=str(pairs), method="adaptive", train_size=32,
+    metrics = train(TrainOptions(model=str(tiny_lm), dataset=str(pairs), method="adaptive:gate", train_size=32,
                                  max_steps=4, batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)),
                     log=lambda s: None)
     assert metrics["export_logits_max_error"] >= 0 and metrics["export_eval_loss"] > 0
