@@ -7,9 +7,10 @@ right-singular vectors (B at zero, so the output does not move) and hands out pl
 module's alpha with its rank, so every module keeps LoRA's ``alpha / r``. The ranks never move afterwards, and
 the adapter saves as plain PEFT LoRA with a ``rank_pattern`` / ``alpha_pattern``.
 
-At an average rank of 1 EVA does not learn MiniLM's tasks: rt-polarity test accuracy 49.9 / 50.1 % (seeds 0, 1;
+At an average rank of 1 EVA mostly does not learn rt-polarity: test accuracy 49.9 / 50.1 / 73.4 % (seeds 0-2;
 ``bench/results/paymap-minilm-rt-polarity/budget-1``), validation 49.7 % with ``rho`` 1 and 50.3 % with 2, where
-plain LoRA at rank 1 reaches 82-83 % (test); at rank 8 (``rho`` 2) EVA reaches 77.9 % on validation. Its one
+plain LoRA at rank 1 reaches 82-83 % (test; on trec6 EVA 82.6 ± 3.5 % against 86.7 ± 1.7 %); at rank 8
+(``rho`` 2) EVA reaches 77.9 % on rt-polarity's validation split. Its one
 direction per module is the top principal component of the module's inputs, and MiniLM's residual stream has
 outlier features: 30-87 % of each rank-1 A row's weight sits on one coordinate (hidden features 63 and 99;
 a random A puts about 1/384 on each), so the adapters read the outliers, not the text. This is EVA's own
