@@ -237,13 +237,28 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
         if method not in configs:
             continue
         pinned = {k: v for k, v in own.items() if k != "lr"}  # a knob in the label is the same then and now
-        then, current = {**configs[method], **pinned}, {**now.get(method, {}), **pinned}
+        then = _as_run({**configs[method], **pinned}, name, now.get(method, {}))
+        current = _as_run({**now.get(method, {}), **pinned}, name, now.get(method, {}))
         changed = [f"{k} {v!r} there, {current.get(k, '(gone)')!r} now" for k, v in then.items()
                    if current.get(k, "(gone)") != v]
         if changed:
             raise DynloraError(f"output {str(root)!r} holds {label} cells made with another {method} config "
                                f"({'; '.join(changed)}); give a new --output, or remove its rows from "
                                "results.jsonl to train them again")
+
+
+def _as_run(values: dict[str, Any], name: str, known: dict[str, Any]) -> dict[str, Any]:
+    """A method's recorded knobs as a cell of ``name`` (``method:variant``) ran with them: the variant's own
+    settings applied (``adaptive:no-gate`` runs without input gates whatever the default was). Knobs the
+    method no longer has stay as they are, so they show as gone."""
+    if ":" not in name:
+        return values
+    kept = {k: v for k, v in values.items() if k in known}
+    try:
+        resolved = dataclasses.asdict(registry.resolve_config(name, kept))
+    except (DynloraError, TypeError, ValueError):  # a value no longer valid: compare the record as it is
+        return values
+    return {**values, **{k: v for k, v in resolved.items() if k in values}}
 
 
 def check_budgets(budgets: dict[str, int], unit: str = "rank") -> None:

@@ -390,6 +390,21 @@ def test_a_changed_method_config_is_refused_only_where_its_cells_are(tmp_path):
         compare.check_settings(tmp_path, settings)
 
 
+def test_a_variant_cell_is_judged_by_what_its_variant_ran(tmp_path):
+    from dynlora.errors import DynloraError
+
+    settings = compare.CompareOptions(profile=compare.Profile("quick"), methods=("adaptive",)).settings()
+    adaptive = settings["method_configs"]["adaptive"]
+    flipped = {**adaptive, "input_gate": not adaptive["input_gate"]}  # the default changed since
+    (tmp_path / "meta.json").write_text(json.dumps({"settings": {
+        **settings, "method_configs": {**settings["method_configs"], "adaptive": flipped}}}))
+    (tmp_path / "results.jsonl").write_text(json.dumps({"method": "adaptive:no-gate@min_rank=0", "seed": 0}) + "\n")
+    compare.check_settings(tmp_path, settings)  # no-gate ran without gates either way: still resumable
+    (tmp_path / "results.jsonl").write_text(json.dumps({"method": "adaptive@lr=0.002", "seed": 0}) + "\n")
+    with pytest.raises(DynloraError, match="input_gate"):  # a plain cell ran with the old default
+        compare.check_settings(tmp_path, settings)
+
+
 def test_none_in_a_method_label_is_none_only_for_a_knob_that_may_be_none():
     from dynlora.errors import DynloraError
 
