@@ -249,8 +249,8 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
 
 def _as_run(values: dict[str, Any], name: str, known: dict[str, Any]) -> dict[str, Any]:
     """A method's recorded knobs as a cell of ``name`` (``method:variant``) ran with them: the variant's own
-    settings applied (``adaptive:no-gate`` runs without input gates whatever the default was). Knobs the
-    method no longer has stay as they are, so they show as gone."""
+    settings applied (a variant that switches a knob ran with it switched, whatever the default was). Knobs
+    the method no longer has stay as they are, so they show as gone."""
     if ":" not in name:
         return values
     kept = {k: v for k, v in values.items() if k in known}
