@@ -19,5 +19,4 @@ from dynlora.decide.schedule import Schedule
 from dynlora.decide.select import select
 
 __all__ = ["Plan", "RankPlan", "Resize", "Schedule", "check_rank_bounds", "even_ranks", "fit_to_budget", "idle_fixed",
-           "limit_moves",
-           "proportional_targets", "prune_and_redistribute", "select"]
+           "limit_moves", "proportional_targets", "prune_and_redistribute", "select"]

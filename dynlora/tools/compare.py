@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +35,6 @@ from dynlora.data.splits import EVAL_SPLITS
 from dynlora.errors import DynloraError
 from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
-from dynlora.io.checkpoint import last_complete_checkpoint
 from dynlora.methods import registry
 from dynlora.methods.base import TrainData
 from dynlora.methods.config import knobs, optional, type_of
@@ -44,7 +42,7 @@ from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
 from dynlora.training.options import TrainOptions
 from dynlora.training.fit import fit_max_length
-from dynlora.training.run_folder import RUN_MARKER, partial_folder
+from dynlora.training.run_folder import resumable
 from dynlora.training.pipeline import task_kind, train
 
 
@@ -251,7 +249,7 @@ def _as_run(values: dict[str, Any], name: str, known: dict[str, Any]) -> dict[st
     """A method's recorded knobs as a cell of ``name`` (``method:variant``) ran with them: the variant's own
     settings applied (a variant that switches a knob ran with it switched, whatever the default was). Knobs
     the method no longer has stay as they are, so they show as gone."""
-    if ":" not in name:
+    if not registry.split(name)[1]:
         return values
     kept = {k: v for k, v in values.items() if k in known}
     try:
@@ -355,18 +353,7 @@ def unfinished_cell(cell: TrainOptions) -> bool:
 
     A cell killed before its first checkpoint, or started with other options, is started again: the compare owns
     its cells' folders, and a re-run resumes."""
-    work = partial_folder(Path(cell.output))
-    if not work.exists():
-        return False
-    marker = work / RUN_MARKER
-    try:
-        same = marker.is_file() and TrainOptions.from_dict(json.loads(marker.read_text())["options"]) == cell
-    except (ValueError, KeyError, TypeError, DynloraError):  # torn or from another version: not this cell's
-        same = False
-    if same and last_complete_checkpoint(work / "checkpoints") is not None:
-        return True
-    shutil.rmtree(work)
-    return False
+    return resumable(cell.output, cell.as_dict())
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

@@ -59,6 +59,22 @@ def start_run(output: str | None, options: dict[str, Any], resume: bool = False)
     return final, work
 
 
+def resumable(output: str, options: dict[str, Any]) -> bool:
+    """Whether ``output`` has an unfinished run started with ``options`` that holds a complete checkpoint (go on
+    with it: ``resume``). Any other unfinished run there is removed, so that a new one can start."""
+    work = partial_folder(Path(output))
+    if not work.exists():
+        return False
+    try:  # the options as run.json holds them (JSON: tuples read back as lists)
+        same = json.loads((work / RUN_MARKER).read_text())["options"] == json.loads(json.dumps(options))
+    except (OSError, ValueError, KeyError, TypeError):  # torn or from another version: not this run's
+        same = False
+    if same and last_complete_checkpoint(work / "checkpoints") is not None:
+        return True
+    shutil.rmtree(work)
+    return False
+
+
 def stored_options(output: str) -> dict[str, Any]:
     """The options an unfinished run was started with (``--resume``)."""
     work = partial_folder(Path(output))
