@@ -29,20 +29,23 @@ class RankPlan:
         return sum(self.grown.values())
 
 
-REASSIGN = ("spread", "strongest", "none")
+REASSIGN = ("spread", "strongest", "need", "none")
 
 
 def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 1,
                            max_rank: int | None = None, costs: Mapping[str, int] | None = None,
-                           budget: int | None = None, reassign: str = "spread") -> RankPlan:
+                           budget: int | None = None, reassign: str = "spread",
+                           need: Mapping[str, float] | None = None) -> RankPlan:
     """Prune ranks whose gate is under ``threshold`` and give the budget they free to the other modules.
 
     Each module keeps at least ``min_rank`` ranks (its largest gates). The receivers are the modules
     that did not prune in this event, ordered by their smallest gate, largest first (a module whose
     weakest rank is still strong wants more); ``max_rank`` caps a module. ``reassign``: ``spread`` (the
     published rule) deals the freed ranks one at a time, round-robin, over the receivers;
-    ``strongest`` fills each receiver in that order before the next; ``none`` keeps them unspent (the
-    ranks shrink below the budget). Only when the receivers are all full (or every module pruned) do
+    ``strongest`` fills each receiver in that order before the next; ``need`` gives each next rank to the
+    receiver with the most ``need`` (a score per module) per rank it would then hold and per unit of cost
+    (D'Hondt's rule: the receivers' shares move toward proportion to their need); ``none`` keeps them
+    unspent (the ranks shrink below the budget). Only when the receivers are all full (or every module pruned) do
     the rest go back, as fresh ranks, to the modules that pruned (``recycled``), in the same order by
     their smallest surviving gate.
 
@@ -53,6 +56,8 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
     """
     if reassign not in REASSIGN:
         raise ValueError(f"reassign {reassign!r}: valid: {', '.join(REASSIGN)}")
+    if reassign == "need" and (need is None or not set(gates) <= set(need)):
+        raise ValueError("reassign 'need' takes a need score for every module")
     resizes: dict[str, Resize] = {}
     pruned: dict[str, int] = {}
     keep_of: dict[str, list[int]] = {}
@@ -70,6 +75,7 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
     freed = total - sum(len(keep_of[n]) * cost[n] for n in gates)
     size = {n: len(keep_of[n]) for n in gates}
     grown = {n: 0 for n in gates}
+    order = {n: i for i, n in enumerate(gates)}
 
     def weakest(n: str) -> float:
         kept = [float(gates[n][i]) for i in keep_of[n]]
@@ -83,8 +89,17 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
         room = {n: (max_rank - size[n] - grown[n] if max_rank is not None else amount) for n in receivers}
         open_ = [n for n in receivers if room[n] > 0]
         spent = 0
+
+        def turn() -> list[str]:
+            if reassign == "spread":
+                return list(open_)
+            if reassign == "need":  # D'Hondt: the most need per rank held after this one, per unit of cost
+                return [max(open_, key=lambda n: (max(0.0, float(need[n])) / ((size[n] + grown[n] + 1) * cost[n]),
+                                                  -order[n]))]
+            return open_[:1]
+
         while open_:
-            for name in list(open_) if reassign == "spread" else open_[:1]:
+            for name in turn():
                 if spent + cost[name] > amount:  # the budget left cannot pay for this module's rank
                     open_.remove(name)
                     continue
@@ -95,7 +110,6 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
                     open_.remove(name)
         return spent
 
-    order = {n: i for i, n in enumerate(gates)}
     first = sorted((n for n in gates if n not in pruned and size[n] > 0), key=lambda n: (-weakest(n), order[n]))
     placed = deal(first, freed)
     # Nobody that kept all its ranks has room: recycle the rest into the pruners as fresh ranks

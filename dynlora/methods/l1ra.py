@@ -33,6 +33,7 @@ from dynlora.methods.base import AdapterNeeds, MethodBase, MethodSpec, View
 from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.registry import register
 from dynlora.observe.gates import gate_summary
+from dynlora.observe.sensitivity import Sensitivity
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class L1RAConfig:
     threshold: float = knob(1e-6, "prune gates under this", flag="--l1ra-threshold", ge=0, lt=1)
     reassign: str = knob("spread", "where freed ranks go: spread (round-robin over the adapters that did not "
                                    "prune, strongest weakest gate first, as in the paper's code), strongest (fill "
-                                   "them in that order), none (keep them unspent: prune only)",
+                                   "them in that order), need (to the adapters whose ranks carry the most "
+                                   "sensitivity |theta * grad|, in proportion), none (keep them unspent: prune only)",
                          flag="--l1ra-reassign", choices=REASSIGN)
     interval: float = knob(0.1, "steps between reallocations: a whole number, or a fraction (< 1) of the run",
                            flag="--l1ra-interval")
@@ -124,6 +126,9 @@ class L1RA(MethodBase):
         self.schedule = config.when().for_run(total_steps)
         self.lam = config.strength(total_steps)
         self.events = 0
+        # where freed ranks are needed: each module's summed |theta * grad| (EMA), read only by reassign "need"
+        self.need = Sensitivity() if config.reassign == "need" else None
+        self.trackers = (self.need,) if self.need is not None else ()
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
         """Refuse a ``min_rank`` the budget cannot give every adapter (no rank could ever be pruned)."""
@@ -146,7 +151,8 @@ class L1RA(MethodBase):
     def decide(self, step: int, view: View) -> Plan:
         gates = {n: layer.gate.detach().tolist() for n, layer in view.layers.items()}
         plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank, self.config.max_rank,
-                                      costs=view.costs, budget=view.budget, reassign=self.config.reassign)
+                                      costs=view.costs, budget=view.budget, reassign=self.config.reassign,
+                                      need=self.need.scores() if self.need is not None else None)
         self.events += 1
         after = {n: _after(values, plan.resizes.get(n)) for n, values in gates.items()}
         note = None

@@ -68,7 +68,7 @@ class L1RAAlloc(MethodBase):
         self.config = config
         self.rank = L1RA(config.rank_config(), total_steps)
         self.select = ModuleAlloc(config.select_config(), total_steps)
-        self.trackers = self.select.trackers
+        self.trackers = self.select.trackers + self.rank.trackers
         self.schedule = AnyOf((self.rank.schedule, self.select.schedule))
         self.active: tuple[str, ...] | None = None  # None: every adapter trains (before the first selection)
 

@@ -71,18 +71,38 @@ def test_strongest_fills_receivers_in_order_and_none_only_prunes():
     pruned = prune_and_redistribute(gates, 1e-6, reassign="none")
     assert pruned.grown == {} and pruned.pruned == {"p": 4} and pruned.unplaced == 0 and pruned.recycled == 0
     assert pruned.resizes == {"p": prune_and_redistribute(gates, 1e-6).resizes["p"]}  # the same cut
-    with pytest.raises(ValueError, match="'most'.*spread, strongest, none"):
+    with pytest.raises(ValueError, match="'most'.*spread, strongest, need, none"):
         prune_and_redistribute(gates, 1e-6, reassign="most")
+
+
+def test_need_deals_freed_ranks_in_proportion_to_need_per_rank_held():
+    gates = {"p": [0.0, 0.0, 0.0, 0.0, 0.0, 0.5], "weak": [0.2, 0.9], "strong": [0.8, 0.95], "mid": [0.5, 0.6]}
+    need = {"p": 0.0, "weak": 0.6, "strong": 0.1, "mid": 0.35}
+    # 5 freed; D'Hondt from 2 ranks each: weak 0.6/3, weak 0.6/4, weak 0.6/5, mid 0.35/3, weak 0.6/6
+    plan = prune_and_redistribute(gates, 1e-6, reassign="need", need=need)
+    assert plan.grown == {"weak": 4, "mid": 1} and plan.pruned == {"p": 5}
+    # the gates' order plays no part: only need does (the same plan whatever the receivers' weakest gates)
+    flipped = {**gates, "weak": [0.8, 0.95], "strong": [0.2, 0.9]}
+    assert prune_and_redistribute(flipped, 1e-6, reassign="need", need=need).grown == plan.grown
+    # in parameters: a rank of "weak" costs 3, so its need per unit of cost is a third; mid 0.3/3, mid 0.3/4,
+    # then weak 0.6/9 and the 5 freed are spent
+    costed = prune_and_redistribute(gates, 1e-6, costs={"p": 1, "weak": 3, "strong": 1, "mid": 1},
+                                    reassign="need", need={**need, "mid": 0.3})
+    assert costed.grown == {"mid": 2, "weak": 1} and costed.unplaced == 0
+    with pytest.raises(ValueError, match="need score for every module"):
+        prune_and_redistribute(gates, 1e-6, reassign="need", need={"weak": 1.0})
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from([f"m{i}" for i in range(12)]), gate_lists, min_size=1),
        st.sampled_from([1e-6, 0.3]), st.one_of(st.none(), st.integers(8, 10)))
 def test_every_reassign_rule_moves_the_same_total(gates, threshold, max_rank):
-    plans = {rule: prune_and_redistribute(gates, threshold, 1, max_rank, reassign=rule)
-             for rule in ("spread", "strongest")}
-    assert plans["spread"].pruned == plans["strongest"].pruned
-    assert plans["spread"].moved + plans["spread"].recycled == plans["strongest"].moved + plans["strongest"].recycled
+    need = {n: float(len(v)) for n, v in gates.items()}
+    plans = {rule: prune_and_redistribute(gates, threshold, 1, max_rank, reassign=rule, need=need)
+             for rule in ("spread", "strongest", "need")}
+    for rule in ("strongest", "need"):
+        assert plans["spread"].pruned == plans[rule].pruned
+        assert plans["spread"].moved + plans["spread"].recycled == plans[rule].moved + plans[rule].recycled
 
 
 def test_min_rank_keeps_the_strongest():

@@ -50,7 +50,7 @@ def test_every_registered_config_has_help_and_defaults_that_pass_its_own_checks(
 def test_none_is_refused_for_a_knob_that_cannot_be_none():
     from dynlora.methods.l1ra import L1RAConfig
 
-    with pytest.raises(DynloraError, match="reassign None is not valid; valid: spread, strongest, none"):
+    with pytest.raises(DynloraError, match="reassign None is not valid; valid: spread, strongest, need, none"):
         L1RAConfig(reassign=None)
     with pytest.raises(DynloraError, match="lr_c None is not valid; valid: a float"):
         L1RAConfig(lr_c=None)

@@ -190,3 +190,36 @@ def test_trainer_checkpoint_after_reallocation_resumes_like_straight_through(tmp
     assert any(row["event"] == "realloc" and row["moved"] for row in c1.history)
     assert c3.ranks() == c1.ranks()
     assert [resumed[s] for s in range(15, STEPS + 1)] == [straight[s] for s in range(15, STEPS + 1)]
+
+
+def test_need_sends_freed_ranks_by_sensitivity_and_resumes_exactly(tmp_path, monkeypatch):
+    """``reassign="need"``: each event hands the allocator the tracker's module scores; the tracker is saved."""
+    import dynlora.methods.l1ra as l1ra
+
+    cfg = L1RAConfig(lam=1.5, lr_c=0.05, interval=6, reassign="need")
+    seen = []
+    real = l1ra.prune_and_redistribute
+
+    def spy(gates, *args, **kwargs):
+        plan = real(gates, *args, **kwargs)
+        seen.append((dict(kwargs["need"]), plan))
+        return plan
+
+    monkeypatch.setattr(l1ra, "prune_and_redistribute", spy)
+    model, opt, controller = _setup(cfg)
+    straight = _train(model, opt, controller, STEPS)
+    assert len(seen) == 3 and sum(plan.moved for _, plan in seen) > 0
+    for need, _ in seen:  # the allocator is given every module's score (its rule is tested in tests/decide)
+        assert set(need) == set(controller.layers) and all(v > 0 for v in need.values())
+    assert any(row["event"] == "realloc" and row["moved"] for row in controller.history)
+    model, opt, controller = _setup(cfg)
+    first = _train(model, opt, controller, 14)
+    save_checkpoint(tmp_path / "ckpt", model, controller, opt)
+    model, opt, controller = _setup(cfg)
+    load_checkpoint(tmp_path / "ckpt", model, controller, opt)
+    assert first + _train(model, opt, controller, STEPS) == straight
+    need_ranks = controller.ranks()
+    monkeypatch.undo()
+    spread_model, spread_opt, spread = _setup()
+    _train(spread_model, spread_opt, spread, STEPS)
+    assert need_ranks != spread.ranks()  # the rule decides where ranks go

@@ -410,5 +410,5 @@ def test_none_in_a_method_label_is_none_only_for_a_knob_that_may_be_none():
 
     assert compare.split_method("l1ra@lam=none") == ("l1ra", {"lam": None})
     assert compare.split_method("l1ra@reassign=none") == ("l1ra", {"reassign": "none"})  # a choice named none
-    with pytest.raises(DynloraError, match="reassign 'nowhere' is not valid; valid: spread, strongest, none"):
+    with pytest.raises(DynloraError, match="reassign 'nowhere' is not valid; valid: spread, strongest, need, none"):
         compare.split_method("l1ra@reassign=nowhere")
