@@ -16,7 +16,7 @@ changes to the parameter set or to what trains: a DDP wrapper built before a cha
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from dynlora.core.fresh_slots import FreshSlots
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer, RankChange
 from dynlora.core.own_lr import OwnLearningRates
+from dynlora.core.refactor import singular_factors
 from dynlora.core.surgery import remap_optimizer_state
 from dynlora.core.switch import fold, keep_backward, set_trainable, unfold
 from dynlora.decide.allocate import fit_to_budget
@@ -162,13 +163,14 @@ class Controller:
                 self.history[-1] = replace(self.history[-1], replicas_agree=world_size())
 
     def apply(self, plan: Plan) -> list[RankChange]:
-        """Carry out a plan: resize, let the trackers follow, switch, start fades."""
+        """Carry out a plan: resize, let the trackers follow, re-factorise, switch, start fades."""
         changes = self.resize(plan.resizes)
         for tracker in self.method.trackers if self.method is not None else ():
             follow = getattr(tracker, "follow", None)
             if follow is not None:
                 for name, resize in plan.resizes.items():
                     follow(name, list(resize.keep), resize.grow)
+        changes += self.refactor(plan.refactor)
         if plan.active is not None:
             self.switch(plan.active, plan.fold_inactive)
         with torch.no_grad():
@@ -182,6 +184,9 @@ class Controller:
 
     def resize(self, plan: Mapping[str, Resize]) -> list[RankChange]:
         """The one apply path for rank changes: resize layers, then fix the optimizer state."""
+        return self._resize(plan)
+
+    def _resize(self, plan: Mapping[str, Resize]) -> list[RankChange]:
         changes: list[RankChange] = []
         for name, resize in plan.items():
             folded = name in self.folded
@@ -195,6 +200,28 @@ class Controller:
         if changes:
             self.generation += 1
             self._follow_own_lrs()
+        return changes
+
+    def refactor(self, names: Sequence[str]) -> list[RankChange]:
+        """Rewrite adapters as their singular directions, strongest first (``core.refactor``), through the one
+        resize path: the ranks are replaced by as many new ones (zero moments; each slot's Adam count starts
+        now, ``FreshSlots``) that then take the re-factorised values, so the output stays (to rounding).
+
+        Trackers keep each slot's history: a rank's score is then its slot's, until the steps after refill it.
+        An adapter whose product has fewer directions than ranks, or at rank 0, is left as it is.
+        """
+        changes: list[RankChange] = []
+        for name in names:
+            layer = self.layers[name]
+            if name in self.folded:
+                raise RuntimeError(f"adapter {name} is folded into its base weight: switch it on to re-factorise")
+            factors = singular_factors(layer.lora_A, layer.gated_b())
+            if factors is None:
+                continue
+            changes += self._resize({name: Resize(keep=(), grow=layer.rank)})  # gates and fades back to 1
+            with torch.no_grad():
+                layer.lora_A.copy_(factors[0])
+                layer.lora_B.copy_(factors[1])
         return changes
 
     def switch(self, active: tuple[str, ...], fold_inactive: bool = False) -> None:

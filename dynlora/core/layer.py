@@ -224,13 +224,14 @@ class LoraLayer(nn.Module):
             return self.fade
         return self.gate if self.fade is None else self.gate * self.fade
 
-    def _gated_b(self) -> torch.Tensor:
+    def gated_b(self) -> torch.Tensor:
+        """(out, r) B with the per-rank gate and fade in it (not the scale): B diag(c * fade)."""
         per_rank = self._rank_multiplier()
         return self.lora_B if per_rank is None else self.lora_B * per_rank
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B diag(c * fade) A, shaped like ``nn.Linear.weight``: (out, in)."""
-        return (self._gated_b() @ self.lora_A) * self.scale
+        return (self.gated_b() @ self.lora_A) * self.scale
 
     @torch.no_grad()
     def rank_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,7 +257,7 @@ class LoraLayer(nn.Module):
 
     def folded_b(self) -> torch.Tensor:
         """B with gate, fade and scale folded in: (out, r); with it, plain LoRA at scale 1 is exact."""
-        return self._gated_b() * self.scale
+        return self.gated_b() * self.scale
 
     def enable_fade(self) -> None:
         """Add the per-rank ``fade`` buffer (all ones): a method can then switch ranks off smoothly."""

@@ -17,14 +17,17 @@ class Resize:
 
 @dataclass(frozen=True)
 class Plan:
-    """One decision: rank resizes, a new set of training adapters, ranks that start to fade.
+    """One decision: rank resizes, adapters re-factorised, a new set of training adapters, ranks that start to fade.
 
-    The controller applies them in that order (fade indices count after the resizes), fixes the
-    optimizer, and records an event named ``event`` with ``detail`` (the method's own typed record).
+    The controller applies them in that order (fade indices count after the resizes and in the
+    re-factorised order), fixes the optimizer, and records an event named ``event`` with ``detail`` (the
+    method's own typed record). ``refactor``: adapters rewritten as their singular directions, strongest
+    first (``core.refactor``): the output stays, their ranks' optimizer state starts afresh.
     """
 
     event: str
     resizes: Mapping[str, Resize] = field(default_factory=dict)
+    refactor: tuple[str, ...] = ()  # adapters re-factorised after the resizes
     active: tuple[str, ...] | None = None  # adapters that train from now on; None: unchanged
     fold_inactive: bool = False  # with ``active``: fold the others into their base weights where exact
     fade: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # ranks that fade out over fade_steps

@@ -128,3 +128,35 @@ def test_a_detail_may_not_shadow_the_event_fields():
 
     with pytest.raises(ValueError, match="reserved"):
         Event.of(1, "x", None, {}, Bad(3))
+
+
+def test_refactor_keeps_the_output_restarts_only_its_adam_state_and_resets_gates():
+    model = tiny_bert()
+    inject(model, AdapterConfig(rank=4, alpha=8, use_gate=True), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    controller = Controller(model, optimizer=opt)
+    ids = torch.randint(1, 100, (4, 10), generator=torch.Generator().manual_seed(3))
+    for _ in range(3):  # B away from zero, gates away from one, Adam state everywhere
+        model(input_ids=ids).logits.square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        controller.step()
+    name, other = list(controller.layers)[:2]
+    layer = controller.layers[name]
+    with torch.no_grad():
+        layer.gate.mul_(torch.tensor([1.0, 0.5, 0.25, 0.9]))
+    before_other = {k: v.clone() for k, v in opt.state[controller.layers[other].lora_B].items()}
+    model.eval()
+    with torch.no_grad():
+        y = model(input_ids=ids).logits
+        controller.apply(Plan("refactor", refactor=(name,)))
+        # a QR and SVD in float32 rewrite one adapter: its product is exact to a few roundings
+        assert (model(input_ids=ids).logits - y).abs().max() < 1e-5
+    assert torch.equal(layer.gate.detach(), torch.ones(4)) and layer.rank == 4
+    for p in (layer.lora_A, layer.lora_B):
+        assert torch.count_nonzero(opt.state[p]["exp_avg"]) == 0 and torch.count_nonzero(opt.state[p]["exp_avg_sq"]) == 0
+        assert torch.equal(controller.fresh.births[id(p)].born, torch.full((4,), 3.0))  # each slot counts from now
+    after_other = opt.state[controller.layers[other].lora_B]
+    assert all(torch.equal(after_other[k], v) for k, v in before_other.items())  # other adapters untouched
+    norms = layer.gated_b().norm(dim=0)
+    assert torch.all(norms[:-1] >= norms[1:])

@@ -1,5 +1,7 @@
 """Adaptive: proportional reallocation under a fixed budget, the input gate, its export, resume."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from peft import PeftModel
@@ -146,22 +148,47 @@ def test_config_errors():
 def test_no_resize_moves_the_output_and_faded_ranks_are_the_ones_cut():
     model, opt, controller = _setup()
     ids, _ = _batch(77)
-    resize = controller.resize
     changes = []
 
-    def checked(plan):
+    def checked(apply):
+        return lambda plan: _unmoved(apply, plan)
+
+    def _unmoved(apply, plan):
         was = model.training
         model.eval()
         with torch.no_grad():
             before = model(input_ids=ids).logits
-            result = resize(plan)
+            result = apply(plan)
             after = model(input_ids=ids).logits
         model.train(was)
         changes.append(float((after - before).abs().max()))
         return result
 
-    controller.resize = checked
+    resize, refactor = controller.resize, controller.refactor
+    controller.resize, controller.refactor = checked(resize), checked(refactor)
     _train(model, opt, controller, STEPS)
     events = [r for r in controller.history if r["event"] == "realloc"]
-    assert len(changes) == len(events) and max(changes) < 1e-5
+    assert len(changes) == 2 * len(events) and max(changes) < 1e-5  # each event resizes, then re-factorises
     assert sum(r["removed"] for r in events) > 0 and all(r["removed"] == r["grown"] for r in events)
+
+
+@pytest.mark.parametrize("refactor", [True, False])
+def test_a_giving_module_is_refactorised_and_its_weakest_directions_fade(refactor):
+    model, opt, controller = _setup(replace(CFG, refactor=refactor), gate=False)
+    plans = []
+    apply = controller.apply
+
+    def spy(plan):  # each fading module's rank once the plan's resizes are done
+        ranks = {n: (len(plan.resizes[n].keep) + plan.resizes[n].grow if n in plan.resizes
+                     else controller.layers[n].rank) for n in plan.fade}
+        plans.append((plan, ranks))
+        return apply(plan)
+
+    controller.apply = spy
+    _train(model, opt, controller, STEPS)
+    fading = [(p, ranks) for p, ranks in plans if p.fade]
+    assert fading
+    for plan, rank in fading:
+        assert plan.refactor == (tuple(plan.fade) if refactor else ())
+        if refactor:  # strongest first after the re-factorisation: the fading ranks are the last ones
+            assert all(ranks == tuple(range(rank[n] - len(ranks), rank[n])) for n, ranks in plan.fade.items())
