@@ -31,17 +31,15 @@
    rank 8, 84.1 / 83.9 % and 89.6 / 89.4 %; planted 0.184 / 0.179. Without the gate the adapter also exports
    to plain PEFT LoRA exactly, with no calibration set.
 
-So that no event moves the output, a rank is never cut while it still contributes: at an event a
-module that gives ranks is first re-factorised into its singular directions, strongest first
-(``refactor``, on by default; ``core.refactor``: the same product, its ranks' Adam state restarted), and
-its last ranks, the weakest directions, start to fade. LoRA spreads what a module learned over all its
-ranks, so fading any one rank as it stands takes a share of everything: on the known-answer null case
-(rank 1 planted everywhere, nothing to gain by moving) that was most of adaptive's cost. Without it
-(``refactor`` off) the surplus ranks with the least sensitivity start to fade. Fading is the plan's
-``fade``: the per-step hook lowers ``LoraLayer.fade`` by 1/interval, the other ranks can take over
-meanwhile, and at the next event the faded ranks (now exactly 0) are removed and the receivers grow the
-same number of fresh ranks (zero B). The total rank is the budget at every moment; each move takes one
-interval to complete.
+So that no event moves the output, a rank is never cut while it still contributes: at an event the
+surplus ranks start to fade (the plan's ``fade``: the per-step hook lowers ``LoraLayer.fade`` by
+1/interval, the other ranks can take over meanwhile), and at the next event the faded ranks (now exactly
+0) are removed and the receivers grow the same number of fresh ranks (zero B). The total rank is the
+budget at every moment; each move takes one interval to complete. Which ranks fade: by default those with
+the least sensitivity, as they are. With ``refactor`` a giving module is first re-factorised into its
+singular directions, strongest first (``core.refactor``: the same product, its ranks' Adam state
+restarted), and its last ranks, the weakest directions, fade: LoRA spreads what a module learned over all
+its ranks, so fading any one rank as it stands takes a share of everything.
 """
 
 from __future__ import annotations
@@ -88,9 +86,9 @@ class AdaptiveConfig:
     max_rank: int | None = knob(None, "most ranks an adapter may hold (default: no limit)", flag="--max-rank",
                                 type=int, ge=1)
     max_moves: float = knob(0.1, "most ranks moved per event, as a fraction of the budget", gt=0, le=1)
-    refactor: bool = knob(True, "re-factorise a giving module into its singular directions before its ranks "
-                                "fade, so that its weakest directions fade (off: its least important ranks "
-                                "by score, as they are)")
+    refactor: bool = knob(False, "re-factorise a giving module into its singular directions before its ranks "
+                                 "fade, so that its weakest directions fade (off: its least important ranks "
+                                 "by score, as they are)")
     input_gate: bool = knob(False, "per-token gate g(x) = sigmoid(w.x + b) on each adapter's output "
                                    "(adaptive:gate); off by default: under a budget in parameters it is paid "
                                    "out of the ranks")

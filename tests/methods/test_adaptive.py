@@ -145,8 +145,9 @@ def test_config_errors():
         Adaptive(AdaptiveConfig(interval=30), total_steps=20)
 
 
-def test_no_resize_moves_the_output_and_faded_ranks_are_the_ones_cut():
-    model, opt, controller = _setup()
+@pytest.mark.parametrize("refactor", [False, True])
+def test_no_resize_moves_the_output_and_faded_ranks_are_the_ones_cut(refactor):
+    model, opt, controller = _setup(replace(CFG, refactor=refactor))
     ids, _ = _batch(77)
     changes = []
 
