@@ -17,19 +17,29 @@ _BOUNDS = {"gt": (lambda v, b: v > b, "> {}"), "ge": (lambda v, b: v >= b, ">= {
            "lt": (lambda v, b: v < b, "< {}"), "le": (lambda v, b: v <= b, "<= {}")}
 
 
+_SAME = object()  # a knob added at a default that keeps what the method did before it existed
+
+
 def knob(default: Any, help: str, *, flag: str | None = None, type: type | None = None,
          choices: Sequence[str] | None = None, gt: float | None = None, ge: float | None = None,
-         lt: float | None = None, le: float | None = None) -> Any:
+         lt: float | None = None, le: float | None = None, before: Any = _SAME) -> Any:
     """A dataclass field with CLI and bounds metadata.
 
     ``flag``: the ``dynlora train`` option (default ``--<field-name>``; methods that share a flag,
     such as ``--min-rank``, share its value). ``type``: the option's type when ``default`` is None.
     ``choices`` / ``gt`` / ``ge`` / ``lt`` / ``le``: checked by ``check_knobs`` (None passes).
+    ``before``: the value that matches what the method did before this knob existed, when that is not the
+    default (a recorded config without the knob ran at it: ``knob_before``).
     """
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
     meta = {"help": help, "flag": flag, "type": type, "choices": tuple(choices) if choices else None,
-            "bounds": bounds}
+            "bounds": bounds, "before": default if before is _SAME else before}
     return dataclasses.field(default=default, metadata={"knob": meta})
+
+
+def knob_before(config_type: type) -> dict[str, Any]:
+    """What each knob of a config was, in effect, before it existed: a record that lacks a knob ran at this."""
+    return {f.name: meta["before"] for f, meta in knobs(config_type)}
 
 
 def knobs(config_type: type) -> list[tuple[dataclasses.Field, dict[str, Any]]]:

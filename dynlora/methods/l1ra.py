@@ -52,6 +52,17 @@ class L1RAConfig:
     strongest 78.9 / 77.9 and 86.2 / 85.6, none 78.8 / 77.7 and 85.8 / 85.7 (none at pull 2 trains 0.82x /
     0.91x LoRA's parameters): within the spread, so the paper's spread stays. ``threshold`` 1e-6: only
     gates the proximal step drove to 0 are cut, so pruning does not move the output.
+
+    On the known-answer benchmark (``bench/results/planted-minilm-l1ra``, average rank 2, seed 0) pull 1 moves
+    no rank in 300 steps. Where rank moves, where it goes decides the gain: pull 3 closes 23 % of the
+    uniform-to-oracle gap with ``spread`` (71 % of the planted rank covered), 16 % with ``strongest``, 59 % with
+    ``need`` (95 % covered: freed ranks go to the modules whose ranks carry the most |theta * grad|); pull 2
+    21 % / 25 %. But the pull itself costs where nothing is to be gained: in the null case (rank 1 planted
+    everywhere) the gates alone (pull 0) cost +10 % of uniform's error, pull 1 +29 %, pull 3 +129 % whatever the
+    rule (the L1 step shrinks every gate, and B has to grow back what it takes). On validation
+    (``bench/results/search-l1ra-need-*``, average rank 2 in parameters, 2 seeds) rt-polarity / trec6: pull 1
+    spread 78.7 / 85.9, need + pull 2 78.0 / 87.1, need + pull 3 76.7 / 86.3. So the defaults stay (pull 1, at
+    which few ranks move and the rule hardly matters); raise the pull with ``--l1ra-reassign need``.
     """
 
     lam: float | None = knob(None, "L1 strength on the gates (default: --l1ra-pull spread over the run)",

@@ -37,7 +37,7 @@ from dynlora.hf.device import DEVICES, resolve_device
 from dynlora.hf.models import DTYPES
 from dynlora.methods import registry
 from dynlora.methods.base import TrainData
-from dynlora.methods.config import knobs, optional, type_of
+from dynlora.methods.config import knob_before, knobs, optional, type_of
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
 from dynlora.training.options import TrainOptions
@@ -215,7 +215,8 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
     The shared settings must match. A method's config matters only where the folder holds cells of that
     method: each knob recorded there must have the same value now, unless the cells' label pins it
     (``name@knob=value`` keeps its rows when that knob's default changes). A knob the record lacks is one added
-    since, at a default that keeps the old behaviour, and a method the record lacks had no config then.
+    since: the cells ran at its ``before`` value (``methods.config.knob``), and a method the record lacks had no
+    config then.
     """
     if not root.exists() or not any(root.iterdir()):
         return
@@ -235,7 +236,9 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
         if method not in configs:
             continue
         pinned = {k: v for k, v in own.items() if k != "lr"}  # a knob in the label is the same then and now
-        then = _as_run({**configs[method], **pinned}, name, now.get(method, {}))
+        config = registry.get(name).config
+        lacked = {k: v for k, v in knob_before(config).items() if k not in configs[method]} if config else {}
+        then = _as_run({**lacked, **configs[method], **pinned}, name, now.get(method, {}))
         current = _as_run({**now.get(method, {}), **pinned}, name, now.get(method, {}))
         changed = [f"{k} {v!r} there, {current.get(k, '(gone)')!r} now" for k, v in then.items()
                    if current.get(k, "(gone)") != v]

@@ -412,3 +412,20 @@ def test_none_in_a_method_label_is_none_only_for_a_knob_that_may_be_none():
     assert compare.split_method("l1ra@reassign=none") == ("l1ra", {"reassign": "none"})  # a choice named none
     with pytest.raises(DynloraError, match="reassign 'nowhere' is not valid; valid: spread, strongest, need, none"):
         compare.split_method("l1ra@reassign=nowhere")
+
+
+def test_a_knob_added_at_a_new_behaviour_refuses_records_made_before_it(tmp_path):
+    """adaptive's ``refactor`` came in on by default: a record without it ran with it off (its ``before``)."""
+    from dynlora.errors import DynloraError
+
+    settings = compare.CompareOptions(profile=compare.Profile("quick"), methods=("adaptive",)).settings()
+    adaptive = settings["method_configs"]["adaptive"]
+    assert adaptive["refactor"] is True
+    old = {k: v for k, v in adaptive.items() if k != "refactor"}
+    (tmp_path / "meta.json").write_text(json.dumps({"settings": {
+        **settings, "method_configs": {**settings["method_configs"], "adaptive": old}}}))
+    (tmp_path / "results.jsonl").write_text(json.dumps({"method": "adaptive@refactor=False", "seed": 0}) + "\n")
+    compare.check_settings(tmp_path, settings)  # the label pins what those cells ran
+    (tmp_path / "results.jsonl").write_text(json.dumps({"method": "adaptive:no-gate@min_rank=0", "seed": 0}) + "\n")
+    with pytest.raises(DynloraError, match="refactor False there, True now"):
+        compare.check_settings(tmp_path, settings)
