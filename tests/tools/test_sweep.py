@@ -2,6 +2,7 @@
 and the pure front arithmetic."""
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def test_a_sweep_runs_every_budget_once_and_resumes(tiny_assets, tmp_path, monke
     text = (out / "sweep.md").read_text()
     assert "## Budget 1" in text and "## Budget 2" in text and "Against LoRA's front in trainable parameters" in text
     assert (out / "pareto_params.png").stat().st_size > 0 and (out / "pareto_flops.png").stat().st_size > 0
-    assert "- command: `dynlora compare" in text and "--budgets" in text  # how to reproduce it
+    # how to reproduce it (after OMP_NUM_THREADS=N when the shell set it)
+    assert re.search(r"- command: `(OMP_NUM_THREADS=\d+ )?dynlora compare", text) and "--budgets" in text
     bench = _benchmarks_md()
     shutil.copytree(out, tmp_path / "bench" / "results" / "sweep", ignore=shutil.ignore_patterns("cells"))
     page = bench.build(tmp_path / "bench" / "results", tmp_path)
