@@ -3,7 +3,10 @@
 LoRA's front is the line through its mean metric at each budget, ordered by cost (trainable parameters
 or adapter FLOPs). A method's point is ``above``, ``on`` or ``below`` it by the front's value at the
 method's cost (linear between LoRA's points; a cost outside them compares with the nearest end), with
-``on`` meaning within the larger of the two points' seed standard deviations.
+``on`` meaning within the larger of the method's seed standard deviation and the front's there. The
+front's spread is interpolated like its value: a point next to LoRA's budget-2 point is held to that
+point's spread, not to a far neighbour's (taking the larger neighbour's spread called a method 0.8 points
+under a 0.6-spread point "on" because the budget-1 point had 1.5).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def front_value(front: Sequence[Point], cost: float) -> Point:
         if lo.cost <= cost <= hi.cost:
             t = (cost - lo.cost) / (hi.cost - lo.cost) if hi.cost > lo.cost else 0.0
             return Point("front", lo.budget, cost, lo.metric + t * (hi.metric - lo.metric),
-                         max(lo.metric_std, hi.metric_std), min(lo.seeds, hi.seeds))
+                         lo.metric_std + t * (hi.metric_std - lo.metric_std), min(lo.seeds, hi.seeds))
     return line[-1]
 
 

@@ -75,7 +75,8 @@ def sweep_markdown(rows: Mapping[int, Sequence[Mapping[str, Any]]], metric: str,
                   f"- machine: {machine.get('device', '?')}, {machine.get('cpu_count', '?')} CPUs, "
                   f"torch {machine.get('torch', '?')}; started {meta.get('date', '?')}",
                   "- points: mean ± std over seeds; a method is above / below the front when it differs from "
-                  "it by more than the larger std", ""]
+                  "it by more than the larger of its std and the front's (interpolated between LoRA's points "
+                  "like the front itself)", ""]
     for budget, group in sorted(rows.items()):
         lines += [f"## Budget {budget}", "", f"| method | {metric} | trainable params | adapter FLOPs/token | seeds |",
                   "|---|---|---|---|---|"]

@@ -35,6 +35,14 @@ def test_the_front_is_linear_between_lora_s_points_and_flat_beyond():
     assert front_value(FRONT, 50.0).metric == 0.70 and front_value(FRONT, 400.0).metric == 0.80
 
 
+def test_the_front_s_spread_is_interpolated_like_its_value():
+    front = [_pt("peft-lora", 1, 100.0, 0.821, 0.015), _pt("peft-lora", 2, 200.0, 0.830, 0.006)]
+    assert front_value(front, 190.0).metric_std == pytest.approx(0.0069)
+    # 0.8 points under a 0.6-spread point is below it, though the budget-1 neighbour's spread is 1.5
+    assert position(_pt("l1ra", 2, 190.0, 0.821, 0.001), front) == "below"
+    assert position(_pt("l1ra", 1, 110.0, 0.815, 0.001), front) == "on"
+
+
 @pytest.mark.parametrize("metric,std,higher,expected", [
     (0.80, 0.01, True, "above"), (0.755, 0.01, True, "on"), (0.70, 0.01, True, "below"),
     (0.70, 0.01, False, "above"),  # eval loss: lower is better
