@@ -90,6 +90,8 @@ class AdaptiveConfig:
     max_rank: int | None = knob(None, "most ranks an adapter may hold (default: no limit)", flag="--max-rank",
                                 type=int, ge=1)
     max_moves: float = knob(0.1, "most ranks moved per event, as a fraction of the budget", gt=0, le=1)
+    slack: int = knob(0, "a module within this many ranks of its target keeps its rank (moves within the "
+                         "scores' noise are not made)", ge=0)
     refactor: bool = knob(True, "re-factorise a giving module into its singular directions before its ranks "
                                 "fade, so that its weakest directions fade (off: its least important ranks "
                                 "by score, as they are)", before=False)
@@ -214,7 +216,8 @@ class Adaptive(MethodBase):
         if view.costs is None:  # ranks: the budget is the total rank, every module may hold all of it
             cap = self.config.max_rank if self.config.max_rank is not None else self.budget
             targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
-            targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores)
+            targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores,
+                                  slack=self.config.slack)
         else:  # parameters / FLOPs: each module's share of the budget in that unit follows its score
             floor = self.config.min_rank
             if view.budget < sum(floor * view.costs[n] for n in layers):  # the tightest budgets (input gates paid)
@@ -225,7 +228,8 @@ class Adaptive(MethodBase):
             moves = max(1, int(self.config.max_moves * sum(current.values())))
             # a module at rank 0 before and after pays no gate; one on its way out pays until its ranks are gone
             budget = view.budget + idle_fixed(view.fixed, current, targets)
-            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=budget)
+            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=budget,
+                                  slack=self.config.slack)
         fade: dict[str, tuple[int, ...]] = {}
         moved = 0
         for name, layer in layers.items():
