@@ -35,3 +35,19 @@ def singular_factors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     new_a = (vh @ qa.T) * row  # (r, in)
     new_b = (qb @ u) * (s / row)  # (out, r)
     return new_a, new_b
+
+
+@torch.no_grad()
+def singular_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(r,) float32 singular values of ``B A``, largest first (``a``: (r, in), ``b``: (out, r)); as many as the
+    product can have (min(r, in, out)). Cheap at LoRA's ranks: two thin QRs and an r x r SVD."""
+    r, fan_in = a.shape
+    k = min(r, fan_in, b.shape[0])
+    if k == 0:
+        return torch.zeros(0)
+    a32, b32 = a.detach().float(), b.detach().float()
+    if r > k:  # more ranks than the product has directions: the r x r core would not be square-factorised
+        return torch.linalg.svdvals(b32 @ a32)[:k]
+    rb = torch.linalg.qr(b32, mode="r")[1]  # (r, r)
+    ra = torch.linalg.qr(a32.T, mode="r")[1]  # (r, r)
+    return torch.linalg.svdvals(rb @ ra.T)

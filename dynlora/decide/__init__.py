@@ -9,6 +9,7 @@ from dynlora.decide.allocate import (
     check_rank_bounds,
     even_ranks,
     fit_to_budget,
+    hold_receivers,
     idle_fixed,
     limit_moves,
     proportional_targets,
@@ -18,5 +19,5 @@ from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.decide.select import select
 
-__all__ = ["Plan", "RankPlan", "Resize", "Schedule", "check_rank_bounds", "even_ranks", "fit_to_budget", "idle_fixed",
-           "limit_moves", "proportional_targets", "prune_and_redistribute", "select"]
+__all__ = ["Plan", "RankPlan", "Resize", "Schedule", "check_rank_bounds", "even_ranks", "fit_to_budget",
+           "hold_receivers", "idle_fixed", "limit_moves", "proportional_targets", "prune_and_redistribute", "select"]

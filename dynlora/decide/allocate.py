@@ -292,6 +292,32 @@ def _limit_costed_moves(current: Mapping[str, int], targets: Mapping[str, int], 
     return result
 
 
+def hold_receivers(current: Mapping[str, int], targets: Mapping[str, int], ready: Mapping[str, bool],
+                   priority: Mapping[str, float] | None = None, costs: Mapping[str, int] | None = None,
+                   budget: int | None = None) -> dict[str, int]:
+    """``targets`` in which a module that is not ``ready`` receives nothing: its target is at most its current rank.
+
+    What those modules would have received goes back to the modules below their current rank, one rank at a
+    time to the one cut furthest (ties: higher ``priority`` first), while ``budget`` pays for it (in the unit
+    of ``costs``, one rank of each module; default: ranks, and the budget the targets' total): fewer ranks
+    leave where fewer can be taken in, and the result never costs more than ``budget``.
+    """
+    cost = {k: (costs[k] if costs is not None else 1) for k in targets}
+    result = {k: min(t, current[k]) if not ready.get(k, True) else t for k, t in targets.items()}
+    if budget is None:
+        budget = sum(targets[k] * cost[k] for k in targets)
+    left = budget - sum(result[k] * cost[k] for k in result)
+    priority = priority or {}
+    names = list(result)
+    while True:
+        cut = [k for k in names if result[k] < current[k] and cost[k] <= left]
+        if not cut:
+            return result
+        k = max(cut, key=lambda n: (current[n] - result[n], priority.get(n, 0.0), -names.index(n)))
+        result[k] += 1
+        left -= cost[k]
+
+
 def idle_fixed(fixed: Mapping[str, int] | None, *ranks: Mapping[str, int]) -> int:
     """The fixed costs (``proportional_targets``) of the modules at rank 0 in every one of ``ranks``: budget
     that no rank of theirs uses, now or after the change."""

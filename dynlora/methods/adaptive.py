@@ -55,7 +55,8 @@ from typing import Any
 import torch
 
 from dynlora.core.layer import LoraLayer
-from dynlora.decide.allocate import check_rank_bounds, idle_fixed, limit_moves, proportional_targets
+from dynlora.core.refactor import singular_values
+from dynlora.decide.allocate import check_rank_bounds, hold_receivers, idle_fixed, limit_moves, proportional_targets
 from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.errors import DynloraError
@@ -90,6 +91,9 @@ class AdaptiveConfig:
     max_rank: int | None = knob(None, "most ranks an adapter may hold (default: no limit)", flag="--max-rank",
                                 type=int, ge=1)
     max_moves: float = knob(0.1, "most ranks moved per event, as a fraction of the budget", gt=0, le=1)
+    saturation: float = knob(0.0, "a module receives ranks only while the ranks it holds are all in use: its "
+                                  "adapter's weakest singular value at least this fraction of its strongest "
+                                  "(0: always)", ge=0, le=1)
     slack: int = knob(0, "a module within this many ranks of its target keeps its rank (moves within the "
                          "scores' noise are not made)", ge=0)
     refactor: bool = knob(True, "re-factorise a giving module into its singular directions before its ranks "
@@ -206,6 +210,24 @@ class Adaptive(MethodBase):
         kept = size.index_select(0, torch.tensor(resize.keep, dtype=torch.long))
         return torch.cat([kept, size.new_zeros(resize.grow)])
 
+    def _in_use(self, layers: Mapping[str, LoraLayer], resizes: Mapping[str, Resize]) -> dict[str, bool]:
+        """Per module: are all the ranks it will hold after ``resizes`` in use (``saturation``)? A module growing
+        fresh ranks now is not (their B is zero); one at rank 0 is (it holds nothing idle)."""
+        out = {}
+        for name, layer in layers.items():
+            resize = resizes.get(name)
+            if resize is not None and resize.grow:
+                out[name] = False
+                continue
+            keep = list(resize.keep) if resize is not None else list(range(layer.rank))
+            if not keep:
+                out[name] = True
+                continue
+            index = torch.tensor(keep, dtype=torch.long, device=layer.lora_A.device)
+            s = singular_values(layer.lora_A.index_select(0, index), layer.gated_b().index_select(1, index))
+            out[name] = bool(s.numel() and s[0] > 0 and s[-1] >= self.config.saturation * s[0])
+        return out
+
     def _start_fades(self, view: View, resizes: Mapping[str, Resize]
                      ) -> tuple[dict[str, tuple[int, ...]], int, dict[str, int], dict[str, float]]:
         """New targets by importance; the surplus ranks start fading, the receivers are owed them."""
@@ -216,6 +238,8 @@ class Adaptive(MethodBase):
         if view.costs is None:  # ranks: the budget is the total rank, every module may hold all of it
             cap = self.config.max_rank if self.config.max_rank is not None else self.budget
             targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
+            if self.config.saturation > 0:
+                targets = hold_receivers(current, targets, self._in_use(layers, resizes), priority=scores)
             targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores,
                                   slack=self.config.slack)
         else:  # parameters / FLOPs: each module's share of the budget in that unit follows its score
@@ -228,6 +252,9 @@ class Adaptive(MethodBase):
             moves = max(1, int(self.config.max_moves * sum(current.values())))
             # a module at rank 0 before and after pays no gate; one on its way out pays until its ranks are gone
             budget = view.budget + idle_fixed(view.fixed, current, targets)
+            if self.config.saturation > 0:
+                targets = hold_receivers(current, targets, self._in_use(layers, resizes), priority=scores,
+                                         costs=view.costs, budget=budget)
             targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=budget,
                                   slack=self.config.slack)
         fade: dict[str, tuple[int, ...]] = {}

@@ -2,7 +2,7 @@
 
 import torch
 
-from dynlora.core.refactor import singular_factors
+from dynlora.core.refactor import singular_factors, singular_values
 from tests.tolerance import assert_within_rounding
 
 
@@ -43,3 +43,13 @@ def test_no_factors_when_the_product_has_fewer_directions_than_ranks():
 def test_a_zero_a_keeps_a_finite_scale():
     new_a, new_b = singular_factors(torch.zeros(2, 9), torch.randn(5, 2))
     assert torch.isfinite(new_a).all() and torch.count_nonzero(new_b) == 0
+
+
+def test_singular_values_are_the_product_s():
+    a, b = _factors()
+    assert torch.allclose(singular_values(a, b), torch.linalg.svdvals(b @ a)[:4], rtol=1e-4, atol=1e-7)
+    a, b = _factors(r=6, fan_in=4, out=16)  # more ranks than directions: the product's 4
+    assert torch.allclose(singular_values(a, b), torch.linalg.svdvals(b @ a)[:4], rtol=1e-4, atol=1e-7)
+    u = torch.randn(16, 1)
+    assert singular_values(torch.randn(3, 24), u @ torch.tensor([[1.0, -2.0, 0.5]]))[1:].abs().max() < 1e-5
+    assert singular_values(torch.zeros(0, 8), torch.zeros(8, 0)).numel() == 0

@@ -123,7 +123,7 @@ def test_even_ranks():
         even_ranks(["a", "b", "c"], 2)
 
 
-from dynlora.decide.allocate import limit_moves, proportional_targets  # noqa: E402
+from dynlora.decide.allocate import hold_receivers, limit_moves, proportional_targets  # noqa: E402
 
 
 @settings(max_examples=400, deadline=None)
@@ -169,6 +169,15 @@ def test_limit_moves_keeps_the_total_and_the_cap():
     limited = limit_moves(current, targets, 2)
     assert sum(limited.values()) == 12 and limited["a"] == 6
     assert sum(max(0, limited[k] - current[k]) for k in current) == 2
+
+
+def test_a_module_not_ready_receives_nothing_and_its_share_goes_back_to_the_givers():
+    current = {"a": 2, "b": 2, "c": 2, "d": 2}
+    assert hold_receivers(current, {"a": 5, "b": 1, "c": 1, "d": 1}, {"a": False}) == current  # nobody else takes
+    # a held at 2; what it would have taken goes back to the givers cut furthest first (d, then c)
+    held = hold_receivers(current, {"a": 4, "b": 3, "c": 1, "d": 0}, {"a": False, "b": True})
+    assert held == {"a": 2, "b": 3, "c": 2, "d": 1}
+    assert hold_receivers(current, {"a": 4, "b": 3, "c": 1, "d": 0}, {}) == {"a": 4, "b": 3, "c": 1, "d": 0}
 
 
 def test_limit_moves_with_slack_leaves_modules_near_their_targets():

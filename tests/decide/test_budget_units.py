@@ -4,7 +4,7 @@ short of it by less than one rank of the costliest module (unless every module i
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynlora.decide.allocate import fit_to_budget, limit_moves, proportional_targets, prune_and_redistribute
+from dynlora.decide.allocate import fit_to_budget, hold_receivers, limit_moves, proportional_targets, prune_and_redistribute
 
 NAMES = [f"m{i}" for i in range(8)]
 # one rank of a 384->384 attention module costs 768 parameters, of a 384->1536 FFN module 1,920
@@ -80,6 +80,10 @@ def test_limit_moves_with_costs_never_exceeds_the_budget(costs, data):
     held = limit_moves(current, targets, moves, priority=scores, costs=costs, budget=budget, slack=1)
     assert _cost(held, costs) <= budget and sum(max(0, current[n] - held[n]) for n in costs) <= moves
     assert all(held[n] == current[n] for n in costs if abs(targets[n] - current[n]) <= 1)  # near: not moved
+    ready = {n: data.draw(st.booleans()) for n in costs}
+    kept = hold_receivers(current, targets, ready, priority=scores, costs=costs, budget=budget)
+    assert _cost(kept, costs) <= budget and all(kept[n] <= current[n] for n in costs if not ready[n])
+    assert all(min(current[n], targets[n]) <= kept[n] for n in costs)  # a giver gives at most what it planned
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification
 
 from dynlora.control.controller import Controller
 from dynlora.core.inject import AdapterConfig, adapters, inject
+from dynlora.decide.plan import Resize
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import load_checkpoint, save_checkpoint
 from dynlora.io.export import export_peft
@@ -193,3 +194,25 @@ def test_a_giving_module_is_refactorised_and_its_weakest_directions_fade(refacto
         assert plan.refactor == (tuple(plan.fade) if refactor else ())
         if refactor:  # strongest first after the re-factorisation: the fading ranks are the last ones
             assert all(ranks == tuple(range(rank[n] - len(ranks), rank[n])) for n, ranks in plan.fade.items())
+
+
+def test_a_module_receives_ranks_only_while_the_ranks_it_holds_are_in_use():
+    model, opt, controller = _setup(replace(CFG, saturation=0.05), gate=False)
+    method = controller.method
+    layers = dict(controller.layers)
+    name, other = list(layers)[:2]
+    with torch.no_grad():  # B's columns parallel: one direction over four ranks, three of them idle
+        layers[name].lora_B.copy_(torch.randn(layers[name].out_features, 1) * torch.tensor([[1.0, 0.5, -1.0, 2.0]]))
+        layers[other].lora_B.normal_()
+    ready = method._in_use(layers, {})
+    assert ready[name] is False and ready[other] is True
+    assert method._in_use(layers, {other: Resize(keep=(0, 1, 2, 3), grow=1)})[other] is False  # fresh ranks: B zero
+    assert method._in_use(layers, {other: Resize(keep=(), grow=0)})[other] is True  # nothing held idle
+
+
+def test_when_no_module_has_all_its_ranks_in_use_no_rank_moves():
+    model, opt, controller = _setup(replace(CFG, saturation=1.0), gate=False)
+    before = controller.ranks()
+    _train(model, opt, controller, STEPS)
+    assert controller.ranks() == before
+    assert sum(r["moved"] for r in controller.history if r["event"] == "realloc") == 0
