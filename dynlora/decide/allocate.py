@@ -227,7 +227,7 @@ def _proportional(scores: Mapping[str, float], budget: int, min_rank: int, max_r
 
 def limit_moves(current: Mapping[str, int], targets: Mapping[str, int], max_moves: int | None,
                 priority: Mapping[str, float] | None = None, costs: Mapping[str, int] | None = None,
-                budget: int | None = None, slack: int = 0) -> dict[str, int]:
+                budget: int | None = None) -> dict[str, int]:
     """Move at most ``max_moves`` ranks from ``current`` toward ``targets``, one rank at a time.
 
     Each move takes a rank from the module furthest above its target and gives it to the module
@@ -235,29 +235,22 @@ def limit_moves(current: Mapping[str, int], targets: Mapping[str, int], max_move
     With ``costs`` (one rank of each module, in the unit of ``budget``) a move takes a rank and what it
     frees buys ranks for the modules below their targets while it pays for them; ``max_moves`` counts
     the ranks taken, and the result never costs more than ``budget``.
-
-    ``slack``: a module within this many ranks of its target counts as at it: it neither gives nor
-    receives, and a module further off moves only until it is that close. Targets drawn from noisy scores
-    wander by a rank or two between events; without slack every wander is a move.
     """
-    if slack < 0:
-        raise ValueError(f"slack {slack}: must be >= 0")
     if costs is not None:
         return _limit_costed_moves(current, targets, max_moves, priority or {}, costs,
-                                   budget if budget is not None else sum(current[k] * costs[k] for k in current),
-                                   slack)
+                                   budget if budget is not None else sum(current[k] * costs[k] for k in current))
     if sum(current.values()) != sum(targets.values()):
         raise ValueError("current and target ranks must have the same total")
     result = dict(current)
     moves = sum(max(0, targets[k] - current[k]) for k in current)
-    if not slack and (max_moves is None or moves <= max_moves):
+    if max_moves is None or moves <= max_moves:
         return dict(targets)
     priority = priority or {}
     names = list(current)
-    for _ in range(moves if max_moves is None else min(moves, max_moves)):
+    for _ in range(max_moves):
         giver = max(names, key=lambda k: (result[k] - targets[k], -priority.get(k, 0.0), -names.index(k)))
         taker = max(names, key=lambda k: (targets[k] - result[k], priority.get(k, 0.0), -names.index(k)))
-        if result[giver] - targets[giver] <= slack or targets[taker] - result[taker] <= slack:
+        if result[giver] - targets[giver] <= 0 or targets[taker] - result[taker] <= 0:
             break
         result[giver] -= 1
         result[taker] += 1
@@ -265,27 +258,25 @@ def limit_moves(current: Mapping[str, int], targets: Mapping[str, int], max_move
 
 
 def _limit_costed_moves(current: Mapping[str, int], targets: Mapping[str, int], max_moves: int | None,
-                        priority: Mapping[str, float], costs: Mapping[str, int], budget: int,
-                        slack: int = 0) -> dict[str, int]:
+                        priority: Mapping[str, float], costs: Mapping[str, int], budget: int) -> dict[str, int]:
     names = list(current)
     taken = sum(max(0, current[k] - targets[k]) for k in names)
-    if not slack and (max_moves is None or taken <= max_moves):
+    if max_moves is None or taken <= max_moves:
         return dict(targets)
     result = dict(current)
     left = budget - sum(result[k] * costs[k] for k in names)
-    limit = taken if max_moves is None else min(taken, max_moves)
-    for move in range(limit + 1):
+    for move in range(max_moves + 1):
         while True:  # buy ranks for the modules furthest below their targets while the budget pays
-            short = [k for k in names if targets[k] - result[k] > slack and costs[k] <= left]
+            short = [k for k in names if targets[k] > result[k] and costs[k] <= left]
             if not short:
                 break
             taker = max(short, key=lambda k: (targets[k] - result[k], priority.get(k, 0.0), -names.index(k)))
             result[taker] += 1
             left -= costs[taker]
-        if move == limit or not any(targets[k] - result[k] > slack for k in names):
+        if move == max_moves or not any(targets[k] > result[k] for k in names):
             break
         giver = max(names, key=lambda k: (result[k] - targets[k], -priority.get(k, 0.0), -names.index(k)))
-        if result[giver] - targets[giver] <= slack:
+        if result[giver] <= targets[giver]:
             break
         result[giver] -= 1
         left += costs[giver]

@@ -94,8 +94,6 @@ class AdaptiveConfig:
     saturation: float = knob(0.0, "a module receives ranks only while the ranks it holds are all in use: its "
                                   "adapter's weakest singular value at least this fraction of its strongest "
                                   "(0: always)", ge=0, le=1)
-    slack: int = knob(0, "a module within this many ranks of its target keeps its rank (moves within the "
-                         "scores' noise are not made)", ge=0)
     refactor: bool = knob(True, "re-factorise a giving module into its singular directions before its ranks "
                                 "fade, so that its weakest directions fade (off: its least important ranks "
                                 "by score, as they are)", before=False)
@@ -240,8 +238,7 @@ class Adaptive(MethodBase):
             targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
             if self.config.saturation > 0:
                 targets = hold_receivers(current, targets, self._in_use(layers, resizes), priority=scores)
-            targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores,
-                                  slack=self.config.slack)
+            targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores)
         else:  # parameters / FLOPs: each module's share of the budget in that unit follows its score
             floor = self.config.min_rank
             if view.budget < sum(floor * view.costs[n] for n in layers):  # the tightest budgets (input gates paid)
@@ -255,8 +252,7 @@ class Adaptive(MethodBase):
             if self.config.saturation > 0:
                 targets = hold_receivers(current, targets, self._in_use(layers, resizes), priority=scores,
                                          costs=view.costs, budget=budget)
-            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=budget,
-                                  slack=self.config.slack)
+            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=budget)
         fade: dict[str, tuple[int, ...]] = {}
         moved = 0
         for name, layer in layers.items():
