@@ -44,6 +44,21 @@ the ranks with the least sensitivity) takes a share of everything. On the plante
 (3 seeds; uniform 0.024 +- 0.001), at average rank 1.25 from 67 % of the uniform-to-oracle gap closed to
 74 %, at 2 unchanged (0.044); on validation at average rank 1 in parameters (``--min-rank 0``, 2 seeds,
 ``bench/results/search-adaptive-gate-*``) trec6 89.2 % against 87.8 %, rt-polarity 77.9 % against 78.2 %.
+
+Importance is not need: a module whose one learned direction matters a lot scores high whether or not a
+second rank would help it, so the proportional split keeps moving rank into modules that leave it idle
+(the null case's 65-74 moves, its ranks piling into the wide FFN inputs and draining out again). With
+``saturation`` (a departure from the paper, off by default) a module receives ranks only while the ranks it
+holds are all in use: its adapter's weakest singular value at least that fraction of its strongest
+(``core.refactor.singular_values``; a module growing fresh ranks waits until they are used;
+``decide.allocate.hold_receivers`` hands what it would have taken back to the givers). On the planted
+benchmark (``bench/results/planted-minilm-adaptive``), at 0.25: null 0.0252 +- 0.0015 against uniform's
+0.0243 +- 0.0011 (3 seeds; 9 moves; without it 0.0285 +- 0.0021, 72 moves), planted at average rank 2 the
+whole gap closed as before (seed 0: 0.049 against 0.044), at 1.25 78 +- 3 % against 74 % (3 seeds); at 0.5
+null 0.0245 +- 0.0011 (6 moves) but planted 87 %; at 0.1 null 0.0290 (no gain). On validation at average
+rank 1 in parameters (``--min-rank 0``, ``search-adaptive-gate-*``) 0.25 gave rt-polarity 78.3 % against
+77.9 % (2 seeds) and trec6 87.9 +- 1.4 % against 89.0 +- 0.3 % (4 seeds): the moves it holds back pay on
+trec6, so it is not the default.
 """
 
 from __future__ import annotations
