@@ -3,7 +3,6 @@ that calls plain per-step functions (what a PEFT baseline needs, such as AdaLoRA
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,28 +15,32 @@ from dynlora.control.events import rank_scalars
 from dynlora.control.wrap import CONFIG_ATTR, TRAINABLE_ON_QUANTIZED, attach
 from dynlora.core.distributed import world_size
 from dynlora.errors import DynloraError
-from dynlora.io.checkpoint import CONTROLLER_FILE, controller_state_json, load_controller_json
+from dynlora.io.checkpoint import CONTROLLER_FILE, checkpoint_folder, load_controller_state, save_controller_state
 
-FOLLOWS_RANKS = "_dynlora_follows_ranks"  # set on the model by a Trainer that rebuilds DDP after rank changes
+DYNLORA_TRAINER = "_dynlora_trainer"  # set on the model by a DynloraTrainerMixin: it rebuilds DDP after rank
+# changes and writes the controller's state into its checkpoints itself
 
 
 class DynloraCallback(TrainerCallback):
-    """Hands the Trainer's optimizer to the controller and steps it once per optimizer step.
+    """The owner of a Trainer run's controller: it builds it, restores it on a resume, steps it once per
+    optimizer step and hands it the Trainer's optimizer.
 
     ``DynloraCallback()`` on a ``get_dynamic_model`` model needs nothing else: when training begins it
-    builds the controller for the Trainer's ``max_steps`` around the Trainer's own optimizer, and on
-    ``resume_from_checkpoint`` it reads the controller back from ``output_dir/checkpoint-<step>`` (the
-    layers already took the checkpoint's ranks when the Trainer loaded its weights).
-    ``DynloraCallback(controller)`` drives a controller you built.
+    builds the controller for the Trainer's ``max_steps`` around the Trainer's own optimizer, and on a
+    resume reads the controller back from the checkpoint (the layers already took the checkpoint's ranks
+    when the Trainer loaded its weights). ``DynloraCallback(controller)`` drives a controller you built.
 
     ``on_optimizer_step`` runs after ``optimizer.step()`` and before ``zero_grad()``, so methods can
     still read gradients; it fires once per optimizer step, never per micro-batch. Every Trainer
-    checkpoint gets the controller's state (ranks, history, method state); with your own controller,
-    ``restore`` reads it back before ``trainer.train(resume_from_checkpoint=...)``.
+    checkpoint gets the controller's state (ranks, history, method state). Under ``DynloraTrainerMixin``
+    a resume is whole by itself; under a plain Trainer with your own controller, ``restore`` reads the
+    state back before ``trainer.train(resume_from_checkpoint=...)``, and without one the callback reads
+    ``output_dir/checkpoint-<step>`` (what ``resume_from_checkpoint=True`` resumes from).
     """
 
     def __init__(self, controller: Controller | None = None) -> None:
         self._controller = controller
+        self._resume: Path | None = None  # a checkpoint to restore once the controller is built
         self.pending_scalars: dict[str, float] = {}
 
     @property
@@ -46,23 +49,38 @@ class DynloraCallback(TrainerCallback):
             raise DynloraError("DynloraCallback() builds its controller when training begins")
         return self._controller
 
+    @property
+    def built(self) -> Controller | None:
+        """The controller, or None before ``DynloraCallback()`` has built it."""
+        return self._controller
+
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if getattr(model, TRAINABLE_ON_QUANTIZED, False) and hasattr(model, CONFIG_ATTR):
             setattr(model, TRAINABLE_ON_QUANTIZED, False)  # the Trainer has checked it (see control.wrap)
 
+    def resume_from(self, checkpoint: str | os.PathLike) -> None:
+        """Restore the controller from ``checkpoint`` now, or once it is built (``DynloraTrainerMixin`` calls
+        this before it loads the checkpoint's weights: every module takes its saved rank first)."""
+        if self._controller is None:
+            self._resume = Path(checkpoint)
+        else:
+            self.restore(checkpoint)
+
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        if world_size() > 1 and not getattr(model, FOLLOWS_RANKS, False):
+        if world_size() > 1 and not getattr(model, DYNLORA_TRAINER, False):
             raise DynloraError(f"{world_size()} processes: after a rank change DDP must be rebuilt, which "
                                f"{type(model).__name__}'s Trainer does not do; train with "
                                "class MyTrainer(dynlora.DynloraTrainerMixin, YourTrainer)")
         if self._controller is None:  # a get_dynamic_model model: the run's length comes from the Trainer
             self._controller = attach(model, optimizer, total_steps=state.max_steps)
-            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.global_step > 0 and (saved / CONTROLLER_FILE).is_file():
-                # resumed: the layers took the checkpoint's ranks when its weights were loaded; the rest
-                # of the controller (step, history, method and tracker state) comes from here
-                self.restore(saved)
+            guess = checkpoint_folder(args.output_dir, state.global_step)
+            if self._resume is not None:
+                # resumed: the layers took the checkpoint's ranks when its weights were loaded; the rest of
+                # the controller (step, history, method and tracker state) comes from here
+                self.restore(self._resume)
+            elif state.global_step > 0 and (guess / CONTROLLER_FILE).is_file():  # a plain Trainer's resume
+                self.restore(guess)
         self.controller.optimizer = optimizer
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
@@ -86,14 +104,11 @@ class DynloraCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         self.controller.note("log", **{k: v for k, v in (logs or {}).items() if not k.startswith("dynlora/")})
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:  # every process holds the same state; one writes it
+    def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        # under DynloraTrainerMixin the Trainer writes the checkpoint's dynlora part itself, with its marker
+        if getattr(model, DYNLORA_TRAINER, False) or not state.is_world_process_zero:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{CONTROLLER_FILE}.tmp"
-        tmp.write_text(json.dumps(controller_state_json(self.controller)))
-        os.replace(tmp, folder / CONTROLLER_FILE)
+        save_controller_state(checkpoint_folder(args.output_dir, state.global_step), self.controller)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.controller.finish()
@@ -105,10 +120,13 @@ class DynloraCallback(TrainerCallback):
         (``Controller(..., optimizer=opt)``) so that the restored ranks replace its parameters; an
         optimizer the Trainer builds itself is built after this, from the restored parameters.
         """
-        path = Path(checkpoint) / CONTROLLER_FILE
-        if not path.is_file():
-            raise DynloraError(f"{checkpoint} has no {CONTROLLER_FILE}: not a checkpoint of a dynlora run")
-        load_controller_json(self.controller, json.loads(path.read_text()))
+        load_controller_state(Path(checkpoint), self.controller)
+        self._resume = None
+
+
+def dynlora_callback(callbacks: Sequence[TrainerCallback]) -> DynloraCallback | None:
+    """The ``DynloraCallback`` among a Trainer's callbacks (None: the run has no dynlora controller)."""
+    return next((cb for cb in callbacks if isinstance(cb, DynloraCallback)), None)
 
 
 class StepHooks(TrainerCallback):

@@ -15,10 +15,13 @@
   check stays on the device until the Trainer reads the loss anyway (a log line, a checkpoint, the
   end), so a GPU step without an event never waits for the host; a poisoned checkpoint is never written.
 - **Checkpoints**: only ``trainable_state`` (adapters, trainable head) goes into a checkpoint, not
-  the frozen base model; the base is rebuilt from its source on resume. ``CheckpointDone`` writes
-  ``checkpoint-N/dynlora-complete`` last (atomically, after every process has written its files, with
-  each file's size and SHA-256): a checkpoint without it was cut short by a kill or a full disk and is
-  never resumed from, and one whose files no longer match it is skipped for the one before.
+  the frozen base model; the base is rebuilt from its source on resume. ``_save_checkpoint`` is the one
+  writer of a checkpoint's dynlora part: after the Trainer's files, each process's record (below), the
+  controller's state (``controller.json``) and, last, ``checkpoint-N/dynlora-complete`` (atomically,
+  after every process has written its files, with each file's size and SHA-256): a checkpoint without
+  it was cut short by a kill or a full disk and is never resumed from, and one whose files no longer
+  match it is skipped for the one before. A resume restores the controller (every module's rank)
+  before the checkpoint's weights load, through the run's ``DynloraCallback``, the controller's owner.
 - **The run's record survives a resume**: the Trainer's ``train_loss`` averages only the losses of
   its own ``train()`` call, so each process keeps the sum of every loss it returned and, at each
   checkpoint, writes it with the state of every callback that has ``checkpoint_state`` (the memory
@@ -34,13 +37,14 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from dynlora.core.distributed import barrier, mean_across_processes, parameter_signature, rewrap
 from dynlora.decide.schedule import span_steps
 from dynlora.errors import DynloraError
-from dynlora.hf.callback import FOLLOWS_RANKS
-from dynlora.io.checkpoint import WEIGHTS_FILE, load_trainable_state, mark_complete, trainable_state
+from dynlora.hf.callback import DYNLORA_TRAINER, dynlora_callback
+from dynlora.io.checkpoint import (WEIGHTS_FILE, checkpoint_folder, load_trainable_state, mark_complete,
+                                   save_controller_state, trainable_state)
 from dynlora.io.record import read_record, write_record
 
 
@@ -67,12 +71,11 @@ class DynloraTrainerMixin:
         finally:
             if whole:
                 training_args.save_only_model = False
-        setattr(self.model, FOLLOWS_RANKS, True)  # DynloraCallback checks it in multi-process runs
+        setattr(self.model, DYNLORA_TRAINER, True)  # DynloraCallback checks it (see there)
 
     _signature: Any = None
     _first_bad: torch.Tensor | None = None  # () long: the first optimizer step with a non-finite loss, 0: none
     _bad_loss: torch.Tensor | None = None  # () float: that step's loss
-    controller: Any = None  # dynlora's Controller: its ``generation`` changes with every resize or switch
     _loss_sum: torch.Tensor | None = None  # () float64 on the loss's device: every loss training_step returned
     _loss_before: float = 0.0  # that sum up to the checkpoint a resume started from
     saving: Path | None = None  # the checkpoint folder being written (None once the next step begins)
@@ -109,12 +112,19 @@ class DynloraTrainerMixin:
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         self.check_finite()
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        self.saving = folder  # until the next step: the callbacks' files and the marker are written after this
+        folder = checkpoint_folder(self.args.output_dir, self.state.global_step)
+        self.saving = folder  # until the next step: a failed write names this folder
         super()._save_checkpoint(model, trial)
         write_record(folder, self.args.process_index, {"loss_sum": self.loss_sum(), "callbacks": {
             type(cb).__name__: cb.checkpoint_state() for cb in self.callback_handler.callbacks
             if hasattr(cb, "checkpoint_state")}})
+        controller = self._controller()
+        if controller is not None and self.state.is_world_process_zero:  # every process holds the same state
+            save_controller_state(folder, controller)
+        barrier()  # other processes write their RNG state and record into the same folder
+        if self.state.is_world_process_zero:  # the marker lists every file's size and SHA-256 (a resume checks them)
+            mark_complete(folder, self.state.global_step)
+        barrier()
 
     def loss_sum(self) -> float:
         """The sum of every loss this process's ``training_step`` returned in the whole run (a host sync)."""
@@ -137,14 +147,9 @@ class DynloraTrainerMixin:
                 callback.load_checkpoint_state(states[type(callback).__name__])
 
     def _controller(self) -> Any:
-        """The controller: set on the trainer, or the one a ``DynloraCallback`` among its callbacks built."""
-        if self.controller is not None:
-            return self.controller
-        for callback in self.callback_handler.callbacks:
-            found = getattr(callback, "_controller", None)
-            if found is not None:
-                return found
-        return None
+        """The run's controller, held by the ``DynloraCallback`` among the callbacks (None: no controller)."""
+        callback = dynlora_callback(self.callback_handler.callbacks)
+        return callback.built if callback is not None else None
 
     def _current_wrapper(self, model: torch.nn.Module) -> torch.nn.Module:
         """The loop's model, or a rebuilt DDP wrapper when the adapters' parameters changed.
@@ -179,6 +184,9 @@ class DynloraTrainerMixin:
             save_file(trainable_state(self.model), str(folder / WEIGHTS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        callback = dynlora_callback(self.callback_handler.callbacks)
+        if callback is not None:  # every module's rank first, so that the saved weights fit
+            callback.resume_from(resume_from_checkpoint)
         load_trainable_state(self.model, resume_from_checkpoint)
         self._restore_record(Path(resume_from_checkpoint))
 
@@ -189,16 +197,6 @@ def _sum_dtype(device: torch.device) -> torch.dtype:
 
 class DynloraTrainer(DynloraTrainerMixin, Trainer):
     """``transformers.Trainer`` that follows rank changes under DDP and stops on a non-finite loss."""
-
-
-class CheckpointDone(TrainerCallback):
-    """Marks a Trainer checkpoint complete once every file of every process is written (goes last)."""
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        barrier()  # other processes write their RNG state into the same folder
-        if state.is_world_process_zero:  # the marker lists every file's size and SHA-256 (a resume checks them)
-            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
-        barrier()
 
 
 def save_interval(every: float, total_steps: int) -> int:

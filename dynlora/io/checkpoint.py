@@ -33,6 +33,19 @@ WEIGHTS_FILE = "adapter_state.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 COMPLETE_MARKER = "dynlora-complete"  # written last into a Trainer checkpoint folder: it is whole, and its files
+CHECKPOINT_PREFIX = "checkpoint-"  # the HF Trainer's folder name for the checkpoint after N optimizer steps
+
+
+def checkpoint_folder(root: str | os.PathLike, step: int) -> Path:
+    """The Trainer checkpoint under ``root`` after ``step`` optimizer steps: ``root/checkpoint-<step>``."""
+    return Path(root) / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoint_step(folder: str | os.PathLike) -> int | None:
+    """The optimizer step a ``checkpoint-<step>`` folder was saved at (None: not such a folder)."""
+    name = Path(folder).name
+    tail = name[len(CHECKPOINT_PREFIX):]
+    return int(tail) if name.startswith(CHECKPOINT_PREFIX) and tail.isdigit() else None
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,6 +82,22 @@ def load_controller_json(controller: Controller, state: dict[str, Any]) -> None:
     controller.load_state_dict(state)
 
 
+def save_controller_state(folder: Path, controller: Controller) -> None:
+    """Write ``folder/controller.json`` atomically (a kill leaves the old file or none, never half of one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{CONTROLLER_FILE}.tmp"
+    tmp.write_text(json.dumps(controller_state_json(controller)))
+    os.replace(tmp, folder / CONTROLLER_FILE)
+
+
+def load_controller_state(folder: Path, controller: Controller) -> None:
+    """Read ``folder/controller.json`` into ``controller`` (every module takes its saved rank)."""
+    path = folder / CONTROLLER_FILE
+    if not path.is_file():
+        raise DynloraError(f"{folder} has no {CONTROLLER_FILE}: not a checkpoint of a dynlora run")
+    load_controller_json(controller, json.loads(path.read_text()))
+
+
 def replace_folder(tmp: Path, final: Path) -> None:
     """Move a finished folder into place by rename, replacing what was there (never half of either)."""
     if final.exists():
@@ -88,7 +117,7 @@ def save_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Con
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        (tmp / CONTROLLER_FILE).write_text(json.dumps(controller_state_json(controller)))
+        save_controller_state(tmp, controller)
         save_file(trainable_state(model), str(tmp / WEIGHTS_FILE))
         if optimizer is not None:
             torch.save(unwrap_optimizer(optimizer).state_dict(), tmp / OPTIMIZER_FILE)
@@ -104,9 +133,7 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, controller: Con
                     optimizer: object | None = None) -> None:
     """Restore ranks (controller state), then weights, then optimizer state, in that order."""
     folder = Path(folder)
-    if not (folder / CONTROLLER_FILE).is_file():
-        raise DynloraError(f"{folder} is not a dynlora checkpoint: {CONTROLLER_FILE} is missing")
-    load_controller_json(controller, json.loads((folder / CONTROLLER_FILE).read_text()))
+    load_controller_state(folder, controller)
     load_trainable_state(model, folder)
     if optimizer is not None and (folder / OPTIMIZER_FILE).is_file():
         state = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
@@ -182,8 +209,8 @@ def last_complete_checkpoint(folder: Path, report: Callable[[str], None] | None 
     truncated or gone since its marker was written) is renamed ``damaged-checkpoint-N``, out of the
     Trainer's sight but kept until the run finishes, and ``report`` is told which file and why.
     """
-    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]))
+    found = sorted((p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_step(p) is not None),
+                   key=checkpoint_step)
     complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
     for p in found:
         if p not in complete:

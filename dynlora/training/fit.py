@@ -19,8 +19,8 @@ from dynlora.errors import DynloraError
 from dynlora.hf.callback import DynloraCallback, StepHooks
 from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
-from dynlora.hf.trainer import CheckpointDone, DynloraTrainer, save_interval
-from dynlora.io.checkpoint import last_complete_checkpoint
+from dynlora.hf.trainer import DynloraTrainer, save_interval
+from dynlora.io.checkpoint import checkpoint_step, last_complete_checkpoint
 from dynlora.io.disk import write_failure
 from dynlora.methods.base import Prepared, TrainData
 from dynlora.training.options import TRAINER_DEFAULTS, TrainOptions
@@ -113,8 +113,7 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
         callbacks.append(StepHooks(prepared.step_hooks))
     trainer = DynloraTrainer(model=prepared.model, args=args,
                              train_dataset=train_ds, data_collator=collator, optimizers=(optimizer, None),
-                             callbacks=[*callbacks, memory, *extra_callbacks, CheckpointDone()])
-    trainer.controller = controller
+                             callbacks=[*callbacks, memory, *extra_callbacks])
     if not tokens_across_devices:
         # a mean loss that ignores num_items_in_batch (a classifier's): the Trainer must divide it by the
         # accumulation steps, or 8 x 2 accumulation would train on twice the gradient of one batch of 16
@@ -154,10 +153,7 @@ def fit(trainer: DynloraTrainer, work: Path, resume: bool,
     """
     checkpoint = last_complete_checkpoint(work / "checkpoints", report=log) if resume else None
     if checkpoint is not None:
-        log(f"dynlora: resuming from {checkpoint}")
-        for callback in trainer.callback_handler.callbacks:
-            if isinstance(callback, DynloraCallback):
-                callback.restore(checkpoint)  # every module's rank before the Trainer loads weights
+        log(f"dynlora: resuming from {checkpoint}")  # the Trainer restores the controller (DynloraCallback)
     elif resume:
         log("dynlora: no complete checkpoint yet; starting from the beginning")
     peers = gather_peers() if world_size() > 1 else ()
@@ -175,5 +171,5 @@ def fit(trainer: DynloraTrainer, work: Path, resume: bool,
                 first = one_line(err).split(". ")[0][:200]  # gloo: "[...pair.cc:537] Read error [ip]:port: ..."
                 raise DynloraError(peer_failure(trainer, peers, f"a collective failed ({first})")) from None
             raise
-    done_before = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    done_before = (checkpoint_step(checkpoint) or 0) if checkpoint is not None else 0
     return result, time.perf_counter() - start, mem, result.global_step - done_before

@@ -35,7 +35,7 @@ def test_l1ra_moves_ranks_with_the_trainers_own_optimizer(tmp_path):
     assert sum(controller.ranks().values()) == budget
 
 
-def _peft_shaped_run(tmp_path, max_steps: int, resume: bool = False):
+def _peft_shaped_run(tmp_path, max_steps: int, resume: bool | str = False, trainer_class: type = Trainer):
     import dynlora
 
     model = dynlora.get_dynamic_model(tiny_bert(), dynlora.L1RALoraConfig(r=4, lora_alpha=8, lam=1.5, lr_c=0.05,
@@ -44,13 +44,13 @@ def _peft_shaped_run(tmp_path, max_steps: int, resume: bool = False):
                              learning_rate=1e-4, save_strategy="steps", save_steps=6, report_to="none",
                              use_cpu=True, disable_tqdm=True, logging_steps=50, seed=0, data_seed=0)
     callback = dynlora.DynloraCallback()
-    trainer = Trainer(model=model, args=args, train_dataset=_data(), callbacks=[callback])
+    trainer = trainer_class(model=model, args=args, train_dataset=_data(), callbacks=[callback])
     if max_steps < 20:  # stop early, as a killed run would: the last checkpoint stays
         class Stop(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 control.should_training_stop = state.global_step >= max_steps
         trainer.add_callback(Stop())
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=resume or None)
     return model, callback.controller
 
 
@@ -62,6 +62,30 @@ def test_peft_shaped_entry_point_moves_ranks_and_resumes_bit_exact(tmp_path):
     assert again.ranks() == controller.ranks()
     ours, theirs = resumed.state_dict(), straight.state_dict()
     assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
+
+
+def test_a_dynlora_trainer_resumes_the_controller_from_the_checkpoint_it_is_given(tmp_path):
+    """Under ``DynloraTrainer`` the controller comes back from the checkpoint the Trainer resumes from,
+    wherever it lies (a copy outside ``output_dir``), before its weights load; the checkpoint's dynlora
+    part (controller state, record, marker) is written by the Trainer, the marker last, listing the rest."""
+    import json
+    import shutil
+
+    from dynlora.hf.trainer import DynloraTrainer
+    from dynlora.io.checkpoint import COMPLETE_MARKER, CONTROLLER_FILE
+
+    straight, controller = _peft_shaped_run(tmp_path / "straight", 20, trainer_class=DynloraTrainer)
+    _peft_shaped_run(tmp_path / "first", 13, trainer_class=DynloraTrainer)
+    saved = tmp_path / "first" / "checkpoint-12"
+    listed = json.loads((saved / COMPLETE_MARKER).read_text())["files"]
+    assert CONTROLLER_FILE in listed and "dynlora-record-0.json" in listed, sorted(listed)
+    copy = shutil.copytree(saved, tmp_path / "moved" / "kept")  # no longer output_dir/checkpoint-12
+    resumed, again = _peft_shaped_run(tmp_path / "second", 20, resume=str(copy), trainer_class=DynloraTrainer)
+    assert [e.row() for e in again.history if e.event != "log"] == [
+        e.row() for e in controller.history if e.event != "log"]
+    ours, theirs = resumed.state_dict(), straight.state_dict()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0, msg=key)
 

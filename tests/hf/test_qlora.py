@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from dynlora.hf.callback import DynloraCallback
 from transformers import TrainerCallback
 
 pytest.importorskip("trl")
@@ -80,7 +82,7 @@ def test_the_qlora_recipe_moves_ranks_resumes_to_the_straight_run_and_exports_fo
 
     straight = _run(small_llama, tmp_path / "straight")
     model, trainer = straight["model"], straight["trainer"]
-    controller = next(c.controller for c in trainer.callback_handler.callbacks if hasattr(c, "_controller"))
+    controller = next(c.controller for c in trainer.callback_handler.callbacks if isinstance(c, DynloraCallback))
     assert trainer.state.global_step == 8 and model.is_loaded_in_4bit and model.is_gradient_checkpointing
     assert sum(e.detail["moved"] for e in controller.history if e.event == "realloc") > 0  # ranks moved
     assert sum(controller.ranks().values()) == 4 * len(controller.layers)  # under the same budget
@@ -93,7 +95,7 @@ def test_the_qlora_recipe_moves_ranks_resumes_to_the_straight_run_and_exports_fo
     for key in theirs:  # the same computation from the same state: bit for bit
         assert torch.equal(ours[key], theirs[key]), key
     assert next(c.controller for c in resumed["trainer"].callback_handler.callbacks
-                if hasattr(c, "_controller")).ranks() == controller.ranks()
+                if isinstance(c, DynloraCallback)).ranks() == controller.ranks()
 
     nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.bfloat16)

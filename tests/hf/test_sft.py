@@ -9,6 +9,8 @@ import textwrap
 import pytest
 import torch
 
+from dynlora.hf.callback import DynloraCallback
+
 from tests.tolerance import assert_within_rounding, chain_terms
 
 pytest.importorskip("trl")
@@ -59,7 +61,7 @@ def test_a_peft_sft_script_runs_l1ra_with_two_lines_changed_and_ranks_move(tiny_
     scope = {"MODEL": str(tiny_lm), "OUT": str(tmp_path / "sft")}
     exec(compile(script, "sft_dynlora.py", "exec"), scope)
     trainer = scope["trainer"]
-    controller = next(c.controller for c in trainer.callback_handler.callbacks if hasattr(c, "_controller"))
+    controller = next(c.controller for c in trainer.callback_handler.callbacks if isinstance(c, DynloraCallback))
     # SFTTrainer built the optimizer (one main lr, 500 x below lr_c): the gates still trained at lr_c
     assert trainer.optimizer is not None and len({g["lr"] for g in trainer.optimizer.param_groups}) == 1
     reallocs = [e for e in controller.history if e.event == "realloc"]
