@@ -14,7 +14,11 @@ generate) -> ``cli``.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what an IDE and a type checker see of the lazily loaded names below
+    from dynlora.methods.lora_configs import (AdaptiveLoraConfig, L1RAAllocLoraConfig, L1RALoraConfig,
+                                              ModuleAllocLoraConfig, StaticLoraConfig)
 
 __version__ = "0.1.0"
 
@@ -37,6 +41,11 @@ _PUBLIC = {
     "DynloraTrainerMixin": "dynlora.hf.trainer",
     "register": "dynlora.methods.registry",
     "DynamicLoraConfig": "dynlora.methods.peft_configs",
+    "AdaptiveLoraConfig": "dynlora.methods.lora_configs",
+    "L1RALoraConfig": "dynlora.methods.lora_configs",
+    "L1RAAllocLoraConfig": "dynlora.methods.lora_configs",
+    "ModuleAllocLoraConfig": "dynlora.methods.lora_configs",
+    "StaticLoraConfig": "dynlora.methods.lora_configs",
     "get_dynamic_model": "dynlora.control.wrap",
     "attach": "dynlora.control.wrap",
 }
@@ -45,8 +54,8 @@ __all__ = sorted([*_PUBLIC, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
-    if name.endswith("LoraConfig") and name != "DynamicLoraConfig":  # one per native method: L1RALoraConfig, ...
-        from dynlora.methods.peft_configs import config_classes
+    if name.endswith("LoraConfig") and name not in _PUBLIC:  # a method registered at run time: its class
+        from dynlora.methods.config_classes import config_classes
 
         classes = config_classes()
         if name in classes:

@@ -62,6 +62,11 @@ def type_of(f: dataclasses.Field) -> type:
     return type(f.default)
 
 
+def config_class_name(config: type | None) -> str:
+    """A method's PEFT-shaped config class: ``L1RAConfig`` -> ``L1RALoraConfig``; no knobs: ``StaticLoraConfig``."""
+    return (config.__name__.removesuffix("Config") if config is not None else "Static") + "LoraConfig"
+
+
 def flag_of(f: dataclasses.Field) -> str:
     """The CLI option of a knob field: ``--l1ra-lambda`` or ``--<name>``."""
     return f.metadata["knob"]["flag"] or "--" + f.name.replace("_", "-")

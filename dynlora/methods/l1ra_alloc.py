@@ -4,13 +4,12 @@ training — the module-allocation paper's own future work (compatibility with r
 Module allocation picks, on its schedule, the adapters that train; between selections L1RA's proximal
 step shrinks only their gates (a frozen adapter's gate does not train, so it must not decay either), and
 on L1RA's schedule the ranks they free go to the other adapters that train. Frozen adapters keep their
-ranks. The config holds both methods' knobs under their own flags (``--l1ra-lambda``, ``--k``,
-``--schedule``, ...), so each means here what it means there.
+ranks. The config (``l1ra_alloc_config.L1RAAllocConfig``, written from both methods' configs) holds both
+methods' knobs under their own flags (``--l1ra-lambda``, ``--k``, ``--schedule``, ...).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,51 +19,17 @@ from dynlora.core.layer import LoraLayer
 from dynlora.decide.plan import Plan
 from dynlora.decide.schedule import AnyOf
 from dynlora.methods.base import AdapterNeeds, MethodBase, MethodSpec, View
-from dynlora.methods.config import flag_of, knobs
-from dynlora.methods.l1ra import L1RA, L1RAConfig, gate_param_groups
-from dynlora.methods.module_alloc import ModuleAlloc, ModuleAllocConfig
+from dynlora.methods.l1ra import L1RA, gate_param_groups
+from dynlora.methods.l1ra_alloc_config import L1RAAllocConfig
+from dynlora.methods.module_alloc import ModuleAlloc
 from dynlora.methods.registry import register
-
-_RANK = [f.name for f, _ in knobs(L1RAConfig)]
-# module allocation's field -> this config's (its threshold is top-p's, L1RA's the gates' cut)
-_SELECT = {f.name: f.name if f.name not in _RANK else f"select_{f.name}" for f, _ in knobs(ModuleAllocConfig)}
-
-
-def _knob_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    """Both configs' knobs, each with its own flag pinned (a renamed field keeps ``--threshold``)."""
-    out = []
-    for cls, names in ((L1RAConfig, {n: n for n in _RANK}), (ModuleAllocConfig, _SELECT)):
-        for f, meta in knobs(cls):
-            pinned = {"knob": {**meta, "flag": flag_of(f)}}
-            out.append((names[f.name], f.type, dataclasses.field(default=f.default, metadata=pinned)))
-    return out
-
-
-def _rank_config(self: Any) -> L1RAConfig:
-    return L1RAConfig(**{name: getattr(self, name) for name in _RANK})
-
-
-def _select_config(self: Any) -> ModuleAllocConfig:
-    return ModuleAllocConfig(**{name: getattr(self, mine) for name, mine in _SELECT.items()})
-
-
-def _check(self: Any) -> None:
-    self.rank_config()  # each part checks its own knobs (one line naming the bad value)
-    self.select_config()
-
-
-L1RAAllocConfig = dataclasses.make_dataclass(
-    "L1RAAllocConfig", _knob_fields(), frozen=True,
-    namespace={"__doc__": "L1RA's knobs and module allocation's, under their own flags.",
-               "__post_init__": _check, "rank_config": _rank_config, "select_config": _select_config})
-
 
 class L1RAAlloc(MethodBase):
     """Select the adapters that train; move ranks among them only."""
 
     name = "l1ra-alloc"
 
-    def __init__(self, config: Any, total_steps: int) -> None:
+    def __init__(self, config: L1RAAllocConfig, total_steps: int) -> None:
         self.config = config
         self.rank = L1RA(config.rank_config(), total_steps)
         self.select = ModuleAlloc(config.select_config(), total_steps)

@@ -1,21 +1,20 @@
 """PEFT-shaped configs: ``LoraConfig``'s field names plus one dynamic method's knobs.
 
 ``DynamicLoraConfig(method="l1ra", r=8, lora_alpha=16, target_modules="all-linear")`` names any native
-method (``name`` or ``name:variant``); ``config_class("l1ra")`` is the same with L1RA's knobs as fields
-(``L1RALoraConfig(r=8, lam=0.5, lr_c=0.02)``), generated from the registry, so a new method gets its
-class too. Both are frozen and checked on construction; ``method_config`` is the method's own config.
+method (``name`` or ``name:variant``); ``L1RALoraConfig(r=8, lam=0.5, lr_c=0.02)`` is the same with L1RA's
+knobs as fields: the built-in methods' classes are written out in ``methods/lora_configs.py``, and
+``methods/config_classes.py`` finds (or, for a method you register yourself, makes) a method's class. All
+are frozen and checked on construction; ``method_config`` is the method's own config.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dynlora.core.count import check_budget_unit
 from dynlora.errors import DynloraError
 from dynlora.methods import registry
-from dynlora.methods.config import knobs
 
 
 @dataclass(frozen=True)
@@ -55,26 +54,3 @@ class DynamicLoraConfig:
         object.__setattr__(self, "method_config", registry.resolve_config(self.method, values))
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
-
-
-def config_class(method: str) -> type[DynamicLoraConfig]:
-    """``DynamicLoraConfig`` for one method, its knobs as fields with their defaults (``L1RALoraConfig``)."""
-    spec = registry.get(method)
-    fields: list[tuple[str, Any, Any]] = [("method", str, dataclasses.field(default=spec.name))]
-    names: list[str] = []
-    if spec.config is not None:
-        for f, _ in knobs(spec.config):
-            fields.append((f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)))
-            names.append(f.name)
-    stem = spec.config.__name__.removesuffix("Config") if spec.config is not None else "Static"
-    cls = dataclasses.make_dataclass(f"{stem}LoraConfig", fields, bases=(DynamicLoraConfig,), frozen=True,
-                                     namespace={"_knob_names": tuple(names), "__module__": __name__,
-                                                "__doc__": f"PEFT-shaped config of method {spec.name!r}: "
-                                                           f"{spec.help}"})
-    return cls
-
-
-def config_classes() -> dict[str, type[DynamicLoraConfig]]:
-    """Every native method's class, by class name (``L1RALoraConfig``, ``AdaptiveLoraConfig``, ...)."""
-    classes = [config_class(s.name) for s in registry.specs() if s.build is not None]
-    return {c.__name__: c for c in classes}

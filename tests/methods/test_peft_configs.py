@@ -9,7 +9,8 @@ import dynlora
 from dynlora.errors import DynloraError
 from dynlora.methods import registry
 from dynlora.methods.l1ra import L1RAConfig
-from dynlora.methods.peft_configs import DynamicLoraConfig, config_classes
+from dynlora.methods.config_classes import config_classes
+from dynlora.methods.peft_configs import DynamicLoraConfig
 
 
 def test_one_class_per_native_method_with_its_knobs_as_fields():
