@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from dynlora.core.cost import adapter_cost
 from dynlora.core.inject import adapters
 from dynlora.core.layer import LoraLayer
 from dynlora.errors import DynloraError
@@ -30,24 +31,20 @@ def check_budget_unit(unit: str) -> None:
 
 def rank_cost(layer: LoraLayer, unit: str) -> int:
     """What one more rank of ``layer`` costs in ``unit``: 1, its parameters (a row of A, a column of B, its
-    gate), or its forward FLOPs per token (as ``flops_per_token`` counts them)."""
+    gate), or its forward FLOPs per token (``core.cost``: the same at every rank >= 1)."""
     check_budget_unit(unit)
-    gate = 1 if layer.gate is not None else 0
-    if unit == "rank":
-        return 1
-    if unit == "params":
-        return layer.in_features + layer.out_features + gate
-    return 2 * (layer.in_features + layer.out_features) + gate + (1 if layer.has_input_gate else 0)
+    return _layer_cost(layer, 2, unit) - _layer_cost(layer, 1, unit)
 
 
 def fixed_cost(layer: LoraLayer, unit: str) -> int:
     """What ``layer`` costs in ``unit`` whatever its rank (>= 1): the input gate, the add of the update."""
     check_budget_unit(unit)
-    if unit == "rank":
-        return 0
-    if unit == "params":
-        return layer.input_gate_parameters()
-    return layer.out_features + (2 * layer.in_features + 4 if layer.has_input_gate else 0)
+    return _layer_cost(layer, 1, unit) - rank_cost(layer, unit)
+
+
+def _layer_cost(layer: LoraLayer, rank: int, unit: str) -> int:
+    return adapter_cost(layer.in_features, layer.out_features, rank, unit, gate=layer.gate is not None,
+                        input_gate=layer.has_input_gate)
 
 
 def lora_cost(layer: LoraLayer, rank: int, unit: str) -> int:
@@ -58,10 +55,7 @@ def lora_cost(layer: LoraLayer, rank: int, unit: str) -> int:
 def linear_lora_cost(in_features: int, out_features: int, rank: int, unit: str) -> int:
     """Plain LoRA of ``rank`` on an ``in_features -> out_features`` module, in ``unit``."""
     check_budget_unit(unit)
-    if unit == "rank":
-        return rank
-    width = in_features + out_features
-    return rank * width if unit == "params" else (2 * rank * width + out_features if rank else 0)
+    return adapter_cost(in_features, out_features, rank, unit)
 
 
 def optimizable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dynlora.core.cost import adapter_cost, input_gate_cost
 from dynlora.core.linear import compute_dtype, in_out_features, is_conv1d
 
 
@@ -150,27 +151,19 @@ class LoraLayer(nn.Module):
     def num_parameters(self) -> int:
         """Trainable adapter parameters at the current rank (A, B, the rank gate, the input gate); zero at rank 0,
         where the input gate is frozen and no export holds it."""
-        if self.rank == 0:
-            return 0
-        gate = self.rank if self.gate is not None else 0
-        return self.rank * (self.in_features + self.out_features) + gate + self.input_gate_parameters()
+        return adapter_cost(self.in_features, self.out_features, self.rank, "params", gate=self.gate is not None,
+                            input_gate=self.has_input_gate)
 
     def input_gate_parameters(self) -> int:
-        return self.in_features + 1 if self.has_input_gate else 0
+        return input_gate_cost(self.in_features, self.rank, "params") if self.has_input_gate else 0
 
     def flops_per_token(self) -> int:
-        """Forward FLOPs per token of the adapter path (2 per multiply-add), zero at rank 0.
-
-        The input gate costs a dot product with x (2 * in), the sigmoid (counted as 4) and the scaling
-        of the rank-space activations (r).
-        """
-        if self.rank == 0:
-            return 0
-        gate = self.rank if self.gate is not None else 0
-        return 2 * self.rank * (self.in_features + self.out_features) + gate + self.out_features + self.input_gate_flops()
+        """Forward FLOPs per token of the adapter path (2 per multiply-add), zero at rank 0 (``core.cost``)."""
+        return adapter_cost(self.in_features, self.out_features, self.rank, "flops", gate=self.gate is not None,
+                            input_gate=self.has_input_gate)
 
     def input_gate_flops(self) -> int:
-        return 2 * self.in_features + 4 + self.rank if self.has_input_gate and self.rank else 0
+        return input_gate_cost(self.in_features, self.rank, "flops") if self.has_input_gate else 0
 
     def input_gate_values(self, x: torch.Tensor) -> torch.Tensor:
         """g(x) per token: (..., 1)."""

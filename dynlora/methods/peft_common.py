@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dynlora.core.cost import adapter_cost
 from dynlora.core.count import linear_lora_cost
 from dynlora.core.inject import match_targets
 from dynlora.core.linear import in_out_features
@@ -36,8 +37,7 @@ def peft_flops(model: nn.Module) -> int:
         key = next(iter(module.lora_A))
         a = module.lora_A[key]
         rank = (a.weight if hasattr(a, "weight") else a).shape[0]
-        if rank:
-            total += 2 * rank * (module.in_features + module.out_features) + module.out_features
+        total += adapter_cost(module.in_features, module.out_features, rank, "flops")
     return total
 
 
