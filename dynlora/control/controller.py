@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dynlora.control.events import Event
-from dynlora.core.count import fixed_cost, lora_cost, rank_cost
+from dynlora.core.count import Budget, run_budget
 from dynlora.core.distributed import check_replicas, world_size
 from dynlora.core.fresh_slots import FreshSlots
 from dynlora.core.inject import adapters
@@ -37,19 +37,6 @@ from dynlora.decide.allocate import fit_to_budget
 from dynlora.decide.plan import Plan, Resize
 from dynlora.errors import DynloraError
 from dynlora.methods.base import Method, View
-
-
-def run_budget(layers: Mapping[str, LoraLayer], unit: str, ranks: Mapping[str, int] | None = None
-               ) -> tuple[dict[str, int] | None, int]:
-    """(what one rank of each adapter costs, the budget for all ranks) in ``unit``: what plain LoRA of
-    ``ranks`` (default: the adapters' ranks now) costs, less what the adapters cost at any rank (input gates).
-    Ranks: (None, total)."""
-    ranks = ranks if ranks is not None else {name: layer.rank for name, layer in layers.items()}
-    if unit == "rank":
-        return None, sum(ranks[name] for name in layers)
-    costs = {name: rank_cost(layer, unit) for name, layer in layers.items()}
-    budget = sum(lora_cost(layer, ranks[name], unit) - fixed_cost(layer, unit) for name, layer in layers.items())
-    return costs, budget
 
 
 class Controller:
@@ -81,23 +68,22 @@ class Controller:
         if budget_ranks is not None and set(budget_ranks) != set(self.layers):
             raise ValueError("budget_ranks name other adapters than the model's: "
                              f"{sorted(set(budget_ranks) ^ set(self.layers))[:3]}")
-        self.costs, self.budget = run_budget(self.layers, budget_unit, budget_ranks)
         # an adapter at rank 0 pays no input gate (it is frozen and not exported) and, in FLOPs, does no add
-        self.fixed = ({name: fixed_cost(layer, budget_unit) for name, layer in self.layers.items()}
-                      if self.costs is not None else None)
+        self.budget: Budget = run_budget(self.layers, budget_unit, budget_ranks)
         if method is not None:
             method.attach(self.layers)
             for tracker in method.trackers:
                 tracker.attach(self.layers)
         self.optimizer = optimizer
-        if self.costs is not None:  # gates and input gates cost too: the ranks start within what LoRA costs
-            ranks = self.ranks()
-            try:  # at an average rank of 1 a module may have to start at rank 0 to pay for the others' gates
-                fitted = fit_to_budget(ranks, self.costs, self.budget, min_rank=0, fixed=self.fixed)
-            except ValueError as err:
-                raise DynloraError(f"budget_unit {budget_unit!r}: {err}") from None
-            self.apply(Plan("budget", resizes={n: Resize(keep=tuple(range(r)))
-                                               for n, r in fitted.items() if r != ranks[n]}))
+        # gates and input gates cost too: the ranks start within what plain LoRA of the budget's ranks costs
+        ranks = self.ranks()
+        try:  # at an average rank of 1 a module may have to start at rank 0 to pay for the others' gates
+            fitted = fit_to_budget(ranks, self.budget.costs, self.budget.total, min_rank=0, fixed=self.budget.fixed)
+        except ValueError as err:
+            raise DynloraError(f"budget_unit {budget_unit!r}: {err}") from None
+        trim = {n: Resize(keep=tuple(range(r))) for n, r in fitted.items() if r != ranks[n]}
+        if trim:
+            self.apply(Plan("budget", resizes=trim))
         self.record("init")
         # a plan may switch every adapter off (a probe): on a model with no trainable head, backward must still run
         self._backward = keep_backward(model) if method is not None else None
@@ -137,8 +123,7 @@ class Controller:
 
     def view(self) -> View:
         factors = self._own_lr.factors() if self._own_lr is not None else None
-        return View(self.global_step, self.layers, self.generator, self.optimizer, factors, budget=self.budget,
-                    costs=self.costs, fixed=self.fixed)
+        return View(self.global_step, self.layers, self.generator, self.optimizer, factors, budget=self.budget)
 
     def step(self) -> None:
         """Advance one optimizer step: observe, the per-step hook, and decide -> apply -> record when due."""
@@ -276,7 +261,7 @@ class Controller:
 
     def state_dict(self) -> dict[str, Any]:
         method = self.method
-        return {"global_step": self.global_step, "ranks": self.ranks(), "budget": self.budget,
+        return {"global_step": self.global_step, "ranks": self.ranks(), "budget": self.budget.total,
                 "history": [e.row() for e in self.history],
                 "active": list(self.active) if self.active is not None else None,
                 "fold_inactive": self.fold_inactive,
@@ -299,7 +284,7 @@ class Controller:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.restore_ranks(state["ranks"])
         self.fresh.load_state_dict(state.get("fresh_slots", {}), *self._rank_params())
-        self.budget = int(state.get("budget", self.budget))
+        self.budget = replace(self.budget, total=int(state.get("budget", self.budget.total)))
         self.global_step = int(state["global_step"])
         self.history = [Event.from_row(row) for row in state["history"]]
         self.generator.set_state(state["generator"])

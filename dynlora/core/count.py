@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
 from torch import nn
 
 from dynlora.core.cost import adapter_cost
@@ -56,6 +59,60 @@ def linear_lora_cost(in_features: int, out_features: int, rank: int, unit: str) 
     """Plain LoRA of ``rank`` on an ``in_features -> out_features`` module, in ``unit``."""
     check_budget_unit(unit)
     return adapter_cost(in_features, out_features, rank, unit)
+
+
+def idle_fixed(fixed: Mapping[str, int] | None, *ranks: Mapping[str, int]) -> int:
+    """The fixed costs of the modules at rank 0 in every one of ``ranks``: budget that no rank of theirs
+    uses, now or after the change (None: no fixed costs)."""
+    if fixed is None:
+        return 0
+    return sum(cost for name, cost in fixed.items() if all(r[name] == 0 for r in ranks))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run's ranks may cost, always with costs: ``total`` in ``unit``, what one rank of each adapter
+    costs (``costs``: 1 each when counting ranks) and what each adapter costs once at any rank >= 1
+    (``fixed``: its input gate; in FLOPs the add of its update; 0 each when counting ranks), already paid
+    out of ``total`` for every adapter: an adapter at rank 0 hands its fixed cost back (``idle``)."""
+
+    unit: str
+    total: int
+    costs: Mapping[str, int]
+    fixed: Mapping[str, int]
+
+    @property
+    def counts_ranks(self) -> bool:
+        """Whether the unit is ranks: the total is conserved exactly, every module may hold all of it."""
+        return self.unit == "rank"
+
+    def spent(self, ranks: Mapping[str, int]) -> int:
+        """What ``ranks`` cost in the unit, the fixed costs aside."""
+        return sum(r * self.costs[n] for n, r in ranks.items())
+
+    def idle(self, *ranks: Mapping[str, int]) -> int:
+        """The fixed costs of the adapters at rank 0 in every one of ``ranks`` (``idle_fixed``)."""
+        return idle_fixed(self.fixed, *ranks)
+
+    def subset(self, ranks: Mapping[str, int]) -> "Budget":
+        """The budget of only the adapters in ``ranks``: what those ranks cost now."""
+        part = Budget(self.unit, 0, {n: self.costs[n] for n in ranks}, {n: self.fixed[n] for n in ranks})
+        return replace(part, total=part.spent(ranks) - part.idle(ranks))
+
+
+def run_budget(layers: Mapping[str, LoraLayer], unit: str, ranks: Mapping[str, int] | None = None) -> Budget:
+    """The budget in ``unit`` of ``layers``: what plain LoRA of ``ranks`` (default: the adapters' ranks now)
+    costs, less what the adapters cost at any rank (input gates)."""
+    check_budget_unit(unit)
+    ranks = ranks if ranks is not None else {name: layer.rank for name, layer in layers.items()}
+    fixed = {name: fixed_cost(layer, unit) for name, layer in layers.items()}
+    return Budget(unit, sum(lora_cost(layer, ranks[name], unit) - fixed[name] for name, layer in layers.items()),
+                  {name: rank_cost(layer, unit) for name, layer in layers.items()}, fixed)
+
+
+def counted_ranks(layers: Mapping[str, LoraLayer]) -> Budget:
+    """A budget in ranks of what ``layers`` hold now."""
+    return run_budget(layers, "rank")
 
 
 def optimizable_parameters(model: nn.Module) -> list[nn.Parameter]:

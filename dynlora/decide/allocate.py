@@ -6,9 +6,10 @@ controller applies the plan through the one resize path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dynlora.core.count import idle_fixed
 from dynlora.decide.plan import Resize
 from dynlora.errors import DynloraError
 
@@ -30,6 +31,11 @@ class RankPlan:
 
 
 REASSIGN = ("spread", "strongest", "need", "none")
+
+
+def per_rank(costs: Mapping[str, int] | None, names: Iterable[str]) -> dict[str, int]:
+    """What one rank of each module costs in the budget's unit: ``costs``, or 1 each (a budget in ranks)."""
+    return {n: costs[n] if costs else 1 for n in names}
 
 
 def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 1,
@@ -61,7 +67,7 @@ def prune_and_redistribute(gates: Mapping[str, Sequence[float]], threshold: floa
     resizes: dict[str, Resize] = {}
     pruned: dict[str, int] = {}
     keep_of: dict[str, list[int]] = {}
-    cost = {n: (costs[n] if costs is not None else 1) for n in gates}
+    cost = per_rank(costs, gates)
     for name, values in gates.items():
         values = [float(v) for v in values]
         keep = [i for i, v in enumerate(values) if not v < threshold]
@@ -160,7 +166,7 @@ def proportional_targets(scores: Mapping[str, float], budget: int, min_rank: int
     and the split is redone over the others with it, until every module kept holds a rank: the result's
     ranks cost at most ``budget`` plus the fixed costs of the modules at rank 0.
     """
-    if fixed is None or min_rank > 0:
+    if fixed is None or min_rank > 0 or not any(fixed.values()):  # nothing a module at rank 0 could hand back
         return _proportional(scores, budget, min_rank, max_rank, costs)
     live = list(scores)
     while True:
@@ -176,11 +182,11 @@ def _proportional(scores: Mapping[str, float], budget: int, min_rank: int, max_r
                   costs: Mapping[str, int] | None) -> dict[str, int]:
     names = list(scores)
     n = len(names)
-    cost = {k: (costs[k] if costs is not None else 1) for k in names}
+    cost = per_rank(costs, names)
     cap = {k: max_rank if max_rank is not None else budget // cost[k] for k in names}
     if not n:
         return {}
-    if budget < sum(min_rank * cost[k] for k in names) or (costs is None and budget > sum(cap.values())):
+    if budget < sum(min_rank * cost[k] for k in names):
         raise ValueError(f"budget {budget} cannot be split over {n} modules within [{min_rank}, "
                          f"{max_rank if max_rank is not None else budget}]")
     weights = {k: max(0.0, float(v)) for k, v in scores.items()}
@@ -230,31 +236,15 @@ def limit_moves(current: Mapping[str, int], targets: Mapping[str, int], max_move
                 budget: int | None = None) -> dict[str, int]:
     """Move at most ``max_moves`` ranks from ``current`` toward ``targets``, one rank at a time.
 
-    Each move takes a rank from the module furthest above its target and gives it to the module
-    furthest below (ties: higher ``priority`` receives first, lower gives first). The total is kept.
-    With ``costs`` (one rank of each module, in the unit of ``budget``) a move takes a rank and what it
-    frees buys ranks for the modules below their targets while it pays for them; ``max_moves`` counts
-    the ranks taken, and the result never costs more than ``budget``.
+    Each move takes a rank from the module furthest above its target (ties: lower ``priority`` gives first)
+    and what it frees buys ranks for the modules furthest below theirs (ties: higher ``priority`` receives
+    first) while it pays for them, in the unit of ``budget`` (``costs``: one rank of each module; default 1,
+    ranks, where a move hands one rank on and the total is kept). ``max_moves`` counts the ranks taken; the
+    result never costs more than ``budget`` (default: what ``current`` costs).
     """
-    if costs is not None:
-        return _limit_costed_moves(current, targets, max_moves, priority or {}, costs,
-                                   budget if budget is not None else sum(current[k] * costs[k] for k in current))
-    if sum(current.values()) != sum(targets.values()):
-        raise ValueError("current and target ranks must have the same total")
-    result = dict(current)
-    moves = sum(max(0, targets[k] - current[k]) for k in current)
-    if max_moves is None or moves <= max_moves:
-        return dict(targets)
-    priority = priority or {}
-    names = list(current)
-    for _ in range(max_moves):
-        giver = max(names, key=lambda k: (result[k] - targets[k], -priority.get(k, 0.0), -names.index(k)))
-        taker = max(names, key=lambda k: (targets[k] - result[k], priority.get(k, 0.0), -names.index(k)))
-        if result[giver] - targets[giver] <= 0 or targets[taker] - result[taker] <= 0:
-            break
-        result[giver] -= 1
-        result[taker] += 1
-    return result
+    cost = per_rank(costs, current)
+    return _limit_costed_moves(current, targets, max_moves, priority or {}, cost,
+                               budget if budget is not None else sum(current[k] * cost[k] for k in current))
 
 
 def _limit_costed_moves(current: Mapping[str, int], targets: Mapping[str, int], max_moves: int | None,
@@ -293,7 +283,7 @@ def hold_receivers(current: Mapping[str, int], targets: Mapping[str, int], ready
     of ``costs``, one rank of each module; default: ranks, and the budget the targets' total): fewer ranks
     leave where fewer can be taken in, and the result never costs more than ``budget``.
     """
-    cost = {k: (costs[k] if costs is not None else 1) for k in targets}
+    cost = per_rank(costs, targets)
     result = {k: min(t, current[k]) if not ready.get(k, True) else t for k, t in targets.items()}
     if budget is None:
         budget = sum(targets[k] * cost[k] for k in targets)
@@ -307,14 +297,6 @@ def hold_receivers(current: Mapping[str, int], targets: Mapping[str, int], ready
         k = max(cut, key=lambda n: (current[n] - result[n], priority.get(n, 0.0), -names.index(n)))
         result[k] += 1
         left -= cost[k]
-
-
-def idle_fixed(fixed: Mapping[str, int] | None, *ranks: Mapping[str, int]) -> int:
-    """The fixed costs (``proportional_targets``) of the modules at rank 0 in every one of ``ranks``: budget
-    that no rank of theirs uses, now or after the change."""
-    if fixed is None:
-        return 0
-    return sum(cost for name, cost in fixed.items() if all(r[name] == 0 for r in ranks))
 
 
 def fit_to_budget(ranks: Mapping[str, int], costs: Mapping[str, int], budget: int,

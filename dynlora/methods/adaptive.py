@@ -71,7 +71,7 @@ import torch
 
 from dynlora.core.layer import LoraLayer
 from dynlora.core.refactor import singular_values
-from dynlora.decide.allocate import check_rank_bounds, hold_receivers, idle_fixed, limit_moves, proportional_targets
+from dynlora.decide.allocate import check_rank_bounds, hold_receivers, limit_moves, proportional_targets
 from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.errors import DynloraError
@@ -187,10 +187,11 @@ class Adaptive(MethodBase):
         grown = sum(self.pending.values())
         after = {n: len(resizes[n].keep) + resizes[n].grow if n in resizes else layer.rank
                  for n, layer in view.layers.items()}
-        spent = sum(r * (view.costs[n] if view.costs is not None else 1) for n, r in after.items())
-        if spent > view.budget + idle_fixed(view.fixed, after) or (view.costs is None and removed != grown):
+        budget = view.budget
+        spent = budget.spent(after)
+        if spent > budget.total + budget.idle(after) or (budget.counts_ranks and removed != grown):
             raise RuntimeError(f"adaptive: {removed} faded ranks, {grown} owed: the ranks would cost {spent}, "
-                               f"not the budget {view.budget}")
+                               f"not the budget {budget.total}")
         self.pending = {}
         if step + self.interval >= self.total_steps:  # a fade started now could not finish
             return Plan("realloc", resizes=resizes, detail=Reallocation(removed=removed, grown=grown))
@@ -248,26 +249,20 @@ class Adaptive(MethodBase):
         scores = self.tracker.scores_after(resizes) if isinstance(self.tracker, Sensitivity) else self.tracker.scores()
         current = {n: (len(resizes[n].keep) + resizes[n].grow if n in resizes else layer.rank)
                    for n, layer in layers.items()}
-        if view.costs is None:  # ranks: the budget is the total rank, every module may hold all of it
-            cap = self.config.max_rank if self.config.max_rank is not None else self.budget
-            targets = proportional_targets(scores, self.budget, self.config.min_rank, cap)
-            if self.config.saturation > 0:
-                targets = hold_receivers(current, targets, self._in_use(layers, resizes), priority=scores)
-            targets = limit_moves(current, targets, max(1, int(self.config.max_moves * self.budget)), priority=scores)
-        else:  # parameters / FLOPs: each module's share of the budget in that unit follows its score
-            floor = self.config.min_rank
-            if view.budget < sum(floor * view.costs[n] for n in layers):  # the tightest budgets (input gates paid)
-                floor = 0  # cannot give every module min_rank: the least important may drop to rank 0
-            # at floor 0 a module left without rank hands its input gate's share back to the others
-            targets = proportional_targets(scores, view.budget, floor, self.config.max_rank, costs=view.costs,
-                                           fixed=view.fixed)
-            moves = max(1, int(self.config.max_moves * sum(current.values())))
-            # a module at rank 0 before and after pays no gate; one on its way out pays until its ranks are gone
-            budget = view.budget + idle_fixed(view.fixed, current, targets)
-            if self.config.saturation > 0:
-                targets = hold_receivers(current, targets, self._in_use(layers, resizes), priority=scores,
-                                         costs=view.costs, budget=budget)
-            targets = limit_moves(current, targets, moves, priority=scores, costs=view.costs, budget=budget)
+        # each module's share of the budget, in its unit (ranks, parameters, FLOPs), follows its score
+        budget, floor = view.budget, self.config.min_rank
+        if budget.total < sum(floor * budget.costs[n] for n in layers):  # the tightest budgets (input gates paid)
+            floor = 0  # cannot give every module min_rank: the least important may drop to rank 0
+        # at floor 0 a module left without rank hands its input gate's share back to the others
+        targets = proportional_targets(scores, budget.total, floor, self.config.max_rank, costs=budget.costs,
+                                       fixed=budget.fixed)
+        moves = max(1, int(self.config.max_moves * sum(current.values())))
+        # a module at rank 0 before and after pays no gate; one on its way out pays until its ranks are gone
+        total = budget.total + budget.idle(current, targets)
+        if self.config.saturation > 0:
+            targets = hold_receivers(current, targets, self._in_use(layers, resizes), priority=scores,
+                                     costs=budget.costs, budget=total)
+        targets = limit_moves(current, targets, moves, priority=scores, costs=budget.costs, budget=total)
         fade: dict[str, tuple[int, ...]] = {}
         moved = 0
         for name, layer in layers.items():

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from dynlora.core.count import Budget, counted_ranks
 from dynlora.core.layer import LoraLayer
 from dynlora.core.surgery import unwrap_optimizer
-from dynlora.decide.allocate import idle_fixed
 from dynlora.decide.plan import Plan
 from dynlora.decide.schedule import AnyOf, Schedule
 from dynlora.observe.scores import Tracker
@@ -28,17 +28,11 @@ class View:
 
     def __init__(self, step: int, layers: Mapping[str, LoraLayer], generator: torch.Generator,
                  optimizer: object | None = None, lr_factors: Mapping[int, float] | None = None,
-                 budget: int | None = None, costs: Mapping[str, int] | None = None,
-                 fixed: Mapping[str, int] | None = None) -> None:
+                 budget: Budget | None = None) -> None:
         self.step = step
         self.layers = layers
-        # the run's budget for the ranks, and what one rank of each adapter costs in its unit (parameters,
-        # FLOPs); costs None: the unit is ranks, budget their total (None: what they are now)
-        self.budget = budget if budget is not None else sum(layer.rank for layer in layers.values())
-        self.costs = costs
-        # what each adapter costs at any rank >= 1 (its input gate; in FLOPs the add too), already paid out of
-        # ``budget`` for every adapter: an adapter at rank 0 does not use it (decide.allocate.idle_fixed)
-        self.fixed = fixed
+        # the run's budget for the ranks, in its unit (default: the ranks the adapters hold now)
+        self.budget = budget if budget is not None else counted_ranks(layers)
         self.generator = generator  # seeded from the run seed: every process draws alike
         self._optimizer = optimizer
         self._factors = lr_factors or {}  # id(parameter) -> the rescale of its step (core.own_lr)
@@ -50,12 +44,8 @@ class View:
     def subset(self, names: Sequence[str]) -> "View":
         """The same step over only the adapters ``names``, whose budget is what their ranks cost now."""
         layers = {n: self.layers[n] for n in names}
-        costs = {n: self.costs[n] for n in names} if self.costs is not None else None
-        fixed = {n: self.fixed[n] for n in names} if self.fixed is not None else None
-        budget = sum(layer.rank * (costs[n] if costs is not None else 1) for n, layer in layers.items())
-        budget -= idle_fixed(fixed, {n: layer.rank for n, layer in layers.items()})
-        return View(self.step, layers, self.generator, self._optimizer, self._factors, budget=budget, costs=costs,
-                    fixed=fixed)
+        return View(self.step, layers, self.generator, self._optimizer, self._factors,
+                    budget=self.budget.subset({n: layer.rank for n, layer in layers.items()}))
 
     def learning_rates(self) -> dict[int, float]:
         """id(parameter) -> the learning rate its step used (its group's, rescaled where the method asked for

@@ -162,13 +162,13 @@ class L1RA(MethodBase):
     def decide(self, step: int, view: View) -> Plan:
         gates = {n: layer.gate.detach().tolist() for n, layer in view.layers.items()}
         plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank, self.config.max_rank,
-                                      costs=view.costs, budget=view.budget, reassign=self.config.reassign,
+                                      costs=view.budget.costs, budget=view.budget.total, reassign=self.config.reassign,
                                       need=self.need.scores() if self.need is not None else None)
         self.events += 1
         after = {n: _after(values, plan.resizes.get(n)) for n, values in gates.items()}
         note = None
         if plan.unplaced:
-            note = f"{plan.unplaced} of the budget {view.budget} found no adapter under max_rank"
+            note = f"{plan.unplaced} of the budget {view.budget.total} found no adapter under max_rank"
         detail = Reallocation(pruned=plan.pruned, grown=plan.grown, moved=plan.moved, recycled=plan.recycled,
                               gates=gate_summary(after), unplaced=plan.unplaced or None, note=note)
         return Plan("realloc", resizes=plan.resizes, detail=detail)

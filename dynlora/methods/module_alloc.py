@@ -129,8 +129,7 @@ class ModuleAlloc(MethodBase):
         scores = self.tracker.scores()
         costs = None
         if self.config.k_of == "budget":  # what each adapter costs at its rank: in ranks, or the run's unit
-            unit = view.costs or {}
-            costs = {n: layer.rank * unit.get(n, 1) for n, layer in view.layers.items()}
+            costs = {n: layer.rank * view.budget.costs[n] for n, layer in view.layers.items()}
         chosen = select(self.config.strategy, scores, k=self.config.k, threshold=self.config.threshold,
                         counts=self.counts, generator=view.generator, costs=costs)
         for name in chosen:

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from dynlora.control.wrap import attach, get_dynamic_model
-from dynlora.core.count import adapter_flops_per_token, fixed_cost
+from dynlora.core.count import adapter_flops_per_token
 from dynlora.errors import DynloraError
 from dynlora.io.export import export_peft
 from dynlora.methods import registry
@@ -41,8 +41,7 @@ def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total
         return export_peft(model, folder, opts.dropout, gate_means=gate_means, dtype=opts.export_dtype)
 
     return Prepared(model, save, ranks=controller.ranks, flops=lambda: adapter_flops_per_token(model),
-                    budget=controller.budget + sum(fixed_cost(layer, opts.budget_unit)  # plain LoRA's cost
-                                                   for layer in controller.layers.values()),
+                    budget=controller.budget.total + sum(controller.budget.fixed.values()),  # plain LoRA's cost
                     controller=controller, param_groups=groups)
 
 

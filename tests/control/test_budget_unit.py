@@ -44,7 +44,7 @@ def test_adapters_never_cost_more_than_plain_lora_of_the_same_ranks(method, unit
     rebuilt = dynlora.attach(model, None, total_steps=16)
     assert rebuilt.budget == controller.budget and rebuilt.ranks() == moved
     state = controller.state_dict()
-    assert state["budget"] == controller.budget
+    assert state["budget"] == controller.budget.total
     again = dynlora.attach(dynlora.get_dynamic_model(tiny_bert(), CONFIGS[method](unit)), None, total_steps=16)
     again.load_state_dict(state)
     assert again.budget == controller.budget and again.ranks() == controller.ranks()
@@ -55,9 +55,11 @@ def test_in_ranks_the_total_rank_is_the_budget():
     controller = dynlora.attach(model, None, total_steps=16)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     controller.optimizer = opt
-    assert controller.costs is None and controller.budget == 4 * len(controller.layers)
+    budget = controller.budget  # in ranks: one rank costs 1, nothing is paid once
+    assert set(budget.costs.values()) == {1} and set(budget.fixed.values()) == {0}
+    assert budget.counts_ranks and budget.total == 4 * len(controller.layers)
     train_steps(model, opt, controller, 16, labelled_batch)
-    assert sum(controller.ranks().values()) == controller.budget
+    assert sum(controller.ranks().values()) == controller.budget.total
     assert any(e.detail["moved"] for e in controller.history if e.event == "realloc")
 
 
