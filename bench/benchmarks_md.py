@@ -29,7 +29,7 @@ instruction tuning of the embedded SmolLM2-135M-Instruct (dequantised from its Q
 Step times: a compare runs its cells one after another, so a cell's step time also reflects whatever
 else the machine ran meanwhile (the CPU runs of 2026-11-23 shared the 2-core machine with another
 compare job, each on one torch thread; see the ± over seeds). The layer overhead itself is measured
-with alternating timed blocks in one process by `bench/overhead.py` (figures in the README).
+with alternating timed blocks in one process by `bench/overhead.py` (figures in docs/benchmarks.md).
 """
 
 

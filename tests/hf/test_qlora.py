@@ -1,6 +1,6 @@
 """The QLoRA recipe through the library path: a 4-bit nf4 base, PEFT's ``prepare_model_for_kbit_training``,
 ``dynlora.get_dynamic_model`` and TRL's ``SFTTrainer`` with ``DynloraCallback()``, in bf16 with gradient
-checkpointing and accumulation 2 (bitsandbytes' CPU path). The README's QLoRA section shows ``SCRIPT``."""
+checkpointing and accumulation 2 (bitsandbytes' CPU path). docs/precision.md shows ``SCRIPT`` (tests/test_docs.py checks it is this one)."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def test_plain_pytorch_loop_and_export(tmp_path):
     controller = Controller(model, optimizer=opt)
     g = torch.Generator().manual_seed(0)
     ids, labels = torch.randint(1, 100, (16, 8), generator=g), torch.arange(16) % 2
-    losses = train_steps(model, opt, controller, 15, lambda step: (ids, labels))  # the plain loop of the README
+    losses = train_steps(model, opt, controller, 15, lambda step: (ids, labels))  # the plain loop of docs/trainer.md
     assert losses[-1] < losses[0]
     model.eval()
     export_peft(model, tmp_path / "adapter")
