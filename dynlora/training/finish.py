@@ -13,12 +13,12 @@ from dynlora import __version__
 from dynlora.control.events import Event
 from dynlora.core.count import trainable_parameters
 from dynlora.errors import DynloraError
-from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
 from dynlora.io.checkpoint import replace_folder, save_checkpoint
 from dynlora.io.disk import write_failure
 from dynlora.io.model_card import write_model_card
 from dynlora.methods.base import Prepared
 from dynlora.report.run_report import write_report
+from dynlora.training.fit import Built, Fitted
 from dynlora.training.options import TrainOptions
 from dynlora.training.records import RunCost
 from dynlora.training.run_folder import RUN_MARKER
@@ -26,19 +26,19 @@ from dynlora.training.run_folder import RUN_MARKER
 STATE_FOLDER = "dynlora_state"  # an input-gated run: the exact model state, gate and all
 
 
-def run_cost(prepared: Prepared, result: Any, seconds: float, steps_run: int, memory: ActivationMemoryCallback,
-             mem: PeakMemory, train_loss: float) -> RunCost:
+def run_cost(built: Built, fitted: Fitted, train_loss: float) -> RunCost:
     """What every run records besides its task metrics: size, cost, speed and memory. The loss and the
     counted memory (saved activations, gradients and optimizer state) are the whole run's, resumed or not;
     the measured ones (seconds, the sampled peak) are this process's part: after a resume, the resumed steps."""
+    prepared, memory, seconds = built.prepared, built.memory, fitted.seconds
     ranks = prepared.ranks()
     return RunCost(trainable_params=trainable_parameters(prepared.model), adapter_flops=prepared.flops(),
                    total_rank=sum(ranks.values()), budget=prepared.budget, modules=len(ranks),
-                   train_seconds=round(seconds, 2), step_seconds=round(seconds / max(1, steps_run), 4),
-                   peak_memory_mb=round(mem.peak_mb, 1), activation_mb=round(memory.peak_bytes / 2**20, 2),
+                   train_seconds=round(seconds, 2), step_seconds=round(seconds / max(1, fitted.steps_run), 4),
+                   peak_memory_mb=round(fitted.peak.peak_mb, 1), activation_mb=round(memory.peak_bytes / 2**20, 2),
                    activation_steady_mb=round(memory.steady_bytes / 2**20, 2),
                    grads_optimizer_mb=round(memory.state_bytes / 2**20, 3),
-                   train_loss=train_loss, steps=int(result.global_step))
+                   train_loss=train_loss, steps=int(fitted.result.global_step))
 
 
 def history(prepared: Prepared, trainer: Any) -> list[Event]:

@@ -6,6 +6,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,27 @@ def optimizer_for(args: TrainingArguments, model: Any, groups: list[dict[str, An
     return cls(groups, **kwargs)
 
 
+@dataclass(frozen=True)
+class Built:
+    """A run ready to train: the adapted model, the Trainer around it and the activation-memory recorder."""
+
+    prepared: Prepared
+    trainer: DynloraTrainer
+    memory: ActivationMemoryCallback
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What one ``trainer.train()`` call gave."""
+
+    result: Any  # the Trainer's TrainOutput
+    seconds: float  # wall time of the call
+    peak: PeakMemory  # the sampled peak memory of this process
+    steps_run: int  # optimizer steps this call took: fewer than the run's after a resume
+
+
 def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, train_ds: Any, collator: Any,
-                  tokens_across_devices: bool, extra_callbacks: Sequence[TrainerCallback] = ()
-                  ) -> tuple[Prepared, DynloraTrainer, ActivationMemoryCallback]:
+                  tokens_across_devices: bool, extra_callbacks: Sequence[TrainerCallback] = ()) -> Built:
     """The method's adapted model, an HF Trainer around it, and the activation-memory recorder."""
     prepared = prepare(model, opts, total_steps, TrainData(train_ds, collator, opts.batch_size, opts.seed))
     args = training_args(opts, work, total_steps, tokens_across_devices)
@@ -118,7 +137,7 @@ def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, 
         # a mean loss that ignores num_items_in_batch (a classifier's): the Trainer must divide it by the
         # accumulation steps, or 8 x 2 accumulation would train on twice the gradient of one batch of 16
         trainer.loss_is_scaled_for_ga = False
-    return prepared, trainer, memory
+    return Built(prepared, trainer, memory)
 
 
 def is_collective_failure(err: BaseException) -> bool:
@@ -145,12 +164,8 @@ def stopped(trainer: DynloraTrainer, peers: Sequence[Peer]) -> None:
     raise DynloraError(f"stopped by SIGTERM at step {trainer.state.global_step}")
 
 
-def fit(trainer: DynloraTrainer, work: Path, resume: bool,
-        log: Callable[[str], None]) -> tuple[Any, float, PeakMemory, int]:
-    """``trainer.train()``, from the last complete checkpoint when resuming.
-
-    Returns (result, seconds, memory, steps taken by this call: fewer than the run's after a resume).
-    """
+def fit(trainer: DynloraTrainer, work: Path, resume: bool, log: Callable[[str], None]) -> Fitted:
+    """``trainer.train()``, from the last complete checkpoint when resuming."""
     checkpoint = last_complete_checkpoint(work / "checkpoints", report=log) if resume else None
     if checkpoint is not None:
         log(f"dynlora: resuming from {checkpoint}")  # the Trainer restores the controller (DynloraCallback)
@@ -172,4 +187,4 @@ def fit(trainer: DynloraTrainer, work: Path, resume: bool,
                 raise DynloraError(peer_failure(trainer, peers, f"a collective failed ({first})")) from None
             raise
     done_before = (checkpoint_step(checkpoint) or 0) if checkpoint is not None else 0
-    return result, time.perf_counter() - start, mem, result.global_step - done_before
+    return Fitted(result, time.perf_counter() - start, mem, result.global_step - done_before)

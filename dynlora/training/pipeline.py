@@ -72,14 +72,14 @@ def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, opts: TrainO
     test_ds = kind.split(data, "test", tokenizer, max_length)
     total_steps = total_optimizer_steps(opts, len(train_ds))
     collate = kind.collator(tokenizer)
-    prepared, trainer, memory = build_trainer(model, opts, work, total_steps, train_ds, collate,  # prepare
-                                              kind.tokens_across_devices, extra_callbacks)
+    built = build_trainer(model, opts, work, total_steps, train_ds, collate,  # prepare
+                          kind.tokens_across_devices, extra_callbacks)
+    prepared, trainer = built.prepared, built.trainer
     log(kind.describe(opts, prepared, len(train_ds), total_steps))
-    result, seconds, mem, steps_run = fit(trainer, work, resume, log)  # fit
+    fitted = fit(trainer, work, resume, log)  # fit
     metrics: dict[str, Any] = {"task": data.name, "method": opts.method, "seed": opts.seed,  # finish
                                **kind.evaluate(trainer, prepared, tokenizer, data, test_ds),
-                               **run_cost(prepared, result, seconds, steps_run, memory, mem,
-                                          trainer.run_train_loss()),
+                               **run_cost(built, fitted, trainer.run_train_loss()),
                                "train_examples": len(train_ds), "test_examples": len(test_ds),
                                "eval_split": opts.eval_split}
     gate_means = None
