@@ -172,25 +172,37 @@ class LoraLayer(nn.Module):
 
     # ---- forward / merge -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.quantized and torch.is_autocast_enabled(x.device.type):
-            # one cast for the base and the adapter: autocast would cast x for each matmul, and autograd
-            # would keep both low-precision copies for backward (the values are the same either way)
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        x = self._one_cast(x)
         out = self.base(x)
         if self.merged or self.rank == 0:
             return out
+        h, g = self._down(x)  # (..., r) = A dropout(x); g: the input gate per token (..., 1), or None
+        h, b = self._scaled(h, g)  # the rank gates, fades and input gate folded into h or B
+        return self._add(out, F.linear(h, b) * self.scale)  # update (..., out), in the adapter's precision
+
+    def _one_cast(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantized and torch.is_autocast_enabled(x.device.type):
+            # one cast for the base and the adapter: autocast would cast x for each matmul, and autograd
+            # would keep both low-precision copies for backward (the values are the same either way)
+            return x.to(torch.get_autocast_dtype(x.device.type))
+        return x
+
+    def _down(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A dropout(x) (..., r), and the input gate g(x) (..., 1) when the layer has one."""
         xd = self.dropout(x)
         if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmuls pick their own dtype
             xd = xd.to(self.lora_A.dtype)
-        g = None
-        if self.gate_w is not None and self.input_gate_constant is None and isinstance(self.dropout, nn.Identity):
+        if self.gate_w is None:
+            return F.linear(xd, self.lora_A), None
+        if self.input_gate_constant is None and isinstance(self.dropout, nn.Identity):
             # one matmul for A and the gate's w: (..., r + 1)
             hx = F.linear(xd, torch.cat([self.lora_A, self.gate_w.unsqueeze(0)]))
-            h, g = hx[..., : self.rank], torch.sigmoid(hx[..., self.rank:] + self.gate_b)  # (..., r), (..., 1)
-        else:
-            h = F.linear(xd, self.lora_A)  # (..., r)
-            if self.gate_w is not None:
-                g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
+            return hx[..., : self.rank], torch.sigmoid(hx[..., self.rank:] + self.gate_b)
+        g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
+        return F.linear(xd, self.lora_A), g
+
+    def _scaled(self, h: torch.Tensor, g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, B) with the per-rank multiplier (gate x fade) and the input gate applied to one of them."""
         b = self.lora_B  # (out, r)
         per_rank = self._rank_multiplier()
         if per_rank is not None:
@@ -204,7 +216,9 @@ class LoraLayer(nn.Module):
             # g(x) is one scalar per token, so scaling h (rank space) equals scaling the output, and
             # autograd then keeps (..., r) for backward instead of (..., out)
             h = h * g
-        update = F.linear(h, b) * self.scale  # (..., out), in the adapter's precision
+        return h, b
+
+    def _add(self, out: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         if self.quantized:  # PEFT's bitsandbytes layers round the update to the base's output dtype, then add
             return out + update.to(out.dtype)
         # PEFT's plain layers add in the adapter's precision and round once: an fp32 master update is not
