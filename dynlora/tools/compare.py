@@ -28,18 +28,16 @@ import torch
 from tqdm.auto import tqdm
 
 from dynlora import __version__
-from dynlora.core.count import BUDGET_UNITS
 from dynlora.core.inject import parse_targets
 from dynlora.data.instruct import is_instruct
-from dynlora.data.splits import EVAL_SPLITS
 from dynlora.errors import DynloraError
-from dynlora.hf.device import DEVICES, resolve_device
-from dynlora.hf.models import DTYPES
+from dynlora.hf.device import resolve_device
 from dynlora.methods import registry
 from dynlora.methods.base import TrainData
 from dynlora.methods.config import knob_before, knobs, optional, type_of
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
+from dynlora.training.arguments import train_flag
 from dynlora.training.options import TrainOptions
 from dynlora.training.fit import fit_max_length
 from dynlora.training.run_folder import resumable
@@ -373,31 +371,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(registry.compare_defaults()),
                    help=f"comma-separated: {', '.join(registry.names())}")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
-    p.add_argument("--task", default=None, help="built-in task: rt-polarity (default), trec6; causal LM "
-                   "(SmolLM2 profiles): chatterbot, rt-polarity-instruct, trec6-instruct")
-    p.add_argument("--dataset", default=None, help="local .csv/.jsonl file instead of a task (prompt/response "
-                   "JSONL: causal LM)")
-    p.add_argument("--text-column", default="text", help="the text column of a --dataset file")
-    p.add_argument("--label-column", default="label", help="the label column of a --dataset file")
+    for flag, name in (("task", "task"), ("dataset", "dataset"), ("text-column", "text_column"),
+                       ("label-column", "label_column")):  # the data, as dynlora train takes it
+        p.add_argument(f"--{flag}", default=TrainOptions.__dataclass_fields__[name].default, **train_flag(name))
     p.add_argument("--output", default=None, help="compare folder (default runs/compare-<profile>-<task>)")
-    for flag, kind in (("model", str), ("train-size", int), ("epochs", float), ("max-steps", int), ("rank", int),
-                       ("alpha", float), ("targets", str), ("batch-size", int), ("lr", float), ("max-length", int)):
-        p.add_argument(f"--{flag}", type=kind, default=None, help="overrides the profile" +
-                       ("; 0 = the whole training split" if flag == "train-size" else ""))
-    p.add_argument("--dtype", default=None, choices=DTYPES, help="the base weights")
-    p.add_argument("--bf16", action="store_const", const=True, default=None, help="bf16 mixed precision")
+    # what the profile sets: dynlora train's flags under their short names; given, they override the profile
+    for flag, name, kind in (("model", "model", str), ("train-size", "train_size", int),
+                             ("epochs", "num_train_epochs", float), ("max-steps", "max_steps", int),
+                             ("rank", "rank", int), ("alpha", "alpha", float), ("targets", "targets", str),
+                             ("batch-size", "per_device_train_batch_size", int), ("lr", "learning_rate", float),
+                             ("max-length", "max_length", int), ("dtype", "dtype", str), ("device", "device", str)):
+        spec = train_flag(name)
+        p.add_argument(f"--{flag}", type=kind, default=None, choices=spec.get("choices"),
+                       help=f"{spec['help']}; overrides the profile")
+    p.add_argument("--bf16", action="store_const", const=True, default=None, help=train_flag("bf16")["help"])
     p.add_argument("--load-in-4bit", dest="quantize", action="store_const", const="4bit", default=None,
-                   help="a 4-bit nf4 base (QLoRA) for every cell")
-    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit", help="an 8-bit base")
-    p.add_argument("--device", default=None, choices=DEVICES, help="auto (default: CUDA when there is one), cpu, cuda")
+                   help=train_flag("load_in_4bit")["help"])
+    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit",
+                   help=train_flag("load_in_8bit")["help"])
     p.add_argument("--budgets", default=None,
                    help="a budget sweep: comma-separated average ranks per module (1,2,4,8), each an ordinary "
                         "compare in OUTPUT/budget-<b>, then sweep.md and Pareto plots over all of them")
-    p.add_argument("--budget-unit", default=None, choices=BUDGET_UNITS,
-                   help="what every method's budget is counted in (default rank): rank, params or flops (plain "
-                        "LoRA's cost of the profile's rank); cells whose budgets differ in it are refused")
-    p.add_argument("--eval-split", default=None, choices=EVAL_SPLITS,
-                   help="the split every cell is scored on (default test); validation for choosing settings")
+    for flag, name in (("budget-unit", "budget_unit"), ("eval-split", "eval_split")):
+        p.add_argument(f"--{flag}", default=None, **train_flag(name))  # cells whose budgets differ are refused
 
 
 def _command(args: argparse.Namespace) -> str:

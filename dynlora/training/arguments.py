@@ -185,6 +185,16 @@ def _method_dataclasses() -> list[type]:
     return made
 
 
+def train_flag(name: str) -> dict[str, Any]:
+    """``help`` and ``choices`` of ``dynlora train``'s flag for the field ``name`` of its argument dataclasses,
+    for another command that takes the same value (``dynlora compare``): declared once, here."""
+    for dtype in (ModelArguments, DataArguments, AdapterArguments, DynloraTrainingArguments):
+        found = dtype.__dataclass_fields__.get(name)
+        if found is not None and "help" in found.metadata:
+            return {k: found.metadata[k] for k in ("help", "choices") if k in found.metadata}
+    raise KeyError(f"dynlora train has no flag for {name!r}")
+
+
 def argument_types() -> list[type]:
     """Every dataclass ``dynlora train`` parses, in the order of its help."""
     return [ModelArguments, DataArguments, AdapterArguments, *_method_dataclasses(), DynloraTrainingArguments]

@@ -429,3 +429,19 @@ def test_a_knob_added_at_a_new_behaviour_refuses_records_made_before_it(tmp_path
     (tmp_path / "results.jsonl").write_text(json.dumps({"method": "adaptive:no-gate@min_rank=0", "seed": 0}) + "\n")
     with pytest.raises(DynloraError, match="refactor False there, True now"):
         compare.check_settings(tmp_path, settings)
+
+
+def test_the_flags_compare_shares_with_train_are_declared_once():
+    """compare's data, profile and budget flags take their help and choices from dynlora train's declarations."""
+    import argparse
+
+    from dynlora.training.arguments import train_flag
+
+    p = argparse.ArgumentParser()
+    compare.add_arguments(p)
+    actions = {a.dest: a for a in p._actions}
+    for dest, name in (("task", "task"), ("budget_unit", "budget_unit"), ("eval_split", "eval_split"),
+                       ("lr", "learning_rate"), ("device", "device"), ("train_size", "train_size")):
+        declared = train_flag(name)
+        assert actions[dest].help.startswith(declared["help"]), dest
+        assert actions[dest].choices == declared.get("choices"), dest
