@@ -110,11 +110,6 @@ def run_budget(layers: Mapping[str, LoraLayer], unit: str, ranks: Mapping[str, i
                   {name: rank_cost(layer, unit) for name, layer in layers.items()}, fixed)
 
 
-def counted_ranks(layers: Mapping[str, LoraLayer]) -> Budget:
-    """A budget in ranks of what ``layers`` hold now."""
-    return run_budget(layers, "rank")
-
-
 def optimizable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """What an optimizer must hold: every parameter that trains now, and every adapter parameter even while
     its adapter is switched off (it may train later: an optimizer built without it would never step it)."""

@@ -164,12 +164,11 @@ class Adaptive(MethodBase):
         else:
             self.tracker = GateMagnitude()
         self.trackers = (self.tracker,)
-        self.budget = 0
         self.pending: dict[str, int] = {}  # ranks owed to modules, granted when the fading ranks are gone
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
-        self.budget = sum(layer.rank for layer in layers.values())
-        check_rank_bounds("adaptive", self.budget, len(layers), self.config.min_rank, self.config.max_rank)
+        total = sum(layer.rank for layer in layers.values())  # the budget is the controller's (View.budget)
+        check_rank_bounds("adaptive", total, len(layers), self.config.min_rank, self.config.max_rank)
         for layer in layers.values():  # a no-op for adapters injected with the fade this method needs
             layer.enable_fade()  # all ones: the output does not move
 
@@ -279,10 +278,9 @@ class Adaptive(MethodBase):
         return fade, moved, targets, scores
 
     def state_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget, "pending": dict(self.pending)}
+        return {"pending": dict(self.pending)}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.budget = int(state["budget"])
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # a "budget" saved before 2026-12-05 is the view's
         self.pending = {k: int(v) for k, v in state.get("pending", {}).items()}
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from dynlora.core.count import Budget, counted_ranks
+from dynlora.core.count import Budget, run_budget
 from dynlora.core.layer import LoraLayer
 from dynlora.core.surgery import unwrap_optimizer
 from dynlora.decide.plan import Plan
@@ -32,7 +32,7 @@ class View:
         self.step = step
         self.layers = layers
         # the run's budget for the ranks, in its unit (default: the ranks the adapters hold now)
-        self.budget = budget if budget is not None else counted_ranks(layers)
+        self.budget = budget if budget is not None else run_budget(layers, "rank")
         self.generator = generator  # seeded from the run seed: every process draws alike
         self._optimizer = optimizer
         self._factors = lr_factors or {}  # id(parameter) -> the rescale of its step (core.own_lr)
