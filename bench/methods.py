@@ -50,7 +50,7 @@ from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import SavedTensorBytes, training_state_bytes
 from dynlora.hf.models import load_classifier, pretrained_kwargs, quiet_loading, resolve_model
 from dynlora.tools.compare import split_method
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,9 +110,10 @@ def build(method: str, folder: str, lm: bool, args: argparse.Namespace, total_st
     """The model for ``method`` as ``dynlora train`` prepares it, with its optimizer."""
     torch.manual_seed(0)
     name, own = split_method(method)  # a method's own knobs: module-alloc@fold=true
-    opts = TrainOptions(model=folder, method=name, method_config={k: v for k, v in own.items() if k != "lr"} or None,
-                        rank=args.rank, alpha=2.0 * args.rank, dtype=args.dtype,
-                        bf16=args.bf16, quantize=args.quantize, device=args.device, max_steps=total_steps)
+    opts = run_config({"model": folder, "method": name, "rank": args.rank, "alpha": 2.0 * args.rank,
+                       "method_config": {k: v for k, v in own.items() if k != "lr"} or None, "dtype": args.dtype,
+                       "bf16": args.bf16, "load_in_4bit": args.quantize == "4bit",
+                       "load_in_8bit": args.quantize == "8bit", "train_on": args.device, "max_steps": total_steps})
     if lm:  # as load_causal_lm loads it, without needing a tokenizer (random token ids)
         from transformers import AutoModelForCausalLM
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what an IDE and a type checker see of the lazily loaded names below
     from dynlora.methods.lora_configs import (AdaptiveLoraConfig, L1RAAllocLoraConfig, L1RALoraConfig,
                                               ModuleAllocLoraConfig, StaticLoraConfig)
+    from dynlora.training.arguments import run_config
+    from dynlora.training.config import RunConfig
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,8 @@ _PUBLIC = {
     "StaticLoraConfig": "dynlora.methods.lora_configs",
     "get_dynamic_model": "dynlora.control.wrap",
     "attach": "dynlora.control.wrap",
+    "RunConfig": "dynlora.training.config",
+    "run_config": "dynlora.training.arguments",
 }
 
 __all__ = sorted([*_PUBLIC, "__version__"])

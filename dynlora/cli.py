@@ -12,6 +12,7 @@ run's log (``training.run_log``), never to the terminal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -213,15 +214,16 @@ def _values(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namesp
 
 
 def _train(args: argparse.Namespace) -> None:
-    from dynlora.training.arguments import options_from
-    from dynlora.training.options import TrainOptions
+    from dynlora.training.arguments import recorded_config, run_config
     from dynlora.training.pipeline import train
     from dynlora.training.run_folder import stored_options
 
     if args.resume is not None:
-        train(TrainOptions.from_dict({**stored_options(args.resume), "output": args.resume}), resume=True)
+        recorded = recorded_config(stored_options(args.resume))
+        train(dataclasses.replace(recorded, trainer=dataclasses.replace(recorded.trainer, output_dir=args.resume)),
+              resume=True)
         return
-    train(options_from(vars(args)))
+    train(run_config(vars(args)))
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -40,7 +40,6 @@ from safetensors.torch import save_file
 from transformers import Trainer
 
 from dynlora.core.distributed import barrier, mean_across_processes, parameter_signature, rewrap
-from dynlora.decide.schedule import span_steps
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import DYNLORA_TRAINER, dynlora_callback
 from dynlora.io.checkpoint import (WEIGHTS_FILE, checkpoint_folder, load_trainable_state, mark_complete,
@@ -197,8 +196,3 @@ def _sum_dtype(device: torch.device) -> torch.dtype:
 
 class DynloraTrainer(DynloraTrainerMixin, Trainer):
     """``transformers.Trainer`` that follows rank changes under DDP and stops on a non-finite loss."""
-
-
-def save_interval(every: float, total_steps: int) -> int:
-    """Steps between checkpoints: ``every`` steps, or that fraction (< 1) of the run; 0 = never."""
-    return span_steps(every, total_steps) if every else 0

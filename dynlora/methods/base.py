@@ -126,20 +126,6 @@ class AdapterNeeds:
 
 
 @dataclass(frozen=True)
-class AdapterSettings:
-    """The run settings a method's preparation reads (the training layer fills them in)."""
-
-    method: str
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: str | tuple[str, ...] = "all-linear"
-    rank_budget: int | None = None
-    budget_unit: str = "rank"  # the unit ``Prepared.budget`` is in: rank, params or flops
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class TrainData:
     """The run's training split as a method may read it while it prepares (a data-driven initialisation):
     tokenized examples, the run's collator, batch size and seed."""
@@ -188,7 +174,7 @@ class MethodSpec:
     help: str
     config: type | None = None
     build: Callable[[Any, int], Method | None] | None = None
-    prepare: Callable[..., Prepared] | None = None  # (model, settings, config, total_steps[, data=TrainData])
+    prepare: Callable[..., Prepared] | None = None  # (model, AdapterSettings, total_steps, seed[, data=TrainData])
     reads_data: bool = False  # ``prepare`` also takes ``data=TrainData``: the run's training batches
     variant: Callable[[str, Any], Any] | None = None  # ("topk-gradient", config) -> config, for name:variant
     variant_help: str = ""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dynlora.core.inject import peft_task_type
-from dynlora.methods.base import AdapterSettings, MethodSpec, Prepared
+from dynlora.methods.base import MethodSpec, Prepared
 from dynlora.methods.peft_common import peft_budget, peft_flops, peft_ranks, peft_targets
 from dynlora.methods.registry import register
+
+if TYPE_CHECKING:
+    from dynlora.methods.settings import AdapterSettings
 
 
 def adalora_schedule(total_steps: int) -> dict[str, int]:
@@ -51,7 +54,7 @@ class AdaLoraStep:
         self.calls = int(state["calls"])
 
 
-def prepare(model: nn.Module, settings: AdapterSettings, config: Any, total_steps: int) -> Prepared:
+def prepare(model: nn.Module, settings: AdapterSettings, total_steps: int, seed: int) -> Prepared:
     from peft import AdaLoraConfig, get_peft_model
 
     targets = peft_targets(model, settings)
@@ -60,7 +63,7 @@ def prepare(model: nn.Module, settings: AdapterSettings, config: Any, total_step
     adalora = AdaLoraConfig(task_type=peft_task_type(model) or "SEQ_CLS", init_r=init_r, target_r=settings.rank,
                             lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
                             **adalora_schedule(total_steps))
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(seed)
     peft_model = get_peft_model(model, adalora)
     return Prepared(peft_model, lambda folder, gate_means=None: peft_model.save_pretrained(str(folder)),
                     ranks=lambda: peft_ranks(peft_model), flops=lambda: peft_flops(peft_model),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -10,7 +12,9 @@ from dynlora.core.count import linear_lora_cost
 from dynlora.core.inject import match_targets
 from dynlora.core.linear import in_out_features
 from dynlora.errors import DynloraError
-from dynlora.methods.base import AdapterSettings
+
+if TYPE_CHECKING:
+    from dynlora.methods.settings import AdapterSettings
 
 
 def peft_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dynlora.core.count import check_budget_unit
 from dynlora.errors import DynloraError
 from dynlora.methods import registry
+from dynlora.methods.settings import AdapterSettings
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,33 @@ class DynamicLoraConfig:
             valid = [s.name for s in registry.specs() if s.build is not None]
             raise DynloraError(f"method {self.method!r} is a PEFT baseline, not a dynamic method; "
                                f"valid: {', '.join(valid)}")
-        for name, ok in (("r", self.r > 0), ("lora_alpha", self.lora_alpha > 0),
-                         ("lora_dropout", 0 <= self.lora_dropout < 1),
-                         ("rank_budget", self.rank_budget is None or self.rank_budget > 0)):
-            if not ok:
-                raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
-        check_budget_unit(self.budget_unit)
         values = self.method_config
         if self._knob_names:
             values = {name: getattr(self, name) for name in self._knob_names}
         if isinstance(values, dict) and values and spec.config is None:
             raise DynloraError(f"method {self.method!r} has no settings; got {sorted(values)}")
-        object.__setattr__(self, "method_config", registry.resolve_config(self.method, values))
+        object.__setattr__(self, "method_config", self.settings(values).method_config)
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @classmethod
+    def of(cls, settings: AdapterSettings, seed: int) -> DynamicLoraConfig:
+        """``settings`` under PEFT's names (a run's adapters, as ``get_dynamic_model`` takes them)."""
+        return cls(method=settings.method, r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                   target_modules=settings.targets, rank_budget=settings.rank_budget,
+                   budget_unit=settings.budget_unit, seed=seed, adapter_dtype=settings.adapter_dtype,
+                   method_config=settings.method_config)
+
+    def settings(self, method_config: Any = None) -> AdapterSettings:
+        """The same adapters under dynlora's names (checked there: one set of rules for both)."""
+        try:
+            return AdapterSettings(method=self.method, rank=self.r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                                   targets=self.target_modules, rank_budget=self.rank_budget,
+                                   budget_unit=self.budget_unit, adapter_dtype=self.adapter_dtype,
+                                   method_config=self.method_config if method_config is None else method_config)
+        except DynloraError as err:  # named as this class names the field
+            message = str(err)
+            for ours, peft in (("rank ", "r "), ("alpha ", "lora_alpha "), ("dropout ", "lora_dropout ")):
+                if message.startswith(ours):
+                    message = peft + message[len(ours):]
+            raise DynloraError(message) from None

@@ -20,17 +20,20 @@ choice of directions, kept as PEFT makes it: it is the baseline a PEFT user gets
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dynlora.core.inject import peft_task_type
 from dynlora.errors import DynloraError
-from dynlora.methods.base import AdapterSettings, MethodSpec, Prepared, TrainData
+from dynlora.methods.base import MethodSpec, Prepared, TrainData
 from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.peft_common import peft_budget, peft_flops, peft_ranks, peft_targets
 from dynlora.methods.registry import register
+
+if TYPE_CHECKING:
+    from dynlora.methods.settings import AdapterSettings
 
 # forward passes EVA may take per initialisation batch before it is called stuck: PEFT cycles through the
 # batches until every kept component has converged, and has no limit of its own
@@ -81,11 +84,11 @@ class Bounded:
         return model(**inputs)
 
 
-def prepare(model: nn.Module, settings: AdapterSettings, config: PeftEvaConfig | None, total_steps: int,
+def prepare(model: nn.Module, settings: AdapterSettings, total_steps: int, seed: int,
             data: TrainData) -> Prepared:
     from peft import EvaConfig, LoraConfig, get_peft_model, initialize_lora_eva_weights
 
-    config = config or PeftEvaConfig()
+    config = settings.method_config or PeftEvaConfig()
     targets = peft_targets(model, settings)
     # plain LoRA's at r, as the other baselines: EVA hands out exactly LoRA's total rank, but counted in parameters
     # or FLOPs its ranks may cost more or less than LoRA's (MiniLM at r 8: 3% fewer parameters, fewer FFN ranks)
@@ -101,7 +104,7 @@ def prepare(model: nn.Module, settings: AdapterSettings, config: PeftEvaConfig |
     if not batches:
         raise DynloraError(f"batch size {size}: EVA needs one batch of that many training examples, the run has "
                            f"{len(data.dataset)}")
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(seed)
     peft_model = get_peft_model(model, lora, low_cpu_mem_usage=True)  # adapters unallocated until EVA sizes them
     # every process reads the same batches and so computes the same ranks alone: gathering would only repeat rows
     initialize_lora_eva_weights(peft_model, batches, forward_fn=Bounded(PASSES_PER_BATCH * len(batches)),

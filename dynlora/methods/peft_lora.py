@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dynlora.core.inject import peft_task_type
 from dynlora.errors import DynloraError
-from dynlora.methods.base import AdapterSettings, MethodSpec, Prepared
+from dynlora.methods.base import MethodSpec, Prepared
 from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.peft_common import peft_budget, peft_flops, peft_ranks, peft_targets
 from dynlora.methods.registry import register
+
+if TYPE_CHECKING:
+    from dynlora.methods.settings import AdapterSettings
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,13 @@ def lora_config(model: nn.Module, settings: AdapterSettings, config: PeftLoraCon
                       alpha_pattern=dict(found.alpha_pattern))
 
 
-def prepare(model: nn.Module, settings: AdapterSettings, config: PeftLoraConfig | None, total_steps: int) -> Prepared:
+def prepare(model: nn.Module, settings: AdapterSettings, total_steps: int, seed: int) -> Prepared:
     from peft import get_peft_model
 
     targets = peft_targets(model, settings)
     budget = peft_budget(model, targets, settings)  # before PEFT wraps the targets
-    lora = lora_config(model, settings, config, targets)
-    torch.manual_seed(settings.seed)
+    lora = lora_config(model, settings, settings.method_config, targets)
+    torch.manual_seed(seed)
     peft_model = get_peft_model(model, lora)
     return Prepared(peft_model, lambda folder, gate_means=None: peft_model.save_pretrained(str(folder)),
                     ranks=lambda: peft_ranks(peft_model), flops=lambda: peft_flops(peft_model),

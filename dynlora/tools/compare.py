@@ -19,6 +19,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,6 @@ import torch
 from tqdm.auto import tqdm
 
 from dynlora import __version__
-from dynlora.core.inject import parse_targets
 from dynlora.data.instruct import is_instruct
 from dynlora.errors import DynloraError
 from dynlora.hf.device import resolve_device
@@ -37,8 +37,9 @@ from dynlora.methods.base import TrainData
 from dynlora.methods.config import knob_before, knobs, optional, type_of
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
-from dynlora.training.arguments import train_flag
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import (add_train_arguments, config_values, knob_groups, recorded_config,
+                                       run_config)
+from dynlora.training.config import RunConfig
 from dynlora.training.fit import fit_max_length
 from dynlora.training.run_folder import resumable
 from dynlora.training.pipeline import task_kind, train
@@ -46,57 +47,45 @@ from dynlora.training.pipeline import task_kind, train
 
 @dataclass(frozen=True)
 class Profile:
-    """Training settings shared by every cell (a named preset; CLI flags override single values)."""
+    """A named preset: the ``dynlora train`` settings every cell shares (flags given to compare override them)
+    and the seeds."""
 
     name: str
-    model: str | None = None
-    train_size: int | None = 3000
-    epochs: float = 1.0
-    max_steps: int = -1
-    rank: int = 8
-    alpha: float = 16.0
-    targets: str = "all-linear"
-    batch_size: int = 16
-    lr: float = 1e-3
-    max_length: int = 64
+    values: Mapping[str, Any] = field(default_factory=dict)  # dynlora train's settings, by their flags' names
     seeds: tuple[int, ...] = (0,)
-    dtype: str | None = None  # the base weights (None: as transformers loads them)
-    bf16: bool = False  # mixed precision
-    quantize: str | None = None  # 4bit | 8bit bitsandbytes base (QLoRA)
-    device: str | None = None  # auto | cpu | cuda (None: auto)
-    budget_unit: str = "rank"  # what every method's budget is counted in: rank | params | flops
-    eval_split: str = "test"  # the split every cell is scored on: test, or validation for a search
 
 
 PROFILES: dict[str, Profile] = {
-    # 2 CPU cores: 3000 snippets (as `dynlora train`), 1 epoch = 188 steps per cell. Measured for the three default
-    # methods x 1 seed: 5.5 min wall (about 0.49 s/step + 15 s load/eval per cell, one torch thread on a
+    # 2 CPU cores: dynlora train's defaults (3000 snippets, 1 epoch = 188 steps per cell). Measured for the three
+    # default methods x 1 seed: 5.5 min wall (about 0.49 s/step + 15 s load/eval per cell, one torch thread on a
     # shared machine; 0.28 s/step with two idle threads), so later dynamic methods still fit in ~15 min.
     "quick": Profile("quick"),
     # a GPU: the whole rt-polarity train split (8,493), 3 epochs = 1,593 steps per cell, 3 seeds
-    "full": Profile("full", train_size=None, epochs=3.0, seeds=(0, 1, 2)),
+    "full": Profile("full", {"train_size": 0, "num_train_epochs": 3.0}, seeds=(0, 1, 2)),
 }
 # causal-LM instruction tuning (chatterbot, *-instruct, prompt/response JSONL) on the embedded SmolLM2
 LM_PROFILES: dict[str, Profile] = {
     # 2 CPU cores: SmolLM2-135M, 800 pairs, batch 8 x <= 64 tokens = 100 steps, about 5 min per cell
-    "quick": Profile("quick", model="smollm2", train_size=800, batch_size=8, max_length=64),
+    "quick": Profile("quick", {"model": "smollm2", "train_size": 800, "per_device_train_batch_size": 8,
+                               "max_length": 64}),
     # a GPU: the whole training split, 3 epochs, longer sequences, 3 seeds
-    "full": Profile("full", model="smollm2", train_size=None, epochs=3.0, max_length=128, seeds=(0, 1, 2)),
+    "full": Profile("full", {"model": "smollm2", "train_size": 0, "num_train_epochs": 3.0, "max_length": 128},
+                    seeds=(0, 1, 2)),
 }
+# a cell's own settings: its method (with its knobs and learning rate), its seed and its folder
+PER_CELL = ("method", "seed", "output_dir")
 
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """One compare invocation: a profile, the methods and seeds, the data and the output folder."""
+    """One compare invocation: the ``dynlora train`` settings every cell shares, the methods and seeds, the
+    output folder."""
 
-    profile: Profile
+    values: Mapping[str, Any] = field(default_factory=dict)  # dynlora train's settings: the profile's, then flags
     methods: tuple[str, ...] = field(default_factory=registry.compare_defaults)
     seeds: tuple[int, ...] = (0,)
     output: str = "runs/compare"
-    task: str | None = None
-    dataset: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
+    profile: str = "quick"
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -111,34 +100,50 @@ class CompareOptions:
                 raise DynloraError(f"{name} {dupes[0]} is given twice")
         if not self.seeds or min(self.seeds) < 0:
             raise DynloraError(f"seeds {list(self.seeds)} must be a non-empty list of integers >= 0")
-        if self.task is None and self.dataset is None:
-            object.__setattr__(self, "task", "rt-polarity")
-        self.cell_options(self.methods[0], self.seeds[0])  # checks the profile values
+        own = [k for k in PER_CELL if k in self.values]
+        if own:
+            raise DynloraError(f"{own[0]} is each cell's own in a compare; give --methods, --seeds or --output")
+        if self.values.get("task") is None and self.values.get("dataset") is None:
+            object.__setattr__(self, "values", {**self.values, "task": "rt-polarity"})
+        self.cell_options(self.methods[0], self.seeds[0])  # checks the shared values
+
+    @property
+    def shared(self) -> RunConfig:
+        """The run every cell is, but for its method, seed and folder."""
+        return run_config(dict(self.values))
 
     def settings(self) -> dict[str, Any]:
         """What every cell shares; a folder made with other settings is not resumed."""
-        shared = {k: v for k, v in dataclasses.asdict(self.profile).items() if k not in ("name", "seeds")}
-        if shared["budget_unit"] == "rank":  # as folders from before budget units recorded it: not at all
-            del shared["budget_unit"]
-        if shared["eval_split"] == "test":  # likewise
-            del shared["eval_split"]
-        return {"task": self.task, "dataset": self.dataset, "text_column": self.text_column,
-                "label_column": self.label_column, "profile": self.profile.name, **shared,
-                # every method's default config: cells of any method may join the folder later
-                "method_configs": {spec.name: dataclasses.asdict(spec.make_config())
+        return {"profile": self.profile, **shared_settings(self.shared),
+                # every method's config as its cells run it: cells of any method may join the folder later
+                "method_configs": {spec.name: dataclasses.asdict(self.cell_options(spec.name, 0).adapters.method_config)
                                    for spec in registry.specs() if spec.config is not None}}
 
-    def cell_options(self, method: str, seed: int) -> TrainOptions:
-        p = self.profile
+    def cell_options(self, method: str, seed: int) -> RunConfig:
+        """The run of one cell: the shared settings with its method (knobs and learning rate included), seed and
+        folder."""
         name, own = split_method(method)
-        return TrainOptions(model=p.model, task=self.task, dataset=self.dataset, text_column=self.text_column,
-                            label_column=self.label_column, method=name, rank=p.rank, alpha=p.alpha,
-                            targets=parse_targets(p.targets), epochs=p.epochs, max_steps=p.max_steps,
-                            train_size=p.train_size, batch_size=p.batch_size, lr=own.get("lr", p.lr),
-                            method_config={k: v for k, v in own.items() if k != "lr"} or None,
-                            max_length=p.max_length, seed=seed, output=str(cell_dir(Path(self.output), method, seed)),
-                            dtype=p.dtype, bf16=p.bf16, quantize=p.quantize, device=p.device or "auto",
-                            budget_unit=p.budget_unit, eval_split=p.eval_split)
+        knobs_of = {k: v for k, v in own.items() if k != "lr"}
+        return run_config({**self.values, "method": name, "seed": seed,
+                           "output_dir": str(cell_dir(Path(self.output), method, seed)),
+                           **({"method_config": knobs_of} if knobs_of else {}),
+                           **({"learning_rate": own["lr"]} if "lr" in own else {})})
+
+
+def shared_settings(config: RunConfig) -> dict[str, Any]:
+    """``config``'s values but a cell's own and the method's knobs."""
+    knob_names = {f.name for _, fields in knob_groups() for f in fields}
+    return {k: v for k, v in config_values(config).items() if k not in PER_CELL and k not in knob_names}
+
+
+def stored_settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """A meta.json's settings as ``settings`` gives them now; a folder made before the run configuration kept
+    its profile's fields under their old names, read here with the old run.json's reader."""
+    if "lr" not in stored:
+        return stored
+    old = {k: v for k, v in stored.items() if k not in ("profile", "method_configs")}
+    return {"profile": stored.get("profile"), **shared_settings(recorded_config(old)),
+            "method_configs": stored.get("method_configs", {})}
 
 
 def split_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -221,7 +226,7 @@ def check_settings(root: Path, settings: dict[str, Any]) -> None:
     meta = root / "meta.json"
     if not meta.is_file():
         raise DynloraError(f"output {str(root)!r} exists and is not a dynlora compare folder; give a new folder")
-    stored = json.loads(meta.read_text()).get("settings", {})
+    stored = stored_settings(json.loads(meta.read_text()).get("settings", {}))
     shared = sorted((set(stored) | set(settings)) - {"method_configs"})
     diff = [f"{k} {stored.get(k)!r} there, {settings.get(k)!r} now" for k in shared if stored.get(k) != settings.get(k)]
     if diff:
@@ -279,33 +284,35 @@ def preflight_budgets(opts: CompareOptions, methods: list[str]) -> dict[str, int
     budgets = {}
     for method in methods:
         cell = opts.cell_options(method, opts.seeds[0])
-        model, examples, data = _fresh_model(first, with_data=registry.get(cell.method).reads_data)
-        budgets[method] = prepare(model, cell, total_optimizer_steps(first, examples), data).budget
+        model, examples, data = _fresh_model(first, with_data=registry.get(cell.adapters.method).reads_data)
+        budgets[method] = prepare(model, cell, total_optimizer_steps(first.trainer, examples), data).budget
     gc.collect()
     return budgets
 
 
-def _fresh_model(opts: TrainOptions, with_data: bool = False) -> tuple[torch.nn.Module, int, TrainData | None]:
+def _fresh_model(config: RunConfig, with_data: bool = False) -> tuple[torch.nn.Module, int, TrainData | None]:
     """(a freshly loaded base model, the number of training examples, and ``with_data`` the training split as a
-    method that initialises from it reads it) for one cell's options."""
-    if is_instruct(opts.task, opts.dataset):
+    method that initialises from it reads it) for one cell's run."""
+    d, seed = config.data, config.trainer.seed
+    if is_instruct(d.task, d.dataset):
         from dynlora.data.instruct import load_instruct
         from dynlora.hf.models import load_causal_lm
 
-        data = load_instruct(opts.dataset or opts.task, opts.train_size, opts.seed)
-        model, tokenizer = load_causal_lm(opts.model, log=tqdm.write)
+        data = load_instruct(d.dataset or d.task, d.train_size, seed)
+        model, tokenizer = load_causal_lm(config.model.model, log=tqdm.write)
     else:
         from dynlora.data.text import load_task
         from dynlora.hf.models import load_classifier
 
-        data = load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
-                         train_size=opts.train_size, seed=opts.seed)
-        model, tokenizer = load_classifier(opts.model, data.num_labels)
+        data = load_task(d.task, d.dataset, text_column=d.text_column, label_column=d.label_column,
+                         train_size=d.train_size, seed=seed)
+        model, tokenizer = load_classifier(config.model.model, data.num_labels)
     if not with_data:
         return model, len(data.train), None
-    kind = task_kind(opts)  # the training pipeline's own split and collator
-    train_ds = kind.split(data, "train", tokenizer, fit_max_length(opts.max_length, model, tqdm.write))
-    return model, len(data.train), TrainData(train_ds, kind.collator(tokenizer), opts.batch_size, opts.seed)
+    kind = task_kind(config)  # the training pipeline's own split and collator
+    train_ds = kind.split(data, "train", tokenizer, fit_max_length(d.max_length, model, tqdm.write))
+    batch = config.trainer.per_device_train_batch_size
+    return model, len(data.train), TrainData(train_ds, kind.collator(tokenizer), batch, seed)
 
 
 def run_compare(opts: CompareOptions) -> list[CompareRow]:
@@ -315,7 +322,7 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     check_settings(root, settings)
     root.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
-    meta = {"command": opts.command, "date": started, "machine": machine(opts.profile.device or "auto"),
+    meta = {"command": opts.command, "date": started, "machine": machine(opts.shared.trainer.train_on),
             "settings": settings, "methods": list(opts.methods), "seeds": list(opts.seeds)}
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     results = root / "results.jsonl"
@@ -327,13 +334,13 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     unknown = [m for m in opts.methods if m not in budgets and any(m == t[0] for t in todo)]
     if unknown:
         budgets.update(preflight_budgets(opts, unknown))
-        check_budgets(budgets, opts.profile.budget_unit)
+        check_budgets(budgets, opts.shared.adapters.budget_unit)
     bar = tqdm(todo, desc="compare", unit="cell", position=0, dynamic_ncols=True, disable=not todo)
     for i, (method, seed) in enumerate(bar, 1):
         bar.set_description(f"compare {method} seed {seed} ({i}/{len(todo)})")
         cell = opts.cell_options(method, seed)
         metrics = train(cell, log=tqdm.write, resume=unfinished_cell(cell))
-        check_budgets({**budgets, method: metrics["budget"]}, opts.profile.budget_unit)
+        check_budgets({**budgets, method: metrics["budget"]}, opts.shared.adapters.budget_unit)
         row = make_row(method, seed, metrics, cell=str(Path(metrics["output"]).relative_to(root)),
                        invocation=started, device=meta["machine"]["device"])
         with results.open("a") as f:
@@ -349,12 +356,12 @@ def run_compare(opts: CompareOptions) -> list[CompareRow]:
     return wanted
 
 
-def unfinished_cell(cell: TrainOptions) -> bool:
+def unfinished_cell(cell: RunConfig) -> bool:
     """Whether ``cell`` goes on from a killed invocation's unfinished run (its options, a complete checkpoint).
 
     A cell killed before its first checkpoint, or started with other options, is started again: the compare owns
     its cells' folders, and a re-run resumes."""
-    return resumable(cell.output, cell.as_dict())
+    return resumable(cell.trainer.output_dir, config_values(cell))
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -366,34 +373,23 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``dynlora compare`` flags; profile values apply where a flag is not given."""
+    """The ``dynlora compare`` flags: its own (profile, methods, seeds, budgets), then every ``dynlora train`` flag,
+    which sets that value for every cell over the profile's (``--output``: the compare folder)."""
     p.add_argument("--profile", default="quick", help=f"preset: {', '.join(PROFILES)} (default quick)")
     p.add_argument("--methods", default=",".join(registry.compare_defaults()),
-                   help=f"comma-separated: {', '.join(registry.names())}")
+                   help=f"comma-separated: {', '.join(registry.names())}; name@knob=value@lr=0.002 gives one "
+                        "method its own knobs and learning rate")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the profile's)")
-    for flag, name in (("task", "task"), ("dataset", "dataset"), ("text-column", "text_column"),
-                       ("label-column", "label_column")):  # the data, as dynlora train takes it
-        p.add_argument(f"--{flag}", default=TrainOptions.__dataclass_fields__[name].default, **train_flag(name))
-    p.add_argument("--output", default=None, help="compare folder (default runs/compare-<profile>-<task>)")
-    # what the profile sets: dynlora train's flags under their short names; given, they override the profile
-    for flag, name, kind in (("model", "model", str), ("train-size", "train_size", int),
-                             ("epochs", "num_train_epochs", float), ("max-steps", "max_steps", int),
-                             ("rank", "rank", int), ("alpha", "alpha", float), ("targets", "targets", str),
-                             ("batch-size", "per_device_train_batch_size", int), ("lr", "learning_rate", float),
-                             ("max-length", "max_length", int), ("dtype", "dtype", str), ("device", "device", str)):
-        spec = train_flag(name)
-        p.add_argument(f"--{flag}", type=kind, default=None, choices=spec.get("choices"),
-                       help=f"{spec['help']}; overrides the profile")
-    p.add_argument("--bf16", action="store_const", const=True, default=None, help=train_flag("bf16")["help"])
-    p.add_argument("--load-in-4bit", dest="quantize", action="store_const", const="4bit", default=None,
-                   help=train_flag("load_in_4bit")["help"])
-    p.add_argument("--load-in-8bit", dest="quantize", action="store_const", const="8bit",
-                   help=train_flag("load_in_8bit")["help"])
     p.add_argument("--budgets", default=None,
                    help="a budget sweep: comma-separated average ranks per module (1,2,4,8), each an ordinary "
                         "compare in OUTPUT/budget-<b>, then sweep.md and Pareto plots over all of them")
-    for flag, name in (("budget-unit", "budget_unit"), ("eval-split", "eval_split")):
-        p.add_argument(f"--{flag}", default=None, **train_flag(name))  # cells whose budgets differ are refused
+    own = len(p._actions)
+    add_train_arguments(p, config_file=False)
+    for action in p._actions[own:]:
+        action.default = argparse.SUPPRESS  # a flag not given leaves the profile's value
+    for action in p._actions[own:]:
+        if action.dest == "output_dir":
+            action.help = "the compare folder (default runs/compare-<profile>-<task>)"
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -401,27 +397,28 @@ def _command(args: argparse.Namespace) -> str:
     env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ]
     if sys.argv[1:2] == ["compare"]:
         return shlex.join([*env, "dynlora", *sys.argv[1:]])
-    given = [x for k, v in vars(args).items() if k != "command" and v is not None
+    given = [x for k, v in vars(args).items() if k not in ("command", "extra") and v is not None
              for x in (f"--{k.replace('_', '-')}", str(v))]
     return shlex.join([*env, "dynlora", "compare", *given])
 
 
+COMPARE_OWN = ("command", "extra", "profile", "methods", "seeds", "budgets")
+
+
 def options_from_args(args: argparse.Namespace) -> CompareOptions:
-    """CompareOptions from parsed ``dynlora compare`` flags."""
-    if args.profile not in PROFILES:
-        raise DynloraError(f"unknown profile {args.profile!r}; valid: {', '.join(PROFILES)}")
-    names = {f.name for f in dataclasses.fields(Profile)}
-    overrides = {k: v for k, v in vars(args).items() if k in names - {"name", "seeds"} and v is not None}
-    if overrides.get("train_size") == 0:
-        overrides["train_size"] = None
-    presets = LM_PROFILES if is_instruct(args.task, args.dataset) else PROFILES
-    profile = dataclasses.replace(presets[args.profile], **overrides)
+    """CompareOptions from parsed ``dynlora compare`` flags: the profile's values, the train flags given over them."""
+    given = {k: v for k, v in vars(args).items() if k not in COMPARE_OWN}
+    instruct = is_instruct(given.get("task"), given.get("dataset"))
+    presets = LM_PROFILES if instruct else PROFILES
+    if args.profile not in presets:
+        raise DynloraError(f"unknown profile {args.profile!r}; valid: {', '.join(presets)}")
+    profile = presets[args.profile]
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     seeds = profile.seeds if args.seeds is None else parse_seeds(args.seeds)
-    where = args.task or (Path(args.dataset).stem if args.dataset else "rt-polarity")
-    return CompareOptions(profile=profile, methods=methods, seeds=seeds, task=args.task, dataset=args.dataset,
-                          text_column=args.text_column, label_column=args.label_column, command=_command(args),
-                          output=args.output or f"runs/compare-{args.profile}-{where}")
+    where = given.get("task") or (Path(given["dataset"]).stem if given.get("dataset") else "rt-polarity")
+    output = given.pop("output_dir", None) or f"runs/compare-{args.profile}-{where}"
+    return CompareOptions(values={**profile.values, **given}, methods=methods, seeds=seeds, output=output,
+                          profile=args.profile, command=_command(args))
 
 
 def run_from_args(args: argparse.Namespace) -> list[CompareRow]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dynlora.errors import DynloraError
+from dynlora.training.arguments import recorded_config
 
 
 def merge_run(run: Path, folder: Path, log: Any = print) -> Path:
@@ -26,8 +27,9 @@ def merge_run(run: Path, folder: Path, log: Any = print) -> Path:
 
     record = json.loads((run / "run.json").read_text())
     options = record["options"]
-    if options.get("quantize"):
-        raise DynloraError(f"run {str(run)!r} trained on a {options['quantize']}-quantized base: merging would "
+    quantize = recorded_config(options).model.quantize
+    if quantize:
+        raise DynloraError(f"run {str(run)!r} trained on a {quantize}-quantized base: merging would "
                            "write dequantized weights; export the adapter (no --merge) and serve it as LoRA")
     config = PeftConfig.from_pretrained(str(run / "adapter"))
     if str(config.task_type) == "CAUSAL_LM":

@@ -46,14 +46,14 @@ def sweep_from_args(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]
 
 def run_sweep(args: argparse.Namespace, budgets: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
     """Every budget's compare (missing cells only), then sweep.md and the Pareto plots."""
-    root = Path(args.output or "runs/sweep")
+    root = Path(getattr(args, "output_dir", None) or "runs/sweep")
     rows = {}
     for budget in budgets:
-        each = argparse.Namespace(**{**vars(args), "rank": budget, "output": str(root / f"budget-{budget}")})
+        each = argparse.Namespace(**{**vars(args), "rank": budget, "output_dir": str(root / f"budget-{budget}")})
         rows[budget] = [dict(r) for r in run_compare(options_from_args(each))]
     metric = headline_metric([r for group in rows.values() for r in group])
     meta = json.loads((root / f"budget-{budgets[0]}" / "meta.json").read_text())
-    (root / "sweep.md").write_text(sweep_markdown(rows, metric, args.budget_unit or "rank", meta))
+    (root / "sweep.md").write_text(sweep_markdown(rows, metric, getattr(args, "budget_unit", "rank"), meta))
     for key, label, name in COSTS:
         pareto_plot(points(rows, key, metric), root / f"pareto_{name}.png", label, metric)
     print(f"dynlora: sweep over budgets {', '.join(map(str, budgets))} written to {root}")

@@ -15,7 +15,7 @@ import torch
 from dynlora.data.instruct import InstructDataset, InstructExample, InstructSplit, load_instruct, pad_batch, prompt_ids
 from dynlora.hf.models import load_causal_lm
 from dynlora.methods.base import Prepared
-from dynlora.training.options import TrainOptions
+from dynlora.training.config import RunConfig
 
 
 @torch.no_grad()
@@ -41,11 +41,13 @@ class CausalLM:
     name = "causal-lm"
     tokens_across_devices = True
 
-    def load_data(self, opts: TrainOptions) -> InstructDataset:
-        return load_instruct(opts.dataset or opts.task, train_size=opts.train_size, seed=opts.seed)
+    def load_data(self, config: RunConfig) -> InstructDataset:
+        data = config.data
+        return load_instruct(data.dataset or data.task, train_size=data.train_size, seed=config.trainer.seed)
 
-    def load_model(self, opts: TrainOptions, data: InstructDataset, log: Callable[[str], None]) -> tuple[Any, Any]:
-        return load_causal_lm(opts.model, log, opts.dtype, opts.quantize, opts.device, opts.shard_base)
+    def load_model(self, config: RunConfig, data: InstructDataset, log: Callable[[str], None]) -> tuple[Any, Any]:
+        base = config.model
+        return load_causal_lm(base.model, log, base.dtype, base.quantize, config.trainer.train_on, base.shard_base)
 
     def split(self, data: InstructDataset, which: str, tokenizer: Any, max_length: int) -> Any:
         return InstructSplit(getattr(data, which), tokenizer, max_length)
@@ -55,8 +57,9 @@ class CausalLM:
             return pad_batch(items, tokenizer.pad_token_id)
         return collate
 
-    def describe(self, opts: TrainOptions, prepared: Prepared, examples: int, total_steps: int) -> str:
-        return (f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules of a causal LM, "
+    def describe(self, config: RunConfig, prepared: Prepared, examples: int, total_steps: int) -> str:
+        return (f"dynlora: {config.adapters.method} rank {config.adapters.rank} on {len(prepared.ranks())} modules "
+                f"of a causal LM, "
                 f"{examples} instruction pairs, {total_steps} steps")
 
     def evaluate(self, trainer: Any, prepared: Prepared, tokenizer: Any, data: InstructDataset,

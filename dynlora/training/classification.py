@@ -13,7 +13,7 @@ from dynlora.data.text import TextDataset, load_task, tokenize
 from dynlora.hf.models import load_classifier
 from dynlora.methods.base import Prepared
 from dynlora.training.metrics import accuracy, macro_f1
-from dynlora.training.options import TrainOptions
+from dynlora.training.config import RunConfig
 
 
 def evaluate(trainer: Any, dataset: Any, examples: Sequence[Any], num_labels: int) -> dict[str, float]:
@@ -29,13 +29,15 @@ class Classification:
     name = "classification"
     tokens_across_devices = False
 
-    def load_data(self, opts: TrainOptions) -> TextDataset:
-        return load_task(opts.task, opts.dataset, text_column=opts.text_column, label_column=opts.label_column,
-                         train_size=opts.train_size, seed=opts.seed)
+    def load_data(self, config: RunConfig) -> TextDataset:
+        data = config.data
+        return load_task(data.task, data.dataset, text_column=data.text_column, label_column=data.label_column,
+                         train_size=data.train_size, seed=config.trainer.seed)
 
-    def load_model(self, opts: TrainOptions, data: TextDataset, log: Callable[[str], None]) -> tuple[Any, Any]:
-        return load_classifier(opts.model, data.num_labels, opts.dtype, opts.quantize, opts.device,
-                               opts.shard_base)
+    def load_model(self, config: RunConfig, data: TextDataset, log: Callable[[str], None]) -> tuple[Any, Any]:
+        base = config.model
+        return load_classifier(base.model, data.num_labels, base.dtype, base.quantize, config.trainer.train_on,
+                               base.shard_base)
 
     def split(self, data: TextDataset, which: str, tokenizer: Any, max_length: int) -> Any:
         return tokenize(getattr(data, which), tokenizer, max_length)
@@ -43,8 +45,8 @@ class Classification:
     def collator(self, tokenizer: Any) -> Callable[[list[Any]], dict[str, Any]]:
         return DataCollatorWithPadding(tokenizer)
 
-    def describe(self, opts: TrainOptions, prepared: Prepared, examples: int, total_steps: int) -> str:
-        return (f"dynlora: {opts.method} rank {opts.rank} on {len(prepared.ranks())} modules, "
+    def describe(self, config: RunConfig, prepared: Prepared, examples: int, total_steps: int) -> str:
+        return (f"dynlora: {config.adapters.method} rank {config.adapters.rank} on {len(prepared.ranks())} modules, "
                 f"{trainable_parameters(prepared.model):,} trainable parameters, {examples} training examples, "
                 f"{total_steps} steps")
 

@@ -19,7 +19,8 @@ from dynlora.io.model_card import write_model_card
 from dynlora.methods.base import Prepared
 from dynlora.report.run_report import write_report
 from dynlora.training.fit import Built, Fitted
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import config_values
+from dynlora.training.config import RunConfig
 from dynlora.training.records import RunCost
 from dynlora.training.run_folder import RUN_MARKER
 
@@ -54,7 +55,7 @@ def _write_jsonl(path: Path, events: Sequence[Event]) -> None:
             f.write(json.dumps(event.row()) + "\n")
 
 
-def write_run_files(work: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]], metrics: dict[str, Any],
+def write_run_files(work: Path, config: RunConfig, labels: tuple[int, tuple[str, ...]], metrics: dict[str, Any],
                     prepared: Prepared, trainer: Any) -> None:
     """metrics.json, history.jsonl, ranks.json, gates.json (gated adapters), report/ and run.json."""
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -64,9 +65,9 @@ def write_run_files(work: Path, opts: TrainOptions, labels: tuple[int, tuple[str
     if controller is not None and any(layer.gate is not None for layer in controller.layers.values()):
         gates = {n: layer.gate.detach().tolist() for n, layer in controller.layers.items() if layer.gate is not None}
         (work / "gates.json").write_text(json.dumps(gates) + "\n")
-    write_report(work, opts.method)
+    write_report(work, config.adapters.method)
     num_labels, label_names = labels
-    run = {"dynlora_version": __version__, "options": opts.as_dict(), "num_labels": num_labels,
+    run = {"dynlora_version": __version__, "options": config_values(config), "num_labels": num_labels,
            "label_names": list(label_names), "finished": datetime.now().isoformat(timespec="seconds")}
     (work / RUN_MARKER).write_text(json.dumps(run, indent=2) + "\n")
 
@@ -74,7 +75,7 @@ def write_run_files(work: Path, opts: TrainOptions, labels: tuple[int, tuple[str
 FINISHED = ("metrics.json", "history.jsonl", "ranks.json", "gates.json", "report", "adapter", STATE_FOLDER)
 
 
-def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, tuple[str, ...]],
+def finish_run(work: Path, final: Path, config: RunConfig, labels: tuple[int, tuple[str, ...]],
                metrics: dict[str, Any], prepared: Prepared, trainer: Any, gate_means: dict[str, float] | None) -> None:
     """Write the run files and the PEFT adapter into ``work``, then drop the checkpoints and rename it to
     ``final``. A failed write (a full disk) removes what it wrote and keeps the checkpoints, so the run
@@ -82,7 +83,7 @@ def finish_run(work: Path, final: Path, opts: TrainOptions, labels: tuple[int, t
     try:
         if gate_means is not None:  # the exact model, gate and all
             save_checkpoint(work / STATE_FOLDER, prepared.model, prepared.controller)
-        write_run_files(work, opts, labels, metrics, prepared, trainer)
+        write_run_files(work, config, labels, metrics, prepared, trainer)
         prepared.save_adapter(work / "adapter", gate_means=gate_means)
         write_model_card(work)  # adapter/README.md: method, budget, ranks, metrics, how to serve it
     except Exception as err:

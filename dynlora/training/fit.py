@@ -18,13 +18,12 @@ from dynlora.core.distributed import world_size
 from dynlora.core.peers import Peer, gather_peers, gone, on_sigterm
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import DynloraCallback, StepHooks
-from dynlora.hf.device import resolve_device
 from dynlora.hf.memory import ActivationMemoryCallback, PeakMemory
-from dynlora.hf.trainer import DynloraTrainer, save_interval
+from dynlora.hf.trainer import DynloraTrainer
 from dynlora.io.checkpoint import checkpoint_step, last_complete_checkpoint
 from dynlora.io.disk import write_failure
 from dynlora.methods.base import Prepared, TrainData
-from dynlora.training.options import TRAINER_DEFAULTS, TrainOptions
+from dynlora.training.config import RunConfig
 from dynlora.training.prepare import prepare
 
 
@@ -38,46 +37,15 @@ def fit_max_length(max_length: int, model: Any, log: Callable[[str], None]) -> i
     return max_length
 
 
-def total_optimizer_steps(opts: TrainOptions, num_examples: int) -> int:
+def total_optimizer_steps(args: TrainingArguments, num_examples: int) -> int:
     """The optimizer steps the Trainer will take (its own formula), known before training starts."""
-    if opts.max_steps > 0:
-        return opts.max_steps
+    if args.max_steps > 0:
+        return args.max_steps
     # in N processes accelerate deals the batches out round-robin, so each process (and the run) takes 1/N of them
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    batches = math.ceil(math.ceil(num_examples / opts.batch_size) / processes)
-    return max(1, math.ceil(opts.epochs * batches / opts.grad_accum))  # accumulation: one step per grad_accum batches
-
-
-def logging_interval(total_steps: int, save_every: int = 0) -> int:
-    """Log about 20 times a run, at least every 50 steps, and at every checkpoint (a divisor of the
-    ``save_every`` steps): the Trainer's loss since the last log dies with a killed process, so a
-    resumed run's log lines equal a straight run's only when a checkpoint never falls inside a window."""
-    steps = max(1, min(50, total_steps // 20))
-    return math.gcd(steps, save_every) if save_every else steps
-
-
-def training_args(opts: TrainOptions, out: Path, total_steps: int, tokens_across_devices: bool) -> TrainingArguments:
-    """The Trainer's arguments for a run of exactly ``total_steps`` optimizer steps; ``opts.trainer`` last."""
-    every = save_interval(opts.save_every, total_steps)
-    kwargs: dict[str, Any] = dict(
-        # the Trainer scales each process's loss by the number of processes, which is right only for a loss
-        # that divides by the global token count (causal LMs); a classifier's mean loss would count double
-        average_tokens_across_devices=tokens_across_devices,
-        output_dir=str(out / "checkpoints"), save_strategy="steps" if every else "no", save_steps=every or 500,
-        per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=max(opts.batch_size, 64),
-        learning_rate=opts.lr, weight_decay=opts.weight_decay,
-        num_train_epochs=opts.epochs, max_steps=total_steps,  # exactly the steps the methods' schedules assume
-        warmup_steps=opts.warmup, seed=opts.seed, data_seed=opts.seed,
-        logging_steps=logging_interval(total_steps, every),
-        use_cpu=resolve_device(opts.device) == "cpu", bf16=opts.bf16, fp16=opts.fp16,
-        gradient_accumulation_steps=opts.grad_accum, **TRAINER_DEFAULTS)
-    if opts.gradient_checkpointing:
-        kwargs.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
-    kwargs.update(opts.trainer)
-    try:
-        return TrainingArguments(**kwargs)
-    except (ValueError, TypeError) as err:  # transformers' own check of a trainer field
-        raise DynloraError(f"training arguments: {one_line(err)}") from None
+    batches = math.ceil(math.ceil(num_examples / args.per_device_train_batch_size) / processes)
+    # accumulation: one optimizer step per gradient_accumulation_steps batches
+    return max(1, math.ceil(args.num_train_epochs * batches / args.gradient_accumulation_steps))
 
 
 def one_line(err: BaseException) -> str:
@@ -110,19 +78,21 @@ class Fitted:
     steps_run: int  # optimizer steps this call took: fewer than the run's after a resume
 
 
-def build_trainer(model: Any, opts: TrainOptions, work: Path, total_steps: int, train_ds: Any, collator: Any,
+def build_trainer(model: Any, config: RunConfig, work: Path, total_steps: int, train_ds: Any, collator: Any,
                   tokens_across_devices: bool, extra_callbacks: Sequence[TrainerCallback] = ()) -> Built:
     """The method's adapted model, an HF Trainer around it, and the activation-memory recorder."""
-    prepared = prepare(model, opts, total_steps, TrainData(train_ds, collator, opts.batch_size, opts.seed))
-    args = training_args(opts, work, total_steps, tokens_across_devices)
+    run = config.trainer
+    prepared = prepare(model, config, total_steps, TrainData(train_ds, collator, run.per_device_train_batch_size,
+                                                                 run.seed))
+    args = run.for_run(work, total_steps, tokens_across_devices)
     memory = ActivationMemoryCallback()
     groups = prepared.param_groups
     controller = prepared.controller
     if groups is None and controller is not None:
         # built here, over every adapter, so that a resume (which may restore switched-off adapters before the
         # Trainer would build its optimizer) gets the same parameter groups as the original run
-        groups = [{"params": optimizable_parameters(prepared.model), "lr": opts.lr,
-                   "weight_decay": opts.weight_decay}]
+        groups = [{"params": optimizable_parameters(prepared.model), "lr": args.learning_rate,
+                   "weight_decay": args.weight_decay}]
     optimizer = optimizer_for(args, prepared.model, groups) if groups else None
     callbacks: list[TrainerCallback] = []
     if controller is not None:

@@ -20,36 +20,36 @@ from dynlora.data.instruct import is_instruct
 from dynlora.data.splits import scored_on
 from dynlora.io.input_gates import input_gated
 from dynlora.io.model_card import serving_lines
-from dynlora.training.arguments import config_yaml
+from dynlora.training.arguments import config_values, config_yaml
 from dynlora.training.causal_lm import CausalLM
 from dynlora.training.classification import Classification
 from dynlora.training.finish import finish_run, run_cost
 from dynlora.training.fit import build_trainer, fit, fit_max_length, total_optimizer_steps
 from dynlora.training.input_gate import input_gate_export
-from dynlora.training.options import TrainOptions
+from dynlora.training.config import RunConfig
 from dynlora.training.run_folder import abandon, start_run
 from dynlora.training.run_log import run_log
 from dynlora.training.task import TaskKind
 
 
-def task_kind(opts: TrainOptions) -> TaskKind:
+def task_kind(config: RunConfig) -> TaskKind:
     """Causal-LM instruction tuning for ``*-instruct`` / ``chatterbot`` / prompt-response JSONL, else classification."""
-    return CausalLM() if is_instruct(opts.task, opts.dataset) else Classification()
+    return CausalLM() if is_instruct(config.data.task, config.data.dataset) else Classification()
 
 
-def train(opts: TrainOptions, log: Callable[[str], None] = print,
+def train(config: RunConfig, log: Callable[[str], None] = print,
           extra_callbacks: Sequence[TrainerCallback] = (), resume: bool = False) -> dict[str, Any]:
-    """Run one fine-tune described by ``opts``; returns the metrics also written to metrics.json.
+    """Run one fine-tune described by ``config``; returns the metrics also written to metrics.json.
 
-    ``resume``: go on with the unfinished run at ``opts.output`` from its last complete checkpoint.
+    ``resume``: go on with the unfinished run at ``config.trainer.output_dir`` from its last complete checkpoint.
     In a multi-process run every process trains and evaluates; only the main process writes files.
     """
-    kind = task_kind(opts)
-    data = scored_on(kind.load_data(opts), opts.eval_split)  # load
-    final, work = start_run(opts.output, opts.as_dict(), resume)
+    kind = task_kind(config)
+    data = scored_on(kind.load_data(config), config.data.eval_split)  # load
+    final, work = start_run(config.trainer.output_dir, config_values(config), resume)
     try:
         with run_log(work / "train.log" if is_main_process() else None):  # dependencies' warnings: not the terminal
-            metrics = _train_into(work, final, kind, data, opts, log, extra_callbacks, resume)
+            metrics = _train_into(work, final, kind, data, config, log, extra_callbacks, resume)
     except BaseException as err:
         raise abandon(work, err, final) from None
     log(f"{kind.summary(metrics)}; run written to {final}")
@@ -60,28 +60,29 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print,
     return metrics
 
 
-def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, opts: TrainOptions, log: Callable[[str], None],
+def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, config: RunConfig, log: Callable[[str], None],
                 extra_callbacks: Sequence[TrainerCallback], resume: bool) -> dict[str, Any]:
     """prepare -> fit -> finish in the working folder ``work``, renamed to ``final`` at the end."""
     if is_main_process() and not resume:
-        (work / "config.yaml").write_text(config_yaml(opts))  # dynlora train RUN/config.yaml trains it again
-    set_seed(opts.seed)
-    model, tokenizer = kind.load_model(opts, data, log)
-    max_length = fit_max_length(opts.max_length, model, log)
+        (work / "config.yaml").write_text(config_yaml(config))  # dynlora train RUN/config.yaml trains it again
+    set_seed(config.trainer.seed)
+    model, tokenizer = kind.load_model(config, data, log)
+    max_length = fit_max_length(config.data.max_length, model, log)
     train_ds = kind.split(data, "train", tokenizer, max_length)
     test_ds = kind.split(data, "test", tokenizer, max_length)
-    total_steps = total_optimizer_steps(opts, len(train_ds))
+    total_steps = total_optimizer_steps(config.trainer, len(train_ds))
     collate = kind.collator(tokenizer)
-    built = build_trainer(model, opts, work, total_steps, train_ds, collate,  # prepare
+    built = build_trainer(model, config, work, total_steps, train_ds, collate,  # prepare
                           kind.tokens_across_devices, extra_callbacks)
     prepared, trainer = built.prepared, built.trainer
-    log(kind.describe(opts, prepared, len(train_ds), total_steps))
+    log(kind.describe(config, prepared, len(train_ds), total_steps))
     fitted = fit(trainer, work, resume, log)  # fit
-    metrics: dict[str, Any] = {"task": data.name, "method": opts.method, "seed": opts.seed,  # finish
+    metrics: dict[str, Any] = {"task": data.name, "method": config.adapters.method,  # finish
+                               "seed": config.trainer.seed,
                                **kind.evaluate(trainer, prepared, tokenizer, data, test_ds),
                                **run_cost(built, fitted, trainer.run_train_loss()),
                                "train_examples": len(train_ds), "test_examples": len(test_ds),
-                               "eval_split": opts.eval_split}
+                               "eval_split": config.data.eval_split}
     gate_means = None
     if input_gated(prepared.model):  # fold each gate's mean over the validation split into B for PEFT
         calibration = kind.split(data, "validation", tokenizer, max_length)
@@ -89,5 +90,5 @@ def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, opts: TrainO
                                                      kind.export_score(trainer, data, test_ds))
         metrics.update(gate_metrics)
     if is_main_process():
-        finish_run(work, final, opts, kind.labels(data), metrics, prepared, trainer, gate_means)
+        finish_run(work, final, config, kind.labels(data), metrics, prepared, trainer, gate_means)
     return metrics

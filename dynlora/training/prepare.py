@@ -20,49 +20,44 @@ from dynlora.io.export import export_peft
 from dynlora.methods import registry
 from dynlora.methods.base import MethodSpec, Prepared, TrainData
 from dynlora.methods.peft_configs import DynamicLoraConfig
-from dynlora.training.options import TrainOptions
+from dynlora.training.config import RunConfig
 
 
-def dynamic_config(opts: TrainOptions) -> DynamicLoraConfig:
-    """The PEFT-shaped config of a run of a native method."""
-    return DynamicLoraConfig(method=opts.method, r=opts.rank, lora_alpha=opts.alpha, lora_dropout=opts.dropout,
-                             target_modules=opts.targets, rank_budget=opts.rank_budget, seed=opts.seed,
-                             budget_unit=opts.budget_unit,
-                             method_config=opts.method_config, adapter_dtype=opts.adapter_dtype)
-
-
-def prepare_native(model: nn.Module, opts: TrainOptions, spec: MethodSpec, total_steps: int) -> Prepared:
+def prepare_native(model: nn.Module, config: RunConfig, spec: MethodSpec, total_steps: int) -> Prepared:
     """Inject dynlora adapters and wrap the method in a controller (what ``get_dynamic_model`` does)."""
-    get_dynamic_model(model, dynamic_config(opts))
+    adapters, trainer = config.adapters, config.trainer
+    get_dynamic_model(model, DynamicLoraConfig.of(adapters, trainer.seed))
     controller = attach(model, total_steps=total_steps)
-    groups = spec.param_groups(model, opts.lr, opts.method_config, opts.weight_decay) if spec.param_groups is not None else None
+    groups = (spec.param_groups(model, trainer.learning_rate, adapters.method_config, trainer.weight_decay)
+              if spec.param_groups is not None else None)
 
     def save(folder: Path, gate_means: Any = None) -> Path:
-        return export_peft(model, folder, opts.dropout, gate_means=gate_means, dtype=opts.export_dtype)
+        return export_peft(model, folder, adapters.dropout, gate_means=gate_means, dtype=trainer.export_dtype)
 
     return Prepared(model, save, ranks=controller.ranks, flops=lambda: adapter_flops_per_token(model),
                     budget=controller.budget.total + sum(controller.budget.fixed.values()),  # plain LoRA's cost
                     controller=controller, param_groups=groups)
 
 
-def prepare(model: nn.Module, opts: TrainOptions, total_steps: int, data: TrainData | None = None) -> Prepared:
-    """The adapted model for ``opts.method`` (``name`` or ``name:variant``); ``data``: the run's training split,
+def prepare(model: nn.Module, config: RunConfig, total_steps: int, data: TrainData | None = None) -> Prepared:
+    """The adapted model for the run's method (``name`` or ``name:variant``); ``data``: the run's training split,
     for a method that reads it while it prepares."""
-    spec = registry.get(opts.method)
+    method, checkpointing = config.adapters.method, bool(config.trainer.activation_checkpointing)
+    spec = registry.get(method)
     if spec.reads_data and data is None:
-        raise DynloraError(f"method {opts.method!r} initialises its adapters from training batches; "
+        raise DynloraError(f"method {method!r} initialises its adapters from training batches; "
                            "prepare it with the run's training data")
     if getattr(model, "is_quantized", False):
         from peft import prepare_model_for_kbit_training
 
         # PEFT's own preparation: non-quantized weights (norms, embeddings, head) to float32, input grads on
-        prepare_model_for_kbit_training(model, use_gradient_checkpointing=opts.gradient_checkpointing,
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
                                         gradient_checkpointing_kwargs={"use_reentrant": False})
-    if opts.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+    if checkpointing and hasattr(model, "enable_input_require_grads"):
         # as PEFT does: with a frozen embedding a checkpointed block's input would need no grad, and
         # reentrant checkpointing would then drop the adapters' gradients
         model.enable_input_require_grads()
     if spec.prepare is not None:
         extra = {"data": data} if spec.reads_data else {}
-        return spec.prepare(model, opts.adapter_settings(), opts.method_config, total_steps, **extra)
-    return prepare_native(model, opts, spec, total_steps)
+        return spec.prepare(model, config.adapters, total_steps, config.trainer.seed, **extra)
+    return prepare_native(model, config, spec, total_steps)

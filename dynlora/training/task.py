@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dynlora.methods.base import Prepared
-from dynlora.training.options import TrainOptions
+from dynlora.training.config import RunConfig
 
 
 class TaskKind(Protocol):
@@ -15,10 +15,10 @@ class TaskKind(Protocol):
     name: str
     tokens_across_devices: bool  # the loss divides by the global token count (the Trainer's N-process scaling)
 
-    def load_data(self, opts: TrainOptions) -> Any:
+    def load_data(self, config: RunConfig) -> Any:
         """The data set (before any run folder exists, so bad data leaves nothing behind)."""
 
-    def load_model(self, opts: TrainOptions, data: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
+    def load_model(self, config: RunConfig, data: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
         """(model, tokenizer)."""
 
     def split(self, data: Any, which: str, tokenizer: Any, max_length: int) -> Any:
@@ -26,7 +26,7 @@ class TaskKind(Protocol):
 
     def collator(self, tokenizer: Any) -> Callable[[list[Any]], dict[str, Any]]: ...
 
-    def describe(self, opts: TrainOptions, prepared: Prepared, examples: int, total_steps: int) -> str:
+    def describe(self, config: RunConfig, prepared: Prepared, examples: int, total_steps: int) -> str:
         """The log line before training."""
 
     def evaluate(self, trainer: Any, prepared: Prepared, tokenizer: Any, data: Any, test_ds: Any) -> dict[str, float]:

@@ -6,7 +6,7 @@ import torch
 from dynlora.errors import DynloraError
 from dynlora.hf.device import check_device, resolve_device
 from dynlora.hf.memory import PeakMemory
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 
 
 def test_auto_is_cuda_exactly_when_torch_sees_a_gpu():
@@ -19,13 +19,13 @@ def test_bad_device_names_the_value_and_the_valid_ones(bad):
     with pytest.raises(DynloraError, match=f"device {bad!r} is not valid; valid: auto, cpu, cuda"):
         check_device(bad)
     with pytest.raises(DynloraError, match="is not valid"):
-        TrainOptions(device=bad)
+        run_config(dict(train_on=bad))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_refused_before_anything_runs():
     with pytest.raises(DynloraError, match="'cuda' is not available"):
-        TrainOptions(device="cuda")
+        run_config(dict(train_on="cuda"))
 
 
 def test_cpu_peak_is_the_sampled_rss_even_where_cuda_exists():

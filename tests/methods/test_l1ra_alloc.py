@@ -46,11 +46,11 @@ def test_the_config_is_both_methods_knobs_under_their_own_flags():
     assert config.rank_config() == L1RAConfig(lam=0.3, threshold=1e-5)
     assert config.select_config() == ModuleAllocConfig(k=0.25, threshold=0.4)
     from dynlora.cli import _values, build_parser
-    from dynlora.training.arguments import options_from
+    from dynlora.training.arguments import run_config
 
-    opts = options_from(vars(_values(build_parser(), [
+    opts = run_config(vars(_values(build_parser(), [
         "train", "--method", "l1ra-alloc", "--l1ra-lambda", "0.3", "--k", "0.25", "--threshold", "0.4",
         "--l1ra-threshold", "1e-5"])))
-    assert opts.method_config == config
+    assert opts.adapters.method_config == config
     with pytest.raises(dynlora.DynloraError, match="k"):
         L1RAAllocConfig(k=0)

@@ -7,24 +7,27 @@ differ by layer, so EVA's explained variance hands the ranks out unequally.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
 import torch
 
 from dynlora.errors import DynloraError
-from dynlora.methods import registry
-from dynlora.methods.base import AdapterSettings, Prepared, TrainData
+from dynlora.methods import AdapterSettings, registry
+from dynlora.methods.base import Prepared, TrainData
 from dynlora.methods.peft_common import peft_layers, peft_targets
 from dynlora.methods.peft_eva import PeftEvaConfig
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.prepare import prepare
 from tests.conftest import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RANK, ALPHA = 2, 4.0  # rank 2: the SVD converges in a quarter of the time rank 4 takes
-SETTINGS = AdapterSettings(method="peft-eva", rank=RANK, alpha=ALPHA, seed=3)
+SETTINGS = AdapterSettings(method="peft-eva", rank=RANK, alpha=ALPHA)
+SEED = 3
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -41,8 +44,8 @@ def train_data(examples: int = 64, batch_size: int = 8) -> TrainData:
 
 
 def eva_prepared(config: PeftEvaConfig | None = None) -> Prepared:
-    return registry.get("peft-eva").prepare(tiny_bert(), SETTINGS, config or PeftEvaConfig(batches=8), 10,
-                                            data=train_data())
+    settings = dataclasses.replace(SETTINGS, method_config=config or PeftEvaConfig(batches=8))
+    return registry.get("peft-eva").prepare(tiny_bert(), settings, 10, SEED, data=train_data())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,8 @@ def test_ranks_come_from_the_data_and_total_lora_budget(eva):
     assert max(ranks.values()) <= round(RANK * PeftEvaConfig().rho)
     # the total rank is plain LoRA's at r (modules EVA gives no rank drop out, the total stays)
     assert sum(ranks.values()) == RANK * len(targets) == eva.budget
-    lora = registry.get("peft-lora").prepare(tiny_bert(), SETTINGS, None, 10)
+    lora = registry.get("peft-lora").prepare(tiny_bert(), AdapterSettings(method="peft-lora", rank=RANK, alpha=ALPHA),
+                                             10, SEED)
     assert eva.budget == lora.budget and sum(lora.ranks().values()) == eva.budget
     for name, layer in peft_layers(eva.model).items():
         assert layer.scaling["default"] == ALPHA / RANK, name  # PEFT scales alpha with the rank: LoRA's scale
@@ -122,9 +126,9 @@ def test_bad_settings_are_one_line_errors():
             make()
         assert len(str(caught.value).splitlines()) == 1
     with pytest.raises(DynloraError, match="batch size 8.*has 5"):  # fewer examples than one batch
-        registry.get("peft-eva").prepare(tiny_bert(), SETTINGS, None, 10, data=train_data(examples=5))
+        registry.get("peft-eva").prepare(tiny_bert(), SETTINGS, 10, SEED, data=train_data(examples=5))
     with pytest.raises(DynloraError, match="'peft-eva' initialises its adapters from training batches"):
-        prepare(tiny_bert(), TrainOptions(method="peft-eva"), 10)
+        prepare(tiny_bert(), run_config(dict(method="peft-eva")), 10)
 
 
 @pytest.mark.slow
@@ -141,6 +145,6 @@ def test_dynlora_train_runs_it_with_its_flags(tiny_assets, tmp_path):
     assert metrics["total_rank"] == metrics["budget"] == 4 * 13  # 13 targets of the 2-layer BERT, as LoRA's
     assert len(set(ranks.values())) > 1 and max(ranks.values()) <= 6  # round(4 x 1.5)
     options = json.loads((run / "run.json").read_text())["options"]
-    assert options["method_config"] == {"rho": 1.5, "batches": 4}
+    assert (options["eva_rho"], options["eva_batches"]) == (1.5, 4)
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["rank_pattern"]

@@ -88,7 +88,7 @@ def test_a_registered_method_trains_through_the_cli(shift_method, tiny_assets, t
     ranks = json.loads((out / "ranks.json").read_text())
     assert len(set(ranks.values())) > 1  # ranks moved
     run = json.loads((out / "run.json").read_text())
-    assert run["options"]["method_config"] == {"every": 2.0}
+    assert run["options"]["shift_every"] == 2.0  # the method's knob, under its flag's name
     assert (out / "report" / "rank_by_type.png").is_file()
 
 

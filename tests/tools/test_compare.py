@@ -19,6 +19,7 @@ from dynlora.cli import main
 from dynlora.methods import peft_adalora, registry
 from dynlora.report.plots import OTHER, parse_module_name, rank_grid, rank_heatmap
 from dynlora.tools.summary import COLUMNS
+from dynlora.training.arguments import config_values, run_config
 from dynlora.training.records import RUN_KEYS
 from tests.conftest import write_pairs
 
@@ -36,7 +37,7 @@ class CountingTrain:
         self.real, self.cells = compare.train, []
 
     def __call__(self, opts, **kwargs):
-        self.cells.append((opts.method, opts.seed))
+        self.cells.append((opts.adapters.method, opts.trainer.seed))
         return self.real(opts, **kwargs)
 
 
@@ -131,14 +132,15 @@ def test_a_cell_killed_mid_run_is_started_again(first_run, assets, tmp_path, mon
 
 
 def test_an_unfinished_cell_resumes_only_with_its_own_options_and_a_checkpoint(tmp_path):
-    cell = compare.TrainOptions(method="lora", seed=1, output=str(tmp_path / "cells" / "lora-s1"))
+    cell = run_config(dict(method="lora", seed=1, output_dir=str(tmp_path / "cells" / "lora-s1")))
     partial = tmp_path / "cells" / ".lora-s1.partial"
     assert not compare.unfinished_cell(cell)
     complete = partial / "checkpoints" / "checkpoint-4"
     complete.mkdir(parents=True)
     (complete / "dynlora-complete").write_text("4\n")
-    for options, resumes in ((dataclasses.replace(cell, seed=2), False), (cell, True)):
-        (partial / "run.json").write_text(json.dumps({"options": options.as_dict(), "unfinished": True}))
+    other = dataclasses.replace(cell, trainer=dataclasses.replace(cell.trainer, seed=2))
+    for options, resumes in ((other, False), (cell, True)):
+        (partial / "run.json").write_text(json.dumps({"options": config_values(options), "unfinished": True}))
         assert compare.unfinished_cell(cell) is resumes
         assert partial.exists() is resumes  # another cell's options: removed, the cell starts again
         complete.mkdir(parents=True, exist_ok=True)
@@ -185,8 +187,8 @@ def test_peft_adalora_ranks_move(first_run):
 def test_unequal_budgets_are_an_error(assets, tmp_path, monkeypatch, capsys):
     spec = registry.get("peft-adalora")
 
-    def bigger(model, settings, config, total_steps):
-        prepared = spec.prepare(model, settings, config, total_steps)
+    def bigger(model, settings, total_steps, seed):
+        prepared = spec.prepare(model, settings, total_steps, seed)
         prepared.budget += 5
         return prepared
 
@@ -292,7 +294,8 @@ def test_compare_on_a_causal_lm(tiny_lm, tmp_path):
     assert "accuracy" not in table["l1ra"] and "perplexity" in table["l1ra"]
     assert {"eval_loss_vs_params.png", "ranks_l1ra.png"} <= {p.name for p in out.iterdir()}
     settings = json.loads((out / "meta.json").read_text())["settings"]
-    assert settings["batch_size"] == 4 and settings["max_length"] == compare.LM_PROFILES["quick"].max_length
+    assert settings["per_device_train_batch_size"] == 4
+    assert settings["max_length"] == compare.LM_PROFILES["quick"].values["max_length"]
 
 
 def test_compare_in_bf16_records_the_precision(assets, tmp_path):
@@ -301,7 +304,7 @@ def test_compare_in_bf16_records_the_precision(assets, tmp_path):
     assert main(["compare", "--model", model, "--dataset", data, "--methods", "lora", "--seeds", "0",
                  "--max-steps", "3", "--batch-size", "8", "--bf16", "--output", str(out)]) == 0
     settings = json.loads((out / "meta.json").read_text())["settings"]
-    assert settings["bf16"] is True and settings["quantize"] is None
+    assert settings["bf16"] is True and settings["load_in_4bit"] is False
     assert [r["method"] for r in rows_of(out)] == ["lora"]
     assert "bf16 True" in (out / "summary.md").read_text()
 
@@ -347,26 +350,25 @@ def test_peft_eva_trains_beside_peft_lora_on_the_same_budget(assets, tmp_path):
     assert any(p.name.startswith("ranks_peft-eva") for p in out.iterdir())  # its ranks differ: drawn
 
 
-def test_eval_split_reaches_every_cell_and_keeps_old_folders_resumable():
-    test = compare.CompareOptions(profile=compare.Profile("quick"), methods=("lora",))
-    search = compare.CompareOptions(profile=compare.Profile("quick", eval_split="validation"), methods=("lora",))
-    assert "eval_split" not in test.settings()  # folders made before the flag resume as they were
-    assert search.settings()["eval_split"] == "validation"
-    assert search.cell_options("lora", 0).eval_split == "validation"
-    assert test.cell_options("lora", 0).eval_split == "test"
+def test_eval_split_reaches_every_cell():
+    test = compare.CompareOptions(methods=("lora",))
+    search = compare.CompareOptions(values={"eval_split": "validation"}, methods=("lora",))
+    assert test.settings()["eval_split"] == "test" and search.settings()["eval_split"] == "validation"
+    assert search.cell_options("lora", 0).data.eval_split == "validation"
+    assert test.cell_options("lora", 0).data.eval_split == "test"
 
 
 def test_a_method_knob_reaches_its_cell_and_nothing_else():
-    opts = compare.CompareOptions(profile=compare.Profile("quick"), methods=("l1ra@pull=4", "l1ra"))
-    assert opts.cell_options("l1ra@pull=4", 0).method_config == dataclasses.replace(
-        opts.cell_options("l1ra", 0).method_config, pull=4.0)
+    opts = compare.CompareOptions(methods=("l1ra@pull=4", "l1ra"))
+    assert opts.cell_options("l1ra@pull=4", 0).adapters.method_config == dataclasses.replace(
+        opts.cell_options("l1ra", 0).adapters.method_config, pull=4.0)
     assert compare.cell_dir(Path("x"), "l1ra@pull=4", 0) != compare.cell_dir(Path("x"), "l1ra", 0)
 
 
 def test_a_changed_method_config_is_refused_only_where_its_cells_are(tmp_path):
     from dynlora.errors import DynloraError
 
-    settings = compare.CompareOptions(profile=compare.Profile("quick"), methods=("l1ra",)).settings()
+    settings = compare.CompareOptions(methods=("l1ra",)).settings()
     l1ra = settings["method_configs"]["l1ra"]
     (tmp_path / "results.jsonl").write_text(json.dumps({"method": "l1ra@pull=4", "seed": 0}) + "\n")
 
@@ -393,7 +395,7 @@ def test_a_changed_method_config_is_refused_only_where_its_cells_are(tmp_path):
 def test_a_variant_cell_is_judged_by_what_its_variant_ran(tmp_path):
     from dynlora.errors import DynloraError
 
-    settings = compare.CompareOptions(profile=compare.Profile("quick"), methods=("adaptive",)).settings()
+    settings = compare.CompareOptions(methods=("adaptive",)).settings()
     adaptive = settings["method_configs"]["adaptive"]
     flipped = {**adaptive, "input_gate": not adaptive["input_gate"]}  # the default changed since
     (tmp_path / "meta.json").write_text(json.dumps({"settings": {
@@ -418,7 +420,7 @@ def test_a_knob_added_at_a_new_behaviour_refuses_records_made_before_it(tmp_path
     """adaptive's ``refactor`` came in on by default: a record without it ran with it off (its ``before``)."""
     from dynlora.errors import DynloraError
 
-    settings = compare.CompareOptions(profile=compare.Profile("quick"), methods=("adaptive",)).settings()
+    settings = compare.CompareOptions(methods=("adaptive",)).settings()
     adaptive = settings["method_configs"]["adaptive"]
     assert adaptive["refactor"] is True
     old = {k: v for k, v in adaptive.items() if k != "refactor"}
@@ -431,17 +433,40 @@ def test_a_knob_added_at_a_new_behaviour_refuses_records_made_before_it(tmp_path
         compare.check_settings(tmp_path, settings)
 
 
-def test_the_flags_compare_shares_with_train_are_declared_once():
-    """compare's data, profile and budget flags take their help and choices from dynlora train's declarations."""
+def test_compare_takes_every_train_flag_declared_once_and_the_profile_where_none_is_given():
+    """compare's parser is dynlora train's (its --output the compare folder), with the profile under the flags."""
     import argparse
 
-    from dynlora.training.arguments import train_flag
+    from dynlora.cli import build_parser, subparser
 
     p = argparse.ArgumentParser()
     compare.add_arguments(p)
-    actions = {a.dest: a for a in p._actions}
-    for dest, name in (("task", "task"), ("budget_unit", "budget_unit"), ("eval_split", "eval_split"),
-                       ("lr", "learning_rate"), ("device", "device"), ("train_size", "train_size")):
-        declared = train_flag(name)
-        assert actions[dest].help.startswith(declared["help"]), dest
-        assert actions[dest].choices == declared.get("choices"), dest
+    train = {a.dest: a for a in subparser(build_parser("train"), "train")._actions}
+    ours = {a.dest: a for a in p._actions}
+    assert set(train) - {"config", "resume"} <= set(ours)
+    for dest in ("task", "budget_unit", "learning_rate", "train_on", "lr_scheduler_type", "l1ra_lambda"):
+        assert ours[dest].option_strings == train[dest].option_strings and ours[dest].help == train[dest].help
+    opts = compare.options_from_args(p.parse_args(["--profile", "full", "--lr", "0.002", "--l1ra-lambda", "0.3",
+                                                   "--methods", "lora,l1ra", "--output", "x"]))
+    assert opts.output == "x" and opts.seeds == (0, 1, 2)
+    cell = opts.cell_options("l1ra", 1)
+    assert (cell.trainer.learning_rate, cell.trainer.num_train_epochs, cell.data.train_size) == (0.002, 3.0, None)
+    assert cell.adapters.method_config.lam == 0.3 and cell.trainer.seed == 1
+    assert opts.cell_options("lora", 0).trainer.learning_rate == 0.002
+    with pytest.raises(compare.DynloraError, match="seed is each cell's own"):
+        compare.options_from_args(p.parse_args(["--seed", "3"]))
+
+
+def test_a_folder_made_before_the_run_configuration_keeps_resuming(tmp_path):
+    """meta.json of dynlora <= 0.5 named the profile's values as compare's old Profile did."""
+    opts = compare.CompareOptions(values={"max_steps": 4, "rank": 2}, methods=("lora",))
+    settings = opts.settings()
+    old = {"task": "rt-polarity", "dataset": None, "text_column": "text", "label_column": "label", "profile": "quick",
+           "model": None, "train_size": 3000, "epochs": 1.0, "max_steps": 4, "rank": 2, "alpha": 16.0,
+           "targets": "all-linear", "batch_size": 16, "lr": 0.001, "max_length": 64, "dtype": None, "bf16": False,
+           "quantize": None, "device": None, "method_configs": settings["method_configs"]}
+    (tmp_path / "meta.json").write_text(json.dumps({"settings": old}))
+    compare.check_settings(tmp_path, settings)
+    (tmp_path / "meta.json").write_text(json.dumps({"settings": {**old, "lr": 0.002}}))
+    with pytest.raises(compare.DynloraError, match="learning_rate 0.002 there, 0.001 now"):
+        compare.check_settings(tmp_path, settings)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dynlora.cli import main
 from dynlora.data.instruct import prompt_ids
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.pipeline import train
 from tests.conftest import write_pairs
 
@@ -19,8 +19,9 @@ from tests.conftest import write_pairs
 def lm_run(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "run"
     pairs = write_pairs(out.parent / "pairs.jsonl")  # evaluating (and generating for) a whole split is slow
-    train(TrainOptions(model=str(tiny_lm), dataset=str(pairs), method="l1ra", train_size=32, max_steps=6,
-                       batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)), log=lambda s: None)
+    train(run_config(dict(model=str(tiny_lm), dataset=str(pairs), method="l1ra", train_size=32, max_steps=6,
+                       per_device_train_batch_size=4, rank=2, learning_rate=1e-2, max_length=64,
+                       output_dir=str(out))), log=lambda s: None)
     return out
 
 
@@ -73,8 +74,9 @@ def test_smollm2_on_chatterbot_trains_exports_and_answers(tmp_path, capsys):
     pytest.importorskip("gguf")
     pytest.importorskip("chatterbot_corpus")
     out = tmp_path / "run"
-    metrics = train(TrainOptions(model="smollm2", task="chatterbot", method="l1ra", train_size=32, max_steps=4,
-                                 batch_size=4, rank=2, max_length=64, output=str(out)), log=lambda s: None)
+    metrics = train(run_config(dict(model="smollm2", task="chatterbot", method="l1ra", train_size=32, max_steps=4,
+                                 per_device_train_batch_size=4, rank=2, max_length=64, output_dir=str(out))),
+                                 log=lambda s: None)
     assert metrics["modules"] == 210 and 0 < metrics["eval_loss"] < 10  # 30 layers x 7 projections
     capsys.readouterr()
     assert main(["generate", "--adapter", str(out), "--max-new-tokens", "12", "What is AI?"]) == 0

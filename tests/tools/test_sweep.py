@@ -89,7 +89,7 @@ def test_a_sweep_runs_every_budget_once_and_resumes(tiny_assets, tmp_path, monke
     real = compare.train
 
     def counted(opts, **kw):
-        calls.append((opts.rank, opts.method))
+        calls.append((opts.adapters.rank, opts.adapters.method))
         return real(opts, **kw)
 
     monkeypatch.setattr(compare, "train", counted)

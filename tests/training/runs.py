@@ -6,13 +6,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
+from dynlora.training.config import RunConfig
 
 
-def options(assets, out: Path, method: str, **extra) -> TrainOptions:
+def options(assets, out: Path, method: str, **extra) -> RunConfig:
     model, data = assets
-    return TrainOptions(model=model, dataset=data, method=method, max_steps=12, batch_size=8, rank=4, lr=5e-3,
-                        save_every=4, seed=3, output=str(out), **extra)
+    return run_config({**dict(model=model, dataset=data, method=method, max_steps=12, per_device_train_batch_size=8,
+                               rank=4, learning_rate=5e-3, save_every=4, seed=3, output_dir=str(out)), **extra})
 
 
 def decisions(run: Path) -> list[dict]:

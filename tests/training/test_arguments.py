@@ -9,74 +9,108 @@ import yaml
 from safetensors.torch import load_file
 
 from dynlora.cli import _values, build_parser, main
+from dynlora.errors import DynloraError
+from dynlora.hf.arguments import DynloraTrainingArguments
 from dynlora.methods.l1ra import L1RAConfig
-from dynlora.training.arguments import config_of, config_yaml, options_from
-from dynlora.training.fit import training_args
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import config_values, config_yaml, recorded_config, run_config
+from dynlora.training.config import RunConfig
 
 
-def _options(*argv: str) -> TrainOptions:
-    return options_from(vars(_values(build_parser(), ["train", *argv])))
+def _options(*argv: str) -> RunConfig:
+    return run_config(vars(_values(build_parser(), ["train", *argv])))
 
 
-def test_no_flags_give_the_default_options():
-    assert _options() == TrainOptions()
-    assert TrainOptions().trainer == {}
+def test_no_flags_give_the_default_run():
+    assert _options() == run_config({}) == RunConfig()
+    assert config_values(RunConfig())["learning_rate"] == 1e-3
 
 
 def test_old_flags_are_aliases_of_the_trainer_and_peft_names():
     old = _options("--lr", "0.002", "--batch-size", "4", "--epochs", "2", "--grad-accum", "2", "--output", "x",
                    "--warmup-ratio", "0.1", "--load-in-4bit", "--gradient-checkpointing", "--method", "l1ra",
-                   "--min-rank", "2", "--l1ra-lambda", "0.3", "--rank", "4", "--train-size", "0")
+                   "--min-rank", "2", "--l1ra-lambda", "0.3", "--rank", "4", "--train-size", "0", "--device", "cpu")
     new = _options("--learning_rate", "0.002", "--per_device_train_batch_size", "4", "--num_train_epochs", "2",
                    "--gradient_accumulation_steps", "2", "--output_dir", "x", "--warmup_steps", "0.1",
                    "--load_in_4bit", "--activation_checkpointing", "--method", "l1ra", "--min_rank", "2",
-                   "--l1ra_lambda", "0.3", "--lora_r", "4", "--train_size", "0")
+                   "--l1ra_lambda", "0.3", "--lora_r", "4", "--train_size", "0", "--train_on", "cpu")
     assert old == new
-    assert (old.lr, old.batch_size, old.epochs, old.grad_accum, old.output, old.warmup) == (0.002, 4, 2, 2, "x", 0.1)
-    assert old.quantize == "4bit" and old.gradient_checkpointing and old.train_size is None and old.rank == 4
-    assert old.method_config == L1RAConfig(lam=0.3, min_rank=2) and old.trainer == {}
+    t = old.trainer
+    assert (t.learning_rate, t.per_device_train_batch_size, t.num_train_epochs, t.gradient_accumulation_steps,
+            t.output_dir, t.warmup_steps) == (0.002, 4, 2, 2, "x", 0.1)
+    assert old.model.quantize == "4bit" and t.activation_checkpointing and t.use_cpu
+    assert old.data.train_size is None and old.adapters.rank == 4
+    assert old.adapters.method_config == L1RAConfig(lam=0.3, min_rank=2)
 
 
 def test_every_trainer_flag_reaches_the_trainer(tmp_path):
-    opts = _options("--report_to", "tensorboard", "--lr_scheduler_type", "cosine", "--weight_decay", "0.01",
-                    "--logging_steps", "3", "--max_grad_norm", "0.5", "--save_strategy", "no", "--adam_beta2", "0.99")
-    assert opts.weight_decay == 0.01  # a TrainOptions field under its TrainingArguments name
-    assert opts.trainer == {"report_to": "tensorboard", "lr_scheduler_type": "cosine", "logging_steps": 3.0,
-                            "max_grad_norm": 0.5, "save_strategy": "no", "adam_beta2": 0.99}
-    args = training_args(opts, tmp_path, total_steps=40, tokens_across_devices=False)
+    config = _options("--report_to", "tensorboard", "--lr_scheduler_type", "cosine", "--weight_decay", "0.01",
+                      "--logging_steps", "3", "--max_grad_norm", "0.5", "--save_strategy", "no", "--adam_beta2",
+                      "0.99")
+    assert isinstance(config.trainer, DynloraTrainingArguments)
+    args = config.trainer.for_run(tmp_path, total_steps=40, tokens_across_devices=False)
     assert args.report_to == ["tensorboard"] and args.lr_scheduler_type == "cosine" and args.logging_steps == 3
     assert args.weight_decay == 0.01 and args.max_grad_norm == 0.5 and args.save_strategy == "no"
-    assert args.adam_beta2 == 0.99 and args.learning_rate == 1e-3
+    assert args.adam_beta2 == 0.99 and args.learning_rate == 1e-3 and args.max_steps == 40
 
 
 def test_without_trainer_flags_the_trainer_gets_dynlora_s_values(tmp_path):
-    args = training_args(TrainOptions(), tmp_path, total_steps=188, tokens_across_devices=False)
+    args = RunConfig().trainer.for_run(tmp_path, total_steps=188, tokens_across_devices=False)
     assert (args.learning_rate, args.per_device_train_batch_size, args.warmup_steps) == (1e-3, 16, 0.06)
     assert (args.logging_steps, args.save_steps, args.save_total_limit) == (9, 18, 2)  # 188 // 20, 0.1 x 188
     assert args.optim == "adamw_torch" and args.report_to == [] and not args.activation_checkpointing
+    assert args.per_device_eval_batch_size == 64 and args.average_tokens_across_devices is False
+    assert args.output_dir == str(tmp_path / "checkpoints") and args.data_seed == 0
 
 
-@pytest.mark.parametrize("opts", [
-    TrainOptions(),
-    TrainOptions(method="l1ra", method_config=L1RAConfig(lam=0.25, max_rank=12), targets=("query", "value"),
-                 train_size=None, lr=3e-4, warmup=5, output="runs/x", quantize="8bit", dtype="bfloat16"),
-    TrainOptions(method="module-alloc:topp", max_steps=30, seed=7, gradient_checkpointing=True, save_every=0,
-                 trainer={"report_to": "tensorboard", "lr_scheduler_type": "cosine", "logging_steps": 2}),
-    TrainOptions(method="adaptive", targets=r".*\.(query|key)$", rank_budget=40, device="cpu", bf16=True),
-])
+CONFIGS = [
+    {},
+    dict(method="l1ra", method_config=L1RAConfig(lam=0.25, max_rank=12), targets=("query", "value"), train_size=0,
+         learning_rate=3e-4, warmup_steps=5, output_dir="runs/x", load_in_8bit=True, dtype="bfloat16"),
+    dict(method="module-alloc:topp", max_steps=30, seed=7, activation_checkpointing=True, save_every=0,
+         report_to="tensorboard", lr_scheduler_type="cosine", logging_steps=2),
+    dict(method="adaptive", targets=r".*\.(query|key)$", rank_budget=40, train_on="cpu", bf16=True),
+]
+
+
+@pytest.mark.parametrize("values", CONFIGS)
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
-def test_a_config_file_reads_back_into_the_same_options(opts, suffix, tmp_path):
+def test_a_config_file_reads_back_into_the_same_run(values, suffix, tmp_path):
+    config = run_config(values)
     path = tmp_path / f"run{suffix}"
-    path.write_text(config_yaml(opts) if suffix == ".yaml" else json.dumps(config_of(opts)))
-    assert _options(str(path)) == opts
+    path.write_text(config_yaml(config) if suffix == ".yaml" else json.dumps(config_values(config)))
+    assert _options(str(path)) == config
+    assert recorded_config(json.loads(json.dumps(config_values(config)))) == config  # run.json
+
+
+def test_a_run_recorded_before_the_run_configuration_reads_back():
+    """run.json of dynlora <= 0.5 held TrainOptions' flat fields: an unfinished run of then still resumes."""
+    old = {"model": None, "task": None, "dataset": "d.csv", "text_column": "text", "label_column": "label",
+           "method": "l1ra", "rank": 4, "alpha": 16.0, "dropout": 0.0, "targets": ["query", "value"], "epochs": 1.0,
+           "max_steps": 12, "train_size": None, "batch_size": 8, "lr": 0.005, "warmup": 0.06, "weight_decay": 0.0,
+           "max_length": 64, "eval_split": "test", "seed": 3, "output": "runs/x", "rank_budget": None,
+           "budget_unit": "params", "save_every": 4, "dtype": None, "adapter_dtype": "float32", "bf16": False,
+           "fp16": False, "grad_accum": 2, "gradient_checkpointing": True, "quantize": "8bit", "device": "cpu",
+           "shard_base": False, "export_dtype": "base", "method_config": {"lam": 0.3, "pull": 1.0},
+           "trainer": {"lr_scheduler_type": "cosine"}}
+    config = recorded_config(old)
+    assert config == run_config(dict(
+        dataset="d.csv", method="l1ra", rank=4, targets=("query", "value"), max_steps=12, train_size=0,
+        per_device_train_batch_size=8, learning_rate=0.005, seed=3, output_dir="runs/x", budget_unit="params",
+        save_every=4, gradient_accumulation_steps=2, activation_checkpointing=True, load_in_8bit=True,
+        train_on="cpu", method_config={"lam": 0.3, "pull": 1.0}, lr_scheduler_type="cosine"))
 
 
 def test_flags_override_the_config_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("lr: 1e-3\nrank: 4\nmethod: l1ra\nl1ra_lambda: 0.2\nreport_to: tensorboard\n")
-    opts = _options(str(path), "--rank", "6", "--learning_rate", "5e-4")
-    assert (opts.rank, opts.lr, opts.method_config.lam, opts.trainer) == (6, 5e-4, 0.2, {"report_to": "tensorboard"})
+    config = _options(str(path), "--rank", "6", "--learning_rate", "5e-4")
+    assert (config.adapters.rank, config.trainer.learning_rate, config.adapters.method_config.lam) == (6, 5e-4, 0.2)
+    assert config.trainer.report_to == ["tensorboard"]
+
+
+def test_an_unknown_setting_is_named_with_the_closest():
+    with pytest.raises(DynloraError, match="'learning_rat'.*learning_rate"):
+        run_config({"learning_rat": 0.1})
 
 
 @pytest.mark.parametrize("text,suffix,needles", [
@@ -129,7 +163,7 @@ def test_config_yaml_trains_the_run_again_bit_for_bit_and_tensorboard_gets_the_r
     b = load_file(str(tmp_path / "second" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     saved = yaml.safe_load((first / "config.yaml").read_text())
-    assert saved["l1ra_lambda"] == 6.0 and saved["report_to"] == "tensorboard" and saved["learning_rate"] == 1e-3
+    assert saved["l1ra_lambda"] == 6.0 and saved["report_to"] == ["tensorboard"] and saved["learning_rate"] == 1e-3
 
     events = EventAccumulator(str(next((first / "runs").iterdir())))
     events.Reload()

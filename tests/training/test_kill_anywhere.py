@@ -26,7 +26,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from dynlora.cli import main
 from dynlora.methods import registry
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
+from dynlora.training.config import RunConfig
 from dynlora.training.pipeline import train
 from tests.training.runs import assert_same_run, options
 
@@ -37,7 +38,7 @@ KINDS = ("forward", "resize", "switch", "save-between", "save-inside")
 STEPS, SAVE_EVERY = 12, 3  # 4 checkpoints, each of several files
 
 
-def method_options(assets, out: Path, method: str) -> TrainOptions:
+def method_options(assets, out: Path, method: str) -> RunConfig:
     """A 12-step run of ``method`` that checkpoints every 3 steps and decides often."""
     config = {}
     if method in ("l1ra", "l1ra-alloc"):  # a strong pull: ranks move within 12 steps
@@ -45,7 +46,7 @@ def method_options(assets, out: Path, method: str) -> TrainOptions:
     if method in ("module-alloc", "l1ra-alloc"):
         config.update(strategy="multinomial", schedule="every:3", k=0.5)
     extra = {"method_config": config} if config else {}
-    return replace(options(assets, out, method, **extra), max_steps=STEPS, save_every=SAVE_EVERY)
+    return options(assets, out, method, max_steps=STEPS, save_every=SAVE_EVERY, **extra)
 
 
 EVENTS = {"forward": "forward", "resize": "resize", "switch": "switch", "save-between": "save", "save-inside": "save"}
@@ -135,7 +136,7 @@ def install(event: str, on_event: Callable[[Callable[[], None] | None], None]) -
     return restore
 
 
-def killed_run(opts: TrainOptions, kind: str, n: int) -> None:
+def killed_run(opts: RunConfig, kind: str, n: int) -> None:
     """The child: SIGKILL at the n-th event of ``kind`` (a half-written file first for ``save-inside``)."""
     count = [0]
 

@@ -68,7 +68,7 @@ def test_a_checkpoint_inside_a_logging_window_resumes_to_the_same_record(assets,
     loss the killed process took with it. dynlora logs at every checkpoint, so the windows never straddle
     one, and the record (train_loss over the whole run, every loss log line, the memory counts) is equal."""
     def run(out: Path, **kwargs):
-        return train(replace(options(assets, out, "l1ra"), max_steps=40, save_every=5), log=lambda s: None, **kwargs)
+        return train(options(assets, out, "l1ra", max_steps=40, save_every=5), log=lambda s: None, **kwargs)
 
     straight = run(tmp_path / "straight")
     out = tmp_path / "resumed"

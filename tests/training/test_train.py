@@ -13,7 +13,7 @@ from dynlora.core.inject import AdapterConfig, inject
 from dynlora.hf.callback import DynloraCallback
 from dynlora.hf.models import resolve_model
 from dynlora.io.export import export_peft
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.pipeline import train
 from tests.conftest import tiny_bert, train_steps
 from tests.tolerance import assert_within_rounding, chain_terms
@@ -37,8 +37,9 @@ def separable_csv(path, n: int = 240) -> str:
 
 def test_train_learns_and_writes_a_complete_run(tmp_path):
     out = tmp_path / "run"
-    metrics = train(TrainOptions(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40, batch_size=8,
-                                 lr=3e-3, train_size=None, output=str(out)), log=lambda s: None)
+    metrics = train(run_config(dict(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40,
+                                    per_device_train_batch_size=8,
+                                 learning_rate=3e-3, train_size=None, output_dir=str(out))), log=lambda s: None)
     assert metrics["accuracy"] >= 0.9  # chance is 0.5: the adapters and head really learned
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.yaml", "history.jsonl", "metrics.json",
                                                     "ranks.json", "report", "run.json", "train.log"]
@@ -90,7 +91,7 @@ def test_plain_pytorch_loop_and_export(tmp_path):
 
 @pytest.mark.slow
 def test_default_run_reaches_80_percent_on_rt_polarity(tmp_path):
-    metrics = train(TrainOptions(output=str(tmp_path / "run")))
+    metrics = train(run_config(dict(output_dir=str(tmp_path / "run"))))
     assert metrics["accuracy"] >= 0.80
 
 
@@ -98,9 +99,10 @@ def test_l1ra_run_moves_ranks_keeps_budget_and_exports_for_peft(tmp_path):
     from dynlora.methods.l1ra import L1RAConfig
 
     out = tmp_path / "run"
-    metrics = train(TrainOptions(method="l1ra", dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40,
-                                 batch_size=8, lr=3e-3, train_size=None, output=str(out),
-                                 method_config=L1RAConfig(lam=2.0, lr_c=0.05, interval=10)), log=lambda s: None)
+    metrics = train(run_config(dict(method="l1ra", dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=40,
+                                 per_device_train_batch_size=8, learning_rate=3e-3, train_size=None,
+                                 output_dir=str(out),
+                                 method_config=L1RAConfig(lam=2.0, lr_c=0.05, interval=10))), log=lambda s: None)
     ranks = json.loads((out / "ranks.json").read_text())
     assert sum(ranks.values()) == metrics["budget"] == metrics["total_rank"] == 4 * len(ranks)
     assert len(set(ranks.values())) > 1  # ranks moved between modules
@@ -142,11 +144,12 @@ def test_l1ra_run_moves_ranks_keeps_budget_and_exports_for_peft(tmp_path):
 def test_module_alloc_run_trains_half_the_adapters_with_less_memory(tmp_path):
     from dynlora.methods.module_alloc import ModuleAllocConfig
 
-    common = dict(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=30, batch_size=8, lr=3e-3,
+    common = dict(dataset=separable_csv(tmp_path / "d.csv"), rank=4, max_steps=30, per_device_train_batch_size=8,
+                  learning_rate=3e-3,
                   train_size=None)
-    lora = train(TrainOptions(**common, output=str(tmp_path / "lora")), log=lambda s: None)
-    alloc = train(TrainOptions(**common, method="module-alloc:topk", output=str(tmp_path / "alloc"),
-                               method_config=ModuleAllocConfig(schedule="once:5", k=0.5)), log=lambda s: None)
+    lora = train(run_config(dict(**common, output_dir=str(tmp_path / "lora"))), log=lambda s: None)
+    alloc = train(run_config(dict(**common, method="module-alloc:topk", output_dir=str(tmp_path / "alloc"),
+                               method_config=ModuleAllocConfig(schedule="once:5", k=0.5))), log=lambda s: None)
     assert alloc["trainable_params"] < 0.75 * lora["trainable_params"]
     assert alloc["activation_steady_mb"] < lora["activation_steady_mb"]
     assert alloc["accuracy"] >= 0.9
@@ -166,8 +169,9 @@ def test_adapters_frozen_at_the_start_still_train_once_selected(tiny_assets, tmp
 
     model, data = tiny_assets
     out = tmp_path / "run"
-    train(TrainOptions(model=model, dataset=data, method=method, max_steps=8, batch_size=8, output=str(out),
-                       method_config={"probe": 2, "schedule": "every:4"}), log=lambda s: None)
+    train(run_config(dict(model=model, dataset=data, method=method, max_steps=8, per_device_train_batch_size=8,
+                          output_dir=str(out),
+                       method_config={"probe": 2, "schedule": "every:4"})), log=lambda s: None)
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     selected = {name for row in rows if row["event"] == "select" for name in row.get("active") or ()}
     tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))

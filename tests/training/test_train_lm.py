@@ -6,7 +6,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from dynlora.training.options import TrainOptions
+from dynlora.training.arguments import run_config
 from dynlora.training.pipeline import train
 from tests.conftest import write_pairs
 
@@ -20,8 +20,9 @@ def test_instruction_tuning_runs_each_method_and_exports(tiny_lm, tmp_path, meth
     out = tmp_path / "run"
     # l1ra on a built-in task; the others on a small file (evaluating, and generating for, a whole split is slow)
     data = {"task": "trec6-instruct"} if method == "l1ra" else {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}
-    metrics = train(TrainOptions(model=str(tiny_lm), **data, method=method, train_size=64,
-                                 max_steps=10, batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)),
+    metrics = train(run_config(dict(model=str(tiny_lm), **data, method=method, train_size=64,
+                                 max_steps=10, per_device_train_batch_size=4, rank=2, learning_rate=1e-2,
+                                 max_length=64, output_dir=str(out))),
                     log=lambda s: None)
     assert metrics["steps"] == 10 and metrics["eval_loss"] > 0
     assert 0 <= metrics["exact_match"] <= 1 if method == "l1ra" else "exact_match" not in metrics  # a task's labels
@@ -37,8 +38,9 @@ def test_input_gated_lm_export_reports_its_cost(tiny_lm, tmp_path):
     out = tmp_path / "run"
     pairs = tmp_path / "pairs.jsonl"  # a small file: the export is evaluated on its held-out pairs, twice
     write_pairs(pairs)
-    metrics = train(TrainOptions(model=str(tiny_lm), dataset=str(pairs), method="adaptive:gate", train_size=32,
-                                 max_steps=4, batch_size=4, rank=2, lr=1e-2, max_length=64, output=str(out)),
+    metrics = train(run_config(dict(model=str(tiny_lm), dataset=str(pairs), method="adaptive:gate", train_size=32,
+                                 max_steps=4, per_device_train_batch_size=4, rank=2, learning_rate=1e-2,
+                                 max_length=64, output_dir=str(out))),
                     log=lambda s: None)
     assert metrics["export_logits_max_error"] >= 0 and metrics["export_eval_loss"] > 0
     assert 0 < metrics["input_gate_flops_share"] < 0.05
