@@ -34,11 +34,11 @@ from dynlora.errors import DynloraError
 from dynlora.hf.device import resolve_device
 from dynlora.methods import registry
 from dynlora.methods.base import TrainData
-from dynlora.methods.config import knob_before, knobs, optional, type_of
+from dynlora.methods.config import knob_before, knobs
 from dynlora.tools.rows import CompareRow, make_row
 from dynlora.tools.summary import cell_dir, draw_plots, summary_markdown
-from dynlora.training.arguments import (add_train_arguments, config_values, knob_groups, recorded_config,
-                                       run_config)
+from dynlora.training.arguments import (add_train_arguments, config_values, knob_groups, knob_value,
+                                       recorded_config, run_config)
 from dynlora.training.config import RunConfig
 from dynlora.training.fit import fit_max_length
 from dynlora.training.run_folder import resumable
@@ -170,24 +170,13 @@ def split_method(spec: str) -> tuple[str, dict[str, Any]]:
         fields = {f.name: f for f, _ in knobs(registry.get(name).config)} if registry.get(name).config else {}
         if key not in fields:
             raise DynloraError(f"method option {item!r} in {spec!r}: valid: lr, {', '.join(fields) or '(no knobs)'}")
-        own[key] = _knob_value(fields[key], value, item, spec)
+        try:
+            own[key] = knob_value(fields[key], value)
+        except DynloraError as err:
+            raise DynloraError(f"method option {item!r} in {spec!r}: {err}") from None
     if len(own) > ("lr" in own):
         registry.resolve_config(name, {k: v for k, v in own.items() if k != "lr"})  # a bad value is named here
     return name, own
-
-
-def _knob_value(f: dataclasses.Field, text: str, item: str, spec: str) -> Any:
-    if text.lower() == "none" and optional(f):  # a choice named "none" stays a string
-        return None
-    kind = type_of(f)
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1")
-        return kind(text)
-    except ValueError:
-        raise DynloraError(f"method option {item!r} in {spec!r}: {f.name} must be {kind.__name__}") from None
 
 
 def machine(device: str = "auto") -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dynlora.core.inject import parse_targets
 from dynlora.errors import DynloraError
 from dynlora.hf.arguments import DynloraTrainingArguments
 from dynlora.methods import registry
-from dynlora.methods.config import flag_of, knobs, type_of
+from dynlora.methods.config import flag_of, knobs, optional, type_of
 from dynlora.methods.settings import AdapterSettings
 from dynlora.training.config import DataConfig, ModelConfig, RunConfig
 
@@ -60,6 +60,26 @@ def knob_groups() -> list[tuple[str, list[dataclasses.Field]]]:
             fields.append(flag)
         groups.append((f"{spec.name}: {spec.help} (--method {spec.name})", fields))
     return groups
+
+
+class _Raising(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise DynloraError(message)
+
+
+def knob_value(f: dataclasses.Field, text: str) -> Any:
+    """A method knob's value from text (``dynlora compare``'s ``name@knob=value``), read as ``dynlora train``
+    reads the knob's flag; ``none`` is None where the knob may be None (a choice named none stays a string)."""
+    if text.lower() == "none" and optional(f):
+        return None
+    flag = dataclasses.field(default=f.default)
+    flag.name, flag.type = "value", type_of(f)
+    parser = _Raising(add_help=False)
+    HfArgumentParser._parse_dataclass_field(parser, flag)
+    try:
+        return parser.parse_args(["--value", text]).value
+    except DynloraError:
+        raise DynloraError(f"{f.name} must be {type_of(f).__name__}") from None
 
 
 def _fields(part: type) -> list[dataclasses.Field]:
