@@ -69,8 +69,8 @@ class DynloraCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         if world_size() > 1 and not getattr(model, DYNLORA_TRAINER, False):
-            raise DynloraError(f"{world_size()} processes: after a rank change DDP must be rebuilt, which "
-                               f"{type(model).__name__}'s Trainer does not do; train with "
+            raise DynloraError(f"{world_size()} processes: after a rank change DDP must be rebuilt, which a "
+                               "Trainer without dynlora's mixin does not do; train with "
                                "class MyTrainer(dynlora.DynloraTrainerMixin, YourTrainer)")
         if self._controller is None:  # a get_dynamic_model model: the run's length comes from the Trainer
             self._controller = attach(model, optimizer, total_steps=state.max_steps)
