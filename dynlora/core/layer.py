@@ -11,6 +11,13 @@ rank: a resize must not move the output.
 caches the old shape in the parameter's gradient accumulator while any earlier graph is alive). The
 returned ``RankChange`` records name the old and the new parameter, and
 ``dynlora.core.surgery.remap_optimizer_state`` moves each one's slot and moments in the optimizer to its successor.
+
+With a ``capacity`` the layer holds that many rank slots for good: A is (capacity, in), B (out, capacity),
+and a 0/1 buffer ``live`` marks the live ranks, always the first ``rank`` slots. Forward multiplies by the
+mask and never reads the rank, so parameter shapes and the traced graph stay the same through every resize
+(what an engine that shards or compiles the model needs); ``resize`` then rewrites the slots in place and
+its ``RankChange`` records name the same parameter as old and new. A dead slot has zero weights and, through
+the mask, a zero gradient.
 """
 
 from __future__ import annotations
@@ -53,20 +60,27 @@ class LoraLayer(nn.Module):
         input_gate: bool = False,
         input_gate_bias: float = 4.0,
         dtype: torch.dtype | None = torch.float32,
+        capacity: int | None = None,
     ) -> None:
         """``dtype``: the adapter's own weights (float32 masters by default, as PEFT keeps them); None
-        takes the base's compute dtype. The base's storage dtype (a quantized int8 / uint8) is never used."""
+        takes the base's compute dtype. The base's storage dtype (a quantized int8 / uint8) is never used.
+        ``capacity``: rank slots held for good (at least ``rank``); None: the parameters follow the rank."""
         super().__init__()
         if rank < 0:
             raise ValueError(f"rank must be >= 0, got {rank}")
+        if capacity is not None and capacity < rank:
+            raise ValueError(f"capacity {capacity} is below the rank {rank}")
+        self.capacity = capacity
+        self._live_ranks = rank
+        slots = rank if capacity is None else capacity
         self.base = base
         self.in_features, self.out_features = in_out_features(base)
         self.fan_in_fan_out = is_conv1d(base)
         self.quantized = not base.weight.is_floating_point()  # bitsandbytes 4-bit / 8-bit storage
         own = {"dtype": dtype if dtype is not None else compute_dtype(base), "device": base.weight.device}
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **own))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **own))
-        self.gate = nn.Parameter(torch.ones(rank, **own)) if use_gate else None
+        self.lora_A = nn.Parameter(torch.zeros(slots, self.in_features, **own))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, slots, **own))
+        self.gate = nn.Parameter(torch.ones(slots, **own)) if use_gate else None
         # input-feature gate g(x) = sigmoid(w . x + b): w = 0 and b = 4 give g = 0.982 for every token
         self.gate_w = nn.Parameter(torch.zeros(self.in_features, **own)) if input_gate else None
         self.gate_b = nn.Parameter(torch.full((1,), input_gate_bias, **own)) if input_gate else None
@@ -75,8 +89,10 @@ class LoraLayer(nn.Module):
         self.merged = False
         self.input_gate_constant: float | None = None  # set: g(x) replaced by this (export approximation)
         self.register_buffer("fade", None)  # optional per-rank multiplier set by a method (not trained)
+        live = None if capacity is None else torch.arange(capacity, device=own["device"]) < rank
+        self.register_buffer("live", None if live is None else live.to(own["dtype"]))  # (capacity,) 0/1
         with torch.no_grad():
-            self.lora_A.copy_(self._init_a(rank, generator))
+            self.lora_A[:rank].copy_(self._init_a(rank, generator))
         self.switched_on = True  # set by ``switch`` (module-level on/off); ``trains`` also needs a rank
         self._follow_trains()
         self._remerge = False
@@ -92,7 +108,8 @@ class LoraLayer(nn.Module):
             self.unmerge()
             self._remerge = True
         saved = state_dict.get(prefix + "lora_A")
-        if isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] != self.rank:
+        resized = isinstance(saved, torch.Tensor) and saved.dim() == 2 and saved.shape[0] != self.rank
+        if resized and self.capacity is None:  # a fixed capacity loads in place: the saved mask gives the rank
             rank = int(saved.shape[0])
             self.resize(keep=list(range(min(rank, self.rank))), grow=max(0, rank - self.rank))
         if prefix + "fade" in state_dict and self.fade is None:
@@ -100,6 +117,9 @@ class LoraLayer(nn.Module):
 
     @staticmethod
     def _merge_again(module: nn.Module, incompatible: Any) -> None:
+        if module.capacity is not None:  # the loaded mask says which slots live
+            module._live_ranks = int(module.live.sum())
+            module._follow_trains()
         if module._remerge:
             module._remerge = False
             module.merge()
@@ -118,6 +138,11 @@ class LoraLayer(nn.Module):
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def rank(self) -> int:
+        return self.lora_A.shape[0] if self.capacity is None else self._live_ranks
+
+    @property
+    def slots(self) -> int:
+        """Rank slots the parameters hold: the rank, or the capacity."""
         return self.lora_A.shape[0]
 
     @property
@@ -174,7 +199,7 @@ class LoraLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._one_cast(x)
         out = self.base(x)
-        if self.merged or self.rank == 0:
+        if self.merged or (self.capacity is None and self.rank == 0):  # a fixed capacity: the mask, never the rank
             return out
         h, g = self._down(x)  # (..., r) = A dropout(x); g: the input gate per token (..., 1), or None
         h, b = self._scaled(h, g)  # the rank gates, fades and input gate folded into h or B
@@ -197,7 +222,7 @@ class LoraLayer(nn.Module):
         if self.input_gate_constant is None and isinstance(self.dropout, nn.Identity):
             # one matmul for A and the gate's w: (..., r + 1)
             hx = F.linear(xd, torch.cat([self.lora_A, self.gate_w.unsqueeze(0)]))
-            return hx[..., : self.rank], torch.sigmoid(hx[..., self.rank:] + self.gate_b)
+            return hx[..., : self.slots], torch.sigmoid(hx[..., self.slots:] + self.gate_b)
         g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
         return F.linear(xd, self.lora_A), g
 
@@ -226,10 +251,14 @@ class LoraLayer(nn.Module):
         return (out + update).to(out.dtype)
 
     def _rank_multiplier(self) -> torch.Tensor | None:
-        """(r,) gate * fade, or None when the layer has neither."""
-        if self.gate is None:
-            return self.fade
-        return self.gate if self.fade is None else self.gate * self.fade
+        """(slots,) gate * fade * live, or None when the layer has none of them."""
+        factors = [f for f in (self.gate, self.fade, self.live) if f is not None]
+        if not factors:
+            return None
+        out = factors[0]
+        for f in factors[1:]:
+            out = out * f
+        return out
 
     def gated_b(self) -> torch.Tensor:
         """(out, r) B with the per-rank gate and fade in it (not the scale): B diag(c * fade)."""
@@ -244,7 +273,7 @@ class LoraLayer(nn.Module):
     def rank_activations(self, x: torch.Tensor) -> torch.Tensor:
         """(positions, r) float32: what B sees for input ``x`` (A x, times the per-rank gate and fade and the
         input gate g(x)), as forward computes it but without dropout."""
-        h = F.linear(x.detach().to(self.lora_A.dtype), self.lora_A).reshape(-1, self.rank).float()  # (n, r)
+        h = F.linear(x.detach().to(self.lora_A.dtype), self.lora_A).reshape(-1, self.slots).float()  # (n, slots)
         if self.gate_w is not None:
             g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
             h = h * (g.reshape(-1, 1).float() if torch.is_tensor(g) else g)
@@ -269,7 +298,7 @@ class LoraLayer(nn.Module):
     def enable_fade(self) -> None:
         """Add the per-rank ``fade`` buffer (all ones): a method can then switch ranks off smoothly."""
         if self.fade is None:
-            self.fade = torch.ones(self.rank, dtype=self.lora_A.dtype, device=self.lora_A.device)
+            self.fade = torch.ones(self.slots, dtype=self.lora_A.dtype, device=self.lora_A.device)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -321,6 +350,8 @@ class LoraLayer(nn.Module):
             raise ValueError(f"keep indices must lie in [0, {self.rank}), got {keep.tolist()}")
         if keep.unique().numel() != keep.numel():
             raise ValueError(f"keep indices repeat: {keep.tolist()}")
+        if self.capacity is not None:
+            return self._resize_in_place(keep, grow, generator)
         new_a = torch.cat([self.lora_A.index_select(0, keep), self._init_a(grow, generator)], 0)
         b = self.lora_B
         new_b = torch.cat([b.index_select(1, keep), b.new_zeros(self.out_features, grow)], 1)
@@ -333,6 +364,35 @@ class LoraLayer(nn.Module):
         self._follow_trains()  # to rank 0 or back from it: training stops or resumes (if switched on)
         return changes
 
+    def _resize_in_place(self, keep: torch.Tensor, grow: int, generator: torch.Generator | None) -> list[RankChange]:
+        """``resize`` within a fixed capacity: the same live ranks in the same order, in the first slots of the
+        same parameters; the slots after them zeroed and masked off."""
+        n = keep.numel() + grow
+        if n > self.capacity:
+            raise ValueError(f"{n} ranks do not fit the capacity of {self.capacity} slots")
+        changes = []
+        for attr, dim, fresh in (("lora_A", 0, self._init_a(grow, generator)), ("lora_B", 1, None),
+                                 ("gate", 0, None)):
+            param = getattr(self, attr)
+            if param is None:
+                continue
+            rows = param.index_select(dim, keep)
+            if fresh is None:  # B starts at zero (the output does not move), a gate at one
+                shape = list(param.shape)
+                shape[dim] = grow
+                fresh = param.new_zeros(shape) if attr == "lora_B" else param.new_ones(shape)
+            dead = param.narrow(dim, n, self.capacity - n)
+            param.narrow(dim, 0, n).copy_(torch.cat([rows, fresh], dim))
+            dead.fill_(1.0 if attr == "gate" else 0.0)
+            changes.append(RankChange(old=param, param=param, dim=dim, keep=keep, grow=grow))
+        if self.fade is not None:
+            rest = self.fade.new_ones(self.capacity - keep.numel())
+            self.fade.copy_(torch.cat([self.fade.index_select(0, keep), rest]))
+        self.live.copy_(torch.arange(self.capacity, device=self.live.device) < n)
+        self._live_ranks = n
+        self._follow_trains()
+        return changes
+
     def _swap(self, attr: str, new: torch.Tensor, dim: int, keep: torch.Tensor, grow: int) -> RankChange:
         old = getattr(self, attr)
         param = nn.Parameter(new.contiguous(), requires_grad=False)  # ``resize`` sets it (``_follow_trains``)
@@ -340,4 +400,5 @@ class LoraLayer(nn.Module):
         return RankChange(old=old, param=param, dim=dim, keep=keep, grow=grow)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, gate={self.gate is not None}"
+        slots = "" if self.capacity is None else f", capacity={self.capacity}"
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}{slots}, gate={self.gate is not None}"

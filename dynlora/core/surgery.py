@@ -29,7 +29,8 @@ def _remap(value: torch.Tensor, change: RankChange) -> torch.Tensor:
     keep = change.keep.to(value.device)
     kept = value.index_select(change.dim, keep)
     shape = list(value.shape)
-    shape[change.dim] = change.grow
+    # zeros for new ranks, and within a fixed capacity for the slots after them too
+    shape[change.dim] = change.param.shape[change.dim] - keep.numel()
     return torch.cat([kept, value.new_zeros(shape)], change.dim)
 
 
