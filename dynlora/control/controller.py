@@ -200,13 +200,13 @@ class Controller:
             layer = self.layers[name]
             if name in self.folded:
                 raise RuntimeError(f"adapter {name} is folded into its base weight: switch it on to re-factorise")
-            factors = singular_factors(layer.lora_A, layer.gated_b())
+            factors = singular_factors(layer.live_slots(layer.lora_A), layer.live_slots(layer.gated_b(), 1))
             if factors is None:
                 continue
             changes += self._resize({name: Resize(keep=(), grow=layer.rank)})  # gates and fades back to 1
             with torch.no_grad():
-                layer.lora_A.copy_(factors[0])
-                layer.lora_B.copy_(factors[1])
+                layer.live_slots(layer.lora_A).copy_(factors[0])
+                layer.live_slots(layer.lora_B, 1).copy_(factors[1])
         return changes
 
     def switch(self, active: tuple[str, ...], fold_inactive: bool = False) -> None:

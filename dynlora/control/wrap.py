@@ -50,7 +50,7 @@ def adapter_config(model: nn.Module, config: DynamicLoraConfig) -> AdapterConfig
     return AdapterConfig(rank=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                          targets=config.target_modules, use_gate=needs.gate, rank_pattern=pattern,
                          input_gate=needs.input_gate, input_gate_bias=needs.input_gate_bias, fade=needs.fade,
-                         dtype=config.adapter_dtype)
+                         dtype=config.adapter_dtype, capacity=config.capacity)
 
 
 def get_dynamic_model(model: nn.Module, config: DynamicLoraConfig) -> nn.Module:

@@ -80,7 +80,9 @@ class FreshSlots:
             keep = change.keep.to(device)
             kept = (old.born.index_select(0, keep) if old is not None
                     else torch.zeros(keep.numel(), dtype=torch.float32, device=device))
-            born = torch.cat([kept, torch.full((change.grow,), step, dtype=torch.float32, device=device)])
+            # grown slots are born now; so are the dead slots after them within a fixed capacity (zero moments)
+            fresh = change.param.shape[change.dim] - keep.numel()
+            born = torch.cat([kept, torch.full((fresh,), step, dtype=torch.float32, device=device)])
             if born.numel() and float(step - born.max()) < OLD_ENOUGH:
                 self.births[id(change.param)] = _Births(change.param, change.dim, born)
 

@@ -44,6 +44,7 @@ class AdapterConfig:
     input_gate_bias: float = 4.0
     fade: bool = False
     dtype: str = "float32"  # the adapters' own weights; "base": the base layer's compute dtype
+    capacity: int | None = None  # rank slots every adapter holds for good (static shapes); None: follow the rank
     train_head: bool = True
     rank_pattern: Mapping[str, int] = field(default_factory=dict)
     scale_pattern: Mapping[str, float] = field(default_factory=dict)
@@ -66,6 +67,8 @@ class AdapterConfig:
         bad = {k: v for k, v in self.rank_pattern.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise DynloraError(f"rank_pattern ranks must be integers >= 0, got {bad}")
+        if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
+            raise DynloraError(f"capacity must be a positive integer, got {self.capacity!r}")
 
 
 def parse_targets(text: str) -> str | tuple[str, ...]:
@@ -144,7 +147,7 @@ def inject(model: nn.Module, config: AdapterConfig, generator: torch.Generator |
             layer = LoraLayer(base, rank=config.rank_pattern.get(name, config.rank), alpha=config.alpha,
                               dropout=config.dropout, use_gate=config.use_gate, generator=generator,
                               input_gate=config.input_gate, input_gate_bias=config.input_gate_bias,
-                              dtype=ADAPTER_DTYPES[config.dtype])
+                              dtype=ADAPTER_DTYPES[config.dtype], capacity=config.capacity)
         except (TypeError, RuntimeError, AttributeError, ValueError) as err:
             first = (str(err) or type(err).__name__).splitlines()[0]
             raise DynloraError(f"cannot adapt {name} ({type(base).__name__}): {first}") from None

@@ -145,6 +145,11 @@ class LoraLayer(nn.Module):
         """Rank slots the parameters hold: the rank, or the capacity."""
         return self.lora_A.shape[0]
 
+    def live_slots(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """``t`` (a per-slot tensor: A, B along dim 1, a gate, their gradients) at the live ranks only: itself,
+        or within a fixed capacity its first ``rank`` slots (a view)."""
+        return t if self.capacity is None else t.narrow(dim, 0, self.rank)
+
     @property
     def has_input_gate(self) -> bool:
         return self.gate_w is not None
@@ -278,7 +283,7 @@ class LoraLayer(nn.Module):
             g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
             h = h * (g.reshape(-1, 1).float() if torch.is_tensor(g) else g)
         per_rank = self._rank_multiplier()
-        return h if per_rank is None else h * per_rank.float()
+        return self.live_slots(h if per_rank is None else h * per_rank.float(), 1)
 
     @torch.no_grad()
     def update_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,7 +292,7 @@ class LoraLayer(nn.Module):
         if self.rank == 0:
             return torch.zeros((), dtype=torch.float32, device=self.lora_A.device)
         h = self.rank_activations(x)  # (n, r)
-        b = self.lora_B.detach().float()  # (out, r)
+        b = self.live_slots(self.lora_B.detach(), 1).float()  # (out, r)
         square = ((h.T @ h) * (b.T @ b)).sum().clamp(min=0)  # (r, r) Gram matrices, elementwise
         return square.sqrt() * self.scale.float()
 

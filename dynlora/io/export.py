@@ -51,11 +51,11 @@ def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None =
         if layer.merged:
             raise DynloraError(f"adapter {name} is merged; unmerge before exporting (after a training loop of "
                                "your own, controller.finish() unfolds the adapters it switched off)")
-        b = layer.folded_b().detach()
+        b = layer.live_slots(layer.folded_b().detach(), 1)  # within a fixed capacity: the live ranks only
         if layer.has_input_gate:
             b = b * gate_means[name]  # type: ignore[index]
         to = EXPORT_DTYPES[dtype] or compute_dtype(layer.base)
-        tensors[f"{_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().to(to)
+        tensors[f"{_PREFIX}{name}.lora_A.weight"] = layer.live_slots(layer.lora_A.detach()).to(to)
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.to(to)
     for head in head_names(model):
         for pname, p in model.get_submodule(head).named_parameters():

@@ -75,7 +75,7 @@ from dynlora.decide.allocate import check_rank_bounds, hold_receivers, limit_mov
 from dynlora.decide.plan import Plan, Resize
 from dynlora.decide.schedule import Schedule
 from dynlora.errors import DynloraError
-from dynlora.methods.base import AdapterNeeds, MethodBase, MethodSpec, View
+from dynlora.methods.base import AdapterNeeds, MethodBase, MethodSpec, View, capped
 from dynlora.methods.config import check_knobs, knob
 from dynlora.methods.registry import register
 from dynlora.observe.activation import ActivationNorm
@@ -168,7 +168,7 @@ class Adaptive(MethodBase):
 
     def attach(self, layers: Mapping[str, LoraLayer]) -> None:
         total = sum(layer.rank for layer in layers.values())  # the budget is the controller's (View.budget)
-        check_rank_bounds("adaptive", total, len(layers), self.config.min_rank, self.config.max_rank)
+        check_rank_bounds("adaptive", total, len(layers), self.config.min_rank, capped(self.config.max_rank, layers))
         for layer in layers.values():  # a no-op for adapters injected with the fade this method needs
             layer.enable_fade()  # all ones: the output does not move
 
@@ -253,8 +253,8 @@ class Adaptive(MethodBase):
         if budget.total < sum(floor * budget.costs[n] for n in layers):  # the tightest budgets (input gates paid)
             floor = 0  # cannot give every module min_rank: the least important may drop to rank 0
         # at floor 0 a module left without rank hands its input gate's share back to the others
-        targets = proportional_targets(scores, budget.total, floor, self.config.max_rank, costs=budget.costs,
-                                       fixed=budget.fixed)
+        targets = proportional_targets(scores, budget.total, floor, view.max_rank(self.config.max_rank),
+                                       costs=budget.costs, fixed=budget.fixed)
         moves = max(1, int(self.config.max_moves * sum(current.values())))
         # a module at rank 0 before and after pays no gate; one on its way out pays until its ranks are gone
         total = budget.total + budget.idle(current, targets)

@@ -23,6 +23,15 @@ from dynlora.decide.schedule import AnyOf, Schedule
 from dynlora.observe.scores import Tracker
 
 
+def capped(limit: int | None, layers: Mapping[str, LoraLayer]) -> int | None:
+    """``limit`` (a method's ``max_rank``; None: none), lowered to the slots the adapters hold when they have a
+    fixed capacity: no plan may grow an adapter past them."""
+    caps = [layer.capacity for layer in layers.values() if layer.capacity is not None]
+    if not caps:
+        return limit
+    return min(caps) if limit is None else min(limit, *caps)
+
+
 class View:
     """What a method may read at a step: the adapters, the decision generator, the learning rates."""
 
@@ -40,6 +49,10 @@ class View:
 
     def ranks(self) -> dict[str, int]:
         return {name: layer.rank for name, layer in self.layers.items()}
+
+    def max_rank(self, limit: int | None) -> int | None:
+        """``limit``, lowered to the adapters' fixed capacity where they have one (``capped``)."""
+        return capped(limit, self.layers)
 
     def subset(self, names: Sequence[str]) -> "View":
         """The same step over only the adapters ``names``, whose budget is what their ranks cost now."""

@@ -160,8 +160,9 @@ class L1RA(MethodBase):
         return {layer.gate: self.config.lr_c for layer in layers.values() if layer.gate is not None}
 
     def decide(self, step: int, view: View) -> Plan:
-        gates = {n: layer.gate.detach().tolist() for n, layer in view.layers.items()}
-        plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank, self.config.max_rank,
+        gates = {n: layer.live_slots(layer.gate.detach()).tolist() for n, layer in view.layers.items()}
+        plan = prune_and_redistribute(gates, self.config.threshold, self.config.min_rank,
+                                      view.max_rank(self.config.max_rank),
                                       costs=view.budget.costs, budget=view.budget.total, reassign=self.config.reassign,
                                       need=self.need.scores() if self.need is not None else None)
         self.events += 1

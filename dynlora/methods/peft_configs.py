@@ -30,6 +30,7 @@ class DynamicLoraConfig:
     budget_unit: str = "rank"  # what the budget conserves: rank, params or flops (plain LoRA's cost of those ranks)
     seed: int = 0  # new ranks' initialisation and the method's random draws
     adapter_dtype: str = "float32"  # the adapters' own weights: float32 masters (as PEFT), bfloat16, float16, base
+    capacity: int | None = None  # rank slots each adapter holds for good (static shapes); None: follow the rank
     method_config: Any = None  # the method's config, a dict of its fields, or None for its defaults
 
     _knob_names: ClassVar[tuple[str, ...]] = ()
@@ -55,7 +56,7 @@ class DynamicLoraConfig:
         return cls(method=settings.method, r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                    target_modules=settings.targets, rank_budget=settings.rank_budget,
                    budget_unit=settings.budget_unit, seed=seed, adapter_dtype=settings.adapter_dtype,
-                   method_config=settings.method_config)
+                   capacity=settings.capacity, method_config=settings.method_config)
 
     def settings(self, method_config: Any = None) -> AdapterSettings:
         """The same adapters under dynlora's names (checked there: one set of rules for both)."""
@@ -63,6 +64,7 @@ class DynamicLoraConfig:
             return AdapterSettings(method=self.method, rank=self.r, alpha=self.lora_alpha, dropout=self.lora_dropout,
                                    targets=self.target_modules, rank_budget=self.rank_budget,
                                    budget_unit=self.budget_unit, adapter_dtype=self.adapter_dtype,
+                                   capacity=self.capacity,
                                    method_config=self.method_config if method_config is None else method_config)
         except DynloraError as err:  # named as this class names the field
             message = str(err)

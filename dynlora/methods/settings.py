@@ -43,6 +43,10 @@ class AdapterSettings:
                              choices=list(BUDGET_UNITS))
     adapter_dtype: str = _flag("float32", "the adapters' weights: float32 (masters), bfloat16, float16, or base",
                                choices=list(ADAPTER_DTYPES))
+    capacity: int | None = _flag(None, "rank slots every adapter holds for good, its live ranks masked: parameter "
+                                       "shapes never change, so a compiled graph (--torch_compile) survives every "
+                                       "rank event; at least every adapter's starting rank (default: none, the "
+                                       "parameters follow the rank)")
     # the method's config: an instance, a dict of its fields, or None (its defaults); its knobs are flags of their own
     method_config: Any = field(default=None, metadata={"flag": False})
 
@@ -54,6 +58,8 @@ class AdapterSettings:
                          ("rank_budget", self.rank_budget is None or self.rank_budget > 0)):
             if not ok:
                 raise DynloraError(f"{name} {getattr(self, name)!r} is out of range")
+        if self.capacity is not None and not (isinstance(self.capacity, int) and self.capacity >= 1):
+            raise DynloraError(f"capacity {self.capacity!r} is out of range")
         check_budget_unit(self.budget_unit)
         if self.adapter_dtype not in ADAPTER_DTYPES:
             raise DynloraError(f"adapter_dtype {self.adapter_dtype!r} is not valid; valid: {', '.join(ADAPTER_DTYPES)}")

@@ -18,13 +18,14 @@ class GateMagnitude(RunningScores):
             raise ValueError("the gate score needs adapters with per-rank gates")
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
-        self.raw = {n: layer.gate.detach().abs().sum() for n, layer in layers.items()}  # on the device
+        # on the device
+        self.raw = {n: layer.live_slots(layer.gate.detach()).abs().sum() for n, layer in layers.items()}
 
 
 def rank_magnitude(layer: LoraLayer) -> torch.Tensor:
     """(r,) |A_i| * |B_:,i| * |c_i|: a rank's size in the update, when no sensitivity is tracked."""
-    size = layer.lora_A.detach().norm(dim=1) * layer.lora_B.detach().norm(dim=0)
-    return size * layer.gate.detach().abs() if layer.gate is not None else size
+    size = layer.live_slots(layer.lora_A.detach()).norm(dim=1) * layer.live_slots(layer.lora_B.detach(), 1).norm(dim=0)
+    return size * layer.live_slots(layer.gate.detach()).abs() if layer.gate is not None else size
 
 
 def gate_summary(gates: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
@@ -39,5 +40,5 @@ def gate_summary(gates: Mapping[str, Sequence[float]]) -> dict[str, dict[str, fl
 
 def gate_stats(layers: Mapping[str, LoraLayer]) -> dict[str, dict[str, float]]:
     """``gate_summary`` of the adapters' current gates (ungated adapters count as empty)."""
-    return gate_summary({n: layer.gate.detach().tolist() if layer.gate is not None else []
+    return gate_summary({n: layer.live_slots(layer.gate.detach()).tolist() if layer.gate is not None else []
                          for n, layer in layers.items()})

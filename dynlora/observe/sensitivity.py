@@ -74,15 +74,16 @@ class Sensitivity:
     @torch.no_grad()
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
         for name, layer in layers.items():
-            a, b = layer.lora_A, layer.lora_B
-            if a.grad is None or b.grad is None or layer.rank == 0:
+            if layer.lora_A.grad is None or layer.lora_B.grad is None or layer.rank == 0:
                 continue
+            a, ga = layer.live_slots(layer.lora_A), layer.live_slots(layer.lora_A.grad)  # (r, in)
+            b, gb = layer.live_slots(layer.lora_B, 1), layer.live_slots(layer.lora_B.grad, 1)  # (out, r)
             if self.elements == "mean":  # AdaLoRA's triplet score: the mean over A's row plus over B's column
-                s = (a * a.grad).abs().mean(1) + (b * b.grad).abs().mean(0)  # (r,)
+                s = (a * ga).abs().mean(1) + (b * gb).abs().mean(0)  # (r,)
             else:  # the rank's whole sensitivity: wider modules' ranks weigh more
-                s = (a * a.grad).abs().sum(1) + (b * b.grad).abs().sum(0)  # (r,)
+                s = (a * ga).abs().sum(1) + (b * gb).abs().sum(0)  # (r,)
             if layer.gate is not None and layer.gate.grad is not None:
-                s = s + (layer.gate * layer.gate.grad).abs()
+                s = s + (layer.live_slots(layer.gate) * layer.live_slots(layer.gate.grad)).abs()
             s = s.detach().float()  # stays on the device: no host sync per module and step
             self.ema[name] = self.beta * self.ema[name].to(s.device) + (1 - self.beta) * s
             if self.uncertainty:  # U is read only then: four fewer small kernels per module and step

@@ -63,7 +63,8 @@ def write_run_files(work: Path, config: RunConfig, labels: tuple[int, tuple[str,
     (work / "ranks.json").write_text(json.dumps(prepared.ranks(), indent=1) + "\n")
     controller = prepared.controller
     if controller is not None and any(layer.gate is not None for layer in controller.layers.values()):
-        gates = {n: layer.gate.detach().tolist() for n, layer in controller.layers.items() if layer.gate is not None}
+        gates = {n: layer.live_slots(layer.gate.detach()).tolist() for n, layer in controller.layers.items()
+                 if layer.gate is not None}
         (work / "gates.json").write_text(json.dumps(gates) + "\n")
     write_report(work, config.adapters.method)
     num_labels, label_names = labels
