@@ -205,8 +205,8 @@ class Controller:
                 continue
             changes += self._resize({name: Resize(keep=(), grow=layer.rank)})  # gates and fades back to 1
             with torch.no_grad():
-                layer.live_slots(layer.lora_A).copy_(factors[0])
-                layer.live_slots(layer.lora_B, 1).copy_(factors[1])
+                layer.set_live("lora_A", factors[0])
+                layer.set_live("lora_B", factors[1])
         return changes
 
     def switch(self, active: tuple[str, ...], fold_inactive: bool = False) -> None:

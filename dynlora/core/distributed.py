@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dynlora.core.sharded import whole
 from dynlora.errors import DynloraError
 
 
@@ -85,7 +86,7 @@ def _checksum(state: dict[str, Any]) -> float:
     total = 0.0
     for i, (name, value) in enumerate(sorted(state.items())):
         if isinstance(value, torch.Tensor):
-            flat = value.detach().double().flatten().cpu()
+            flat = whole(value.detach()).double().flatten().cpu()  # a sharded tensor: the same whole everywhere
             weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
             total += (i + 1) * float((flat * weights).sum()) + flat.numel()
         else:

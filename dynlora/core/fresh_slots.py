@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from dynlora.core.layer import RankChange
+from dynlora.core.sharded import is_sharded, like, whole
 from dynlora.core.surgery import unwrap_optimizer
 
 # a slot older than this (in its tensor's Adam steps) is corrected by less than float32 can show for
@@ -120,12 +121,15 @@ class FreshSlots:
             return
         b1, b2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
-        t = torch.as_tensor(state["step"], dtype=torch.float32, device=p.device)
+        t = torch.as_tensor(whole(state["step"]), dtype=torch.float32, device=births.born.device)
         shape = [1] * p.dim()
         shape[births.dim] = -1
         s = (t - births.born).clamp(min=1).reshape(shape)  # each slot's own count, broadcast along its dim
         m = state["exp_avg"]
         v = state["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in state else state["exp_avg_sq"]
+        if is_sharded(p):  # elementwise: each process corrects its own shard, its slots' counts sharded alike
+            s = like(s.expand(p.shape).contiguous(), p).to_local()
+            p, m, v = p.to_local(), m.to_local(), v.to_local()
         root = v.sqrt()
         applied = m / ((1 - b1 ** t) * (root / torch.sqrt(1 - b2 ** t) + eps))
         fresh = m / ((1 - b1 ** s) * (root / torch.sqrt(1 - b2 ** s) + eps))

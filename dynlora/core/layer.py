@@ -33,6 +33,8 @@ from torch.nn import functional as F
 
 from dynlora.core.cost import adapter_cost, input_gate_cost
 from dynlora.core.linear import compute_dtype, in_out_features, is_conv1d
+from dynlora.core.sharded import is_sharded, whole, write
+from dynlora.errors import DynloraError
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,21 @@ class LoraLayer(nn.Module):
 
     def live_slots(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """``t`` (a per-slot tensor: A, B along dim 1, a gate, their gradients) at the live ranks only: itself,
-        or within a fixed capacity its first ``rank`` slots (a view)."""
+        or within a fixed capacity its first ``rank`` slots (a view); a sharded ``t`` is read whole."""
+        t = whole(t)
         return t if self.capacity is None else t.narrow(dim, 0, self.rank)
+
+    @torch.no_grad()
+    def set_live(self, attr: str, values: torch.Tensor) -> None:
+        """Write ``values`` into the live ranks of ``lora_A`` / ``lora_B`` / ``gate`` (each process's shard of a
+        sharded one)."""
+        param = getattr(self, attr)
+        if self.capacity is None and not is_sharded(param):
+            param.copy_(values)
+            return
+        slots = whole(param).clone()
+        slots.narrow(1 if attr == "lora_B" else 0, 0, self.rank).copy_(values)
+        write(param, slots)
 
     @property
     def has_input_gate(self) -> bool:
@@ -255,9 +270,10 @@ class LoraLayer(nn.Module):
         # first rounded to a bf16 base's dtype
         return (out + update).to(out.dtype)
 
-    def _rank_multiplier(self) -> torch.Tensor | None:
-        """(slots,) gate * fade * live, or None when the layer has none of them."""
-        factors = [f for f in (self.gate, self.fade, self.live) if f is not None]
+    def _rank_multiplier(self, gate: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(slots,) gate * fade * live, or None when the layer has none of them; ``gate``: the gate's values to
+        use (its whole tensor outside forward, where an engine may have sharded it)."""
+        factors = [f for f in (self.gate if gate is None else gate, self.fade, self.live) if f is not None]
         if not factors:
             return None
         out = factors[0]
@@ -267,12 +283,13 @@ class LoraLayer(nn.Module):
 
     def gated_b(self) -> torch.Tensor:
         """(out, r) B with the per-rank gate and fade in it (not the scale): B diag(c * fade)."""
-        per_rank = self._rank_multiplier()
-        return self.lora_B if per_rank is None else self.lora_B * per_rank
+        b = whole(self.lora_B)
+        per_rank = self._rank_multiplier(whole(self.gate) if self.gate is not None else None)
+        return b if per_rank is None else b * per_rank
 
     def delta_weight(self) -> torch.Tensor:
         """scale * B diag(c * fade) A, shaped like ``nn.Linear.weight``: (out, in)."""
-        return (self.gated_b() @ self.lora_A) * self.scale
+        return (self.gated_b() @ whole(self.lora_A)) * self.scale
 
     @torch.no_grad()
     def rank_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -357,6 +374,10 @@ class LoraLayer(nn.Module):
             raise ValueError(f"keep indices repeat: {keep.tolist()}")
         if self.capacity is not None:
             return self._resize_in_place(keep, grow, generator)
+        if is_sharded(self.lora_A):
+            raise DynloraError("the adapters are sharded (FSDP2), so their parameters cannot be replaced by ones of "
+                               "another shape; give them a fixed capacity of rank slots (--capacity, "
+                               "DynamicLoraConfig(capacity=...))")
         new_a = torch.cat([self.lora_A.index_select(0, keep), self._init_a(grow, generator)], 0)
         b = self.lora_B
         new_b = torch.cat([b.index_select(1, keep), b.new_zeros(self.out_features, grow)], 1)
@@ -381,14 +402,16 @@ class LoraLayer(nn.Module):
             param = getattr(self, attr)
             if param is None:
                 continue
-            rows = param.index_select(dim, keep)
+            slots = whole(param)  # (capacity, in) / (out, capacity) / (capacity,)
+            rows = slots.index_select(dim, keep)
+            fill = slots.new_zeros if attr == "lora_B" or attr == "lora_A" else slots.new_ones
             if fresh is None:  # B starts at zero (the output does not move), a gate at one
-                shape = list(param.shape)
+                shape = list(slots.shape)
                 shape[dim] = grow
-                fresh = param.new_zeros(shape) if attr == "lora_B" else param.new_ones(shape)
-            dead = param.narrow(dim, n, self.capacity - n)
-            param.narrow(dim, 0, n).copy_(torch.cat([rows, fresh], dim))
-            dead.fill_(1.0 if attr == "gate" else 0.0)
+                fresh = fill(shape)
+            shape = list(slots.shape)
+            shape[dim] = self.capacity - n
+            write(param, torch.cat([rows, fresh.to(slots.device, slots.dtype), fill(shape)], dim))  # dead: zero A, B
             changes.append(RankChange(old=param, param=param, dim=dim, keep=keep, grow=grow))
         if self.fade is not None:
             rest = self.fade.new_ones(self.capacity - keep.numel())

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from dynlora.core.layer import RankChange
+from dynlora.core.sharded import like, whole
 
 
 def unwrap_optimizer(optimizer: object) -> torch.optim.Optimizer:
@@ -26,12 +27,13 @@ def unwrap_optimizer(optimizer: object) -> torch.optim.Optimizer:
 
 
 def _remap(value: torch.Tensor, change: RankChange) -> torch.Tensor:
-    keep = change.keep.to(value.device)
-    kept = value.index_select(change.dim, keep)
-    shape = list(value.shape)
+    state = whole(value)  # a sharded parameter's state is sharded alike: re-indexed whole, sharded again
+    keep = change.keep.to(state.device)
+    kept = state.index_select(change.dim, keep)
+    shape = list(state.shape)
     # zeros for new ranks, and within a fixed capacity for the slots after them too
     shape[change.dim] = change.param.shape[change.dim] - keep.numel()
-    return torch.cat([kept, value.new_zeros(shape)], change.dim)
+    return like(torch.cat([kept, state.new_zeros(shape)], change.dim), value)
 
 
 def remap_optimizer_state(optimizer: object | None, changes: Iterable[RankChange]) -> None:
