@@ -171,8 +171,10 @@ class LoraLayer(nn.Module):
 
     @property
     def trains(self) -> bool:
-        """Whether the adapter's parameters take gradients: switched on and at least one rank."""
-        return self.switched_on and self.rank > 0
+        """Whether the adapter's parameters take gradients: switched on and at least one rank (within a fixed
+        capacity also at rank 0: the mask gives its slots zero gradients, and a DDP wrapper built around them
+        needs no rebuild)."""
+        return self.switched_on and (self.rank > 0 or self.capacity is not None)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """A, B, the rank gate and the input gate (those the layer has); not the base's."""

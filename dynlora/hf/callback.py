@@ -14,8 +14,10 @@ from dynlora.control.controller import Controller
 from dynlora.control.events import rank_scalars
 from dynlora.control.wrap import CONFIG_ATTR, TRAINABLE_ON_QUANTIZED, attach
 from dynlora.core.distributed import world_size
+from dynlora.core.inject import adapters
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import CONTROLLER_FILE, checkpoint_folder, load_controller_state, save_controller_state
+from dynlora.methods import registry
 
 DYNLORA_TRAINER = "_dynlora_trainer"  # set on the model by a DynloraTrainerMixin: it rebuilds DDP after rank
 # changes and writes the controller's state into its checkpoints itself
@@ -68,10 +70,11 @@ class DynloraCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        if world_size() > 1 and not getattr(model, DYNLORA_TRAINER, False):
+        if world_size() > 1 and not getattr(model, DYNLORA_TRAINER, False) and not _holds_still(model):
             raise DynloraError(f"{world_size()} processes: after a rank change DDP must be rebuilt, which a "
                                "Trainer without dynlora's mixin does not do; train with "
-                               "class MyTrainer(dynlora.DynloraTrainerMixin, YourTrainer)")
+                               "class MyTrainer(dynlora.DynloraTrainerMixin, YourTrainer), or give the adapters "
+                               "rank slots (capacity=...) with a method that does not switch them")
         if self._controller is None:  # a get_dynamic_model model: the run's length comes from the Trainer
             self._controller = attach(model, optimizer, total_steps=state.max_steps)
             guess = checkpoint_folder(args.output_dir, state.global_step)
@@ -148,3 +151,12 @@ class StepHooks(TrainerCallback):
         for i, hook in enumerate(self.hooks):
             if str(i) in state and hasattr(hook, "load_checkpoint_state"):
                 hook.load_checkpoint_state(state[str(i)])
+
+
+def _holds_still(model: Any) -> bool:
+    """Whether no event changes the model's parameters or what trains: every adapter holds a fixed capacity of
+    rank slots and the method never switches adapters (so a DDP wrapper built once stays right)."""
+    config = getattr(model, CONFIG_ATTR, None)
+    layers = adapters(model)
+    return (config is not None and bool(layers) and all(layer.capacity is not None for layer in layers.values())
+            and not registry.get(config.method).switches)

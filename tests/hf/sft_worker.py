@@ -1,8 +1,10 @@
 """One SFTTrainer run with dynlora (run directly, or by torchrun in ``test_sft.py``): writes the controller's
-decisions, the logged losses and the final adapter tensors to OUT (process 0)."""
+decisions, the logged losses and the final adapter tensors to OUT (process 0). With a fourth argument, the
+adapters hold that many rank slots and the Trainer is TRL's own, without dynlora's mixin."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import dynlora
 from dynlora.core.distributed import world_size
 
 model_folder, out, method = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+capacity = int(sys.argv[4]) if len(sys.argv) > 4 else None
 CONFIGS = {
     "l1ra": dynlora.DynamicLoraConfig(method="l1ra", r=4, lora_alpha=8,
                                       method_config={"lam": 3.0, "lr_c": 0.1, "interval": 4}),
@@ -33,14 +36,16 @@ class Trainer(dynlora.DynloraTrainerMixin, SFTTrainer):
 
 
 tokenizer = AutoTokenizer.from_pretrained(model_folder)
-model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(model_folder), CONFIGS[method])
+config = CONFIGS[method] if capacity is None else dataclasses.replace(CONFIGS[method], capacity=capacity)
+model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(model_folder), config)
 data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"what is {i} plus one?"}],
                            "completion": [{"role": "assistant", "content": f"{i + 1}"}]} for i in range(64)])
 args = SFTConfig(output_dir=str(out / "work"), max_steps=12, per_device_train_batch_size=8 // world_size(),
                  learning_rate=1e-2, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
                  max_length=64, disable_tqdm=True, seed=0, data_seed=0, bf16=False)
 callback = dynlora.DynloraCallback()
-trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[callback])
+trainer = (Trainer if capacity is None else SFTTrainer)(model=model, args=args, train_dataset=data,
+                                                        processing_class=tokenizer, callbacks=[callback])
 trainer.train()
 controller = callback.controller
 out.mkdir(parents=True, exist_ok=True)

@@ -188,3 +188,25 @@ def test_several_processes_without_the_mixin_is_a_clear_error(tiny_lm, monkeypat
     model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm), dynlora.StaticLoraConfig(r=2))
     with pytest.raises(DynloraError, match="DynloraTrainerMixin"):
         dynlora.DynloraCallback().on_train_begin(None, None, None, model=model)
+
+
+def test_several_processes_need_no_mixin_when_nothing_changes_shape(tiny_lm, monkeypatch, tmp_path):
+    """Rank slots and a method that never switches adapters: the DDP wrapper built once stays right."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    import dynlora
+    from dynlora.errors import DynloraError
+
+    monkeypatch.setattr("dynlora.hf.callback.world_size", lambda: 2)
+    begin = (SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(max_steps=10, global_step=0), None)
+    slotted = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
+                                        dynlora.L1RALoraConfig(r=2, capacity=4))
+    callback = dynlora.DynloraCallback()
+    callback.on_train_begin(*begin, model=slotted)
+    assert callback.controller.layers and all(layer.capacity == 4 for layer in callback.controller.layers.values())
+    switching = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
+                                          dynlora.ModuleAllocLoraConfig(r=2, capacity=4))
+    with pytest.raises(DynloraError, match="does not switch them"):
+        dynlora.DynloraCallback().on_train_begin(*begin, model=switching)
