@@ -43,6 +43,12 @@ try:
 except dynlora.DynloraError as err:
     error = str(err)
 out.mkdir(parents=True, exist_ok=True)
+if error is None:  # the PEFT adapter's tensors: every process reads the sharded slots whole (a collective)
+    from safetensors.torch import save_file
+
+    from dynlora.io.export import export_state_dict
+
+    save_file(export_state_dict(model, dtype="float32"), str(out / f"adapter-{dist.get_rank()}.safetensors"))
 sharded = type(next(p for n, p in model.named_parameters() if "lora_A" in n)).__name__
 (out / f"run-{dist.get_rank()}.json").write_text(json.dumps({
     "losses": losses, "ranks": controller.ranks(), "error": error, "parameters": sharded,

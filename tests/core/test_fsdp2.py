@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def launch(tiny_lm: Path, out: Path, processes: int, method: str, capacity: str) -> list[dict]:
@@ -31,6 +32,14 @@ def test_fsdp2_with_rank_slots_trains_as_one_process_and_ranks_move(tiny_lm, tmp
     assert zero["ranks"] == one["ranks"] == alone["ranks"]
     assert zero["losses"] == one["losses"] == alone["losses"]  # the same batch everywhere: the same run
     assert [e[2] for e in zero["events"]] == [2] * len(zero["events"])  # both processes agreed at each event
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(str(tmp_path / "fsdp2" / "adapter-0.safetensors")), load_file(
+        str(tmp_path / "one" / "adapter-0.safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # the same export
+    ranks = {k.removeprefix("base_model.model.").removesuffix(".lora_A.weight"): v.shape[0]
+             for k, v in ours.items() if k.endswith("lora_A.weight")}
+    assert ranks == zero["ranks"]  # the live ranks only, not the slots
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ def test_a_capacity_below_a_starting_rank_is_refused(tiny_assets, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # two compiled runs: about 14 s on CI's 2 cores (tests/core/test_capacity.py has the fast one)
 def test_torch_compile_with_a_capacity_compiles_no_graph_per_rank_event(tiny_assets, tmp_path):
     from torch._dynamo.utils import counters
 
