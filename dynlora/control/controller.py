@@ -183,7 +183,8 @@ class Controller:
         remap_optimizer_state(self.optimizer, changes)
         self.fresh.follow(self.optimizer, changes)
         if changes:
-            self.generation += 1
+            if any(change.old is not change.param for change in changes):  # not rank slots rewritten in place
+                self.generation += 1
             self._follow_own_lrs()
         return changes
 

@@ -118,9 +118,11 @@ class DynloraTrainingArguments(TrainingArguments):
             if getattr(self, name) is not None:
                 raise DynloraError(f"{name} is set by dynlora; use {how}")
         if self.fsdp not in ("", False, None, []):
-            # accelerate's FSDP wrapping would shard the adapters too, which then could not change shape
-            raise DynloraError(f"fsdp {self.fsdp!r}: accelerate's FSDP wrapping would shard the adapters, whose "
-                               "ranks change; use --shard-base (FSDP2 on the frozen base only)")
+            # accelerate's FSDP wrapping shards the adapters too: dynlora moves ranks inside sharded adapters only
+            # with rank slots (--capacity; fully_shard itself is tested), and accelerate's FSDP path has not run yet
+            raise DynloraError(f"fsdp {self.fsdp!r}: accelerate's FSDP wrapping of dynlora's adapters has not been "
+                               "run yet (it needs GPUs; docs/engines.md); use --shard-base (FSDP2 on the frozen "
+                               "base only)")
         left = [name for name in LEFT_TO_THE_RUN if getattr(self, name) is None]
         for name in left:
             setattr(self, name, LEFT_TO_THE_RUN[name])

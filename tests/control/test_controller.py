@@ -160,3 +160,15 @@ def test_refactor_keeps_the_output_restarts_only_its_adam_state_and_resets_gates
     assert all(torch.equal(after_other[k], v) for k, v in before_other.items())  # other adapters untouched
     norms = layer.gated_b().norm(dim=0)
     assert torch.all(norms[:-1] >= norms[1:])
+
+
+@pytest.mark.parametrize("capacity", [None, 8])
+def test_a_ddp_wrapper_must_follow_replaced_parameters_not_rank_slots_rewritten_in_place(capacity):
+    model = tiny_bert()
+    layers = inject(model, AdapterConfig(rank=4, capacity=capacity))
+    controller = Controller(model, None)
+    name = next(iter(layers))
+    before = controller.generation
+    controller.resize({name: Resize(keep=(0, 1), grow=3)})
+    assert layers[name].rank == 5
+    assert (controller.generation > before) is (capacity is None)  # new Parameter objects, or the same ones

@@ -111,7 +111,7 @@ def test_shard_base_refuses_what_it_cannot_shard(tiny_lm, tmp_path, capsys):
     cases = [([], "shard_base needs several processes: launch with torchrun"),
              (["--load-in-4bit"], "shard_base and a 4bit base are both set"),
              (["--method", "module-alloc", "--fold"], "shard_base and fold are both set"),
-             (["--fsdp", "full_shard"], "accelerate's FSDP wrapping would shard the adapters")]
+             (["--fsdp", "full_shard"], "accelerate's FSDP wrapping of dynlora's adapters has not been run")]
     for extra, needle in cases:
         assert main([*base, *extra, "--output", str(tmp_path / "run")]) == 2, extra
         err = capsys.readouterr().err.strip()
