@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from overhead import make_batch  # bench/ is the script folder: python bench/compile.py
+from overhead import make_batch, timed  # bench/ is the script folder: python bench/compile.py
 from dynlora.core.inject import AdapterConfig, inject
 from dynlora.core.layer import LoraLayer
 from dynlora.hf.models import quiet_loading, resolve_model
@@ -110,16 +110,6 @@ def graphs_per_event(folder: str, variant: str, batch: dict[str, torch.Tensor], 
         step(**batch).loss.backward()
         seen.append(count[0])
     return seen
-
-
-def timed(model: Callable[..., object], opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-          steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:

@@ -406,7 +406,7 @@ class LoraLayer(nn.Module):
                 continue
             slots = whole(param)  # (capacity, in) / (out, capacity) / (capacity,)
             rows = slots.index_select(dim, keep)
-            fill = slots.new_zeros if attr == "lora_B" or attr == "lora_A" else slots.new_ones
+            fill = slots.new_ones if attr == "gate" else slots.new_zeros
             if fresh is None:  # B starts at zero (the output does not move), a gate at one
                 shape = list(slots.shape)
                 shape[dim] = grow

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -107,9 +108,9 @@ class CompareOptions:
             object.__setattr__(self, "values", {**self.values, "task": "rt-polarity"})
         self.cell_options(self.methods[0], self.seeds[0])  # checks the shared values
 
-    @property
+    @functools.cached_property
     def shared(self) -> RunConfig:
-        """The run every cell is, but for its method, seed and folder."""
+        """The run every cell is, but for its method, seed and folder (made once: the cells' loop reads it)."""
         return run_config(dict(self.values))
 
     def settings(self) -> dict[str, Any]:

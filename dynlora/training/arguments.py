@@ -97,16 +97,6 @@ def _fields(part: type) -> list[dataclasses.Field]:
     return out
 
 
-def train_flag(name: str) -> dict[str, Any]:
-    """``help`` and ``choices`` of ``dynlora train``'s flag for the field ``name`` of a ``RunConfig`` part,
-    for another command that takes the same value: declared once, with the field."""
-    for part in (*PARTS, DynloraTrainingArguments):
-        found = part.__dataclass_fields__.get(name)
-        if found is not None and "help" in found.metadata:
-            return {k: found.metadata[k] for k in ("help", "choices") if k in found.metadata}
-    raise KeyError(f"dynlora train has no flag for {name!r}")
-
-
 def add_train_arguments(parser: argparse.ArgumentParser, config_file: bool = True) -> None:
     """The train command's flags (and its config-file argument) on ``parser``: each part's fields as
     ``HfArgumentParser`` lays them out, in a group of its own."""
