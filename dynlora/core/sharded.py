@@ -26,12 +26,15 @@ def whole(t: torch.Tensor) -> torch.Tensor:
 
 
 def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``value`` (a whole tensor) sharded as ``reference`` is, or itself when ``reference`` is not sharded."""
+    """``value`` (a whole tensor, the same in every process) sharded as ``reference`` is, or itself when
+    ``reference`` is not sharded."""
     if not is_sharded(reference):
         return value
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(value, reference.device_mesh, reference.placements)
+    # every process holds the same whole value (the same decisions, the same file): each cuts its own shard,
+    # with no scatter from process 0
+    return distribute_tensor(value, reference.device_mesh, reference.placements, src_data_rank=None)
 
 
 @torch.no_grad()

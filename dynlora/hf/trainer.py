@@ -176,11 +176,22 @@ class DynloraTrainerMixin:
         self._signature = signature
         return self.model_wrapped if ddp else model
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not getattr(self, "is_fsdp_enabled", False):
+            super().save_model(output_dir, _internal_call)
+            return
+        # accelerate's FSDP shards the adapters: every process reads them whole (a collective), whatever the
+        # plugin's state dict type; the Trainer's own FSDP files (model and optimizer) follow in its checkpoint
+        self._write_trainable(output_dir, trainable_state(self.model))
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        self._write_trainable(output_dir, None)
+
+    def _write_trainable(self, output_dir: str | None, state: dict[str, torch.Tensor] | None) -> None:
         if self.args.should_save:
             folder = Path(output_dir or self.args.output_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            save_file(trainable_state(self.model), str(folder / WEIGHTS_FILE))
+            save_file(trainable_state(self.model) if state is None else state, str(folder / WEIGHTS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         callback = dynlora_callback(self.callback_handler.callbacks)

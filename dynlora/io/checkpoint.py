@@ -25,6 +25,7 @@ from torch import nn
 
 from dynlora.control.controller import Controller
 from dynlora.core.inject import adapters
+from dynlora.core.sharded import is_sharded, whole, write
 from dynlora.core.surgery import unwrap_optimizer
 from dynlora.errors import DynloraError
 
@@ -62,12 +63,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def trainable_names(model: nn.Module) -> set[str]:
+    """The state-dict keys of ``trainable_state``."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return names | {f"{name}.{key}" for name, layer in adapters(model).items() for key in layer.state_dict()
+                    if not key.startswith("base.")}
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every trainable parameter plus every adapter tensor (switched-off adapters and buffers too)."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    names |= {f"{name}.{key}" for name, layer in adapters(model).items() for key in layer.state_dict()
-              if not key.startswith("base.")}
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
+    names = trainable_names(model)
+    # a tensor an engine shards is read whole: under FSDP2 every process calls this, in the same order
+    return {k: whole(v.detach()).contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
 def controller_state_json(controller: Controller) -> dict[str, Any]:
@@ -155,11 +162,16 @@ def load_trainable_state(model: nn.Module, folder: str | os.PathLike) -> None:
         elif own[key].shape != weights[key].shape and not key.startswith(resizable):
             raise DynloraError(f"{folder}: {key} has shape {tuple(weights[key].shape)}, "
                                f"the model has {tuple(own[key].shape)}")
-    missing = [k for k in trainable_state(model) if k not in weights]
+    names = trainable_names(model)
+    missing = [k for k in own if k in names and k not in weights]
     if missing or unexpected:
         raise DynloraError(f"{folder}: checkpoint does not fit the model (missing {missing[:2]}, "
                            f"unexpected {unexpected[:2]})")
-    model.load_state_dict(weights, strict=False)
+    own_sharded = [k for k, v in own.items() if k in weights and is_sharded(v)]
+    model.load_state_dict({k: v for k, v in weights.items() if k not in own_sharded}, strict=False)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    for key in own_sharded:  # each process writes its own shard of the whole saved tensor
+        write(tensors[key], weights[key])
 
 
 def file_manifest(folder: Path) -> dict[str, list]:

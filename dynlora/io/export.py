@@ -19,8 +19,10 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import nn
 
+from dynlora.core.distributed import is_main_process
 from dynlora.core.inject import adapters, head_names, peft_task_type
 from dynlora.core.linear import compute_dtype
+from dynlora.core.sharded import is_sharded, whole
 from dynlora.errors import DynloraError
 from dynlora.io.adapter_file import EXPORT_DTYPES, PREFIX, WEIGHTS_NAME, check_export_dtype
 from dynlora.io.input_gates import input_gated
@@ -59,7 +61,7 @@ def export_state_dict(model: nn.Module, gate_means: Mapping[str, float] | None =
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = b.to(to)
     for head in head_names(model):
         for pname, p in model.get_submodule(head).named_parameters():
-            tensors[f"{_PREFIX}{head}.{pname}"] = p.detach()
+            tensors[f"{_PREFIX}{head}.{pname}"] = whole(p.detach())
     return {k: v.contiguous().cpu().clone() for k, v in tensors.items()}
 
 
@@ -92,12 +94,16 @@ def export_peft(model: nn.Module, folder: str | os.PathLike, dropout: float = 0.
     folder, then renamed.
 
     Input-gated adapters need ``gate_means`` (see ``export_state_dict``); without them this refuses.
+    Adapters that an engine shards (FSDP2) are read whole, a collective: every process calls this, and
+    the main process writes the folder.
     """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise DynloraError(f"export folder {folder} exists and is not empty; choose a new folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tensors = export_state_dict(model, gate_means, dtype)  # refuses before anything is written
+    if not is_main_process() and any(is_sharded(layer.lora_A) for layer in adapters(model).values()):
+        return folder  # every process took part in reading the shards; one writes
+    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         peft_config(model, dropout).save_pretrained(str(tmp))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ config = CONFIGS[method] if capacity is None else dataclasses.replace(CONFIGS[me
 model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(model_folder), config)
 data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"what is {i} plus one?"}],
                            "completion": [{"role": "assistant", "content": f"{i + 1}"}]} for i in range(64)])
-args = SFTConfig(output_dir=str(out / "work"), max_steps=12, per_device_train_batch_size=8 // world_size(),
+args = SFTConfig(output_dir=str(out / "work"), max_steps=12, per_device_train_batch_size=8 // int(os.environ.get("WORLD_SIZE", "1")),
                  learning_rate=1e-2, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
                  max_length=64, disable_tqdm=True, seed=0, data_seed=0, bf16=False)
 callback = dynlora.DynloraCallback()
