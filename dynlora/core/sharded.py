@@ -44,3 +44,15 @@ def write(target: torch.Tensor, value: torch.Tensor) -> None:
         target.to_local().copy_(like(value, target).to_local())
     else:
         target.copy_(value)
+
+
+def gather_whole(model: torch.nn.Module) -> bool:
+    """After training under FSDP2: every sharded module of ``model`` all-gathers its parameters and keeps them
+    whole (``FSDPModule.unshard``, a collective every process runs), so that one process alone can then read
+    and write them (the finished run's files). Whether anything was sharded."""
+    module = sys.modules.get("torch.distributed.fsdp")
+    fsdp_module = getattr(module, "FSDPModule", None) if module is not None else None
+    sharded = [m for m in model.modules() if fsdp_module is not None and isinstance(m, fsdp_module)]
+    for m in sharded:
+        m.unshard()
+    return bool(sharded)

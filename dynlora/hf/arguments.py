@@ -117,12 +117,6 @@ class DynloraTrainingArguments(TrainingArguments):
         for name, how in MANAGED_FIELDS.items():
             if getattr(self, name) is not None:
                 raise DynloraError(f"{name} is set by dynlora; use {how}")
-        if self.fsdp not in ("", False, None, []):
-            # accelerate's FSDP wrapping shards the adapters too: dynlora moves ranks inside sharded adapters only
-            # with rank slots (--capacity; fully_shard itself is tested), and accelerate's FSDP path has not run yet
-            raise DynloraError(f"fsdp {self.fsdp!r}: accelerate's FSDP wrapping of dynlora's adapters has not been "
-                               "run yet (it needs GPUs; docs/engines.md); use --shard-base (FSDP2 on the frozen "
-                               "base only)")
         left = [name for name in LEFT_TO_THE_RUN if getattr(self, name) is None]
         for name in left:
             setattr(self, name, LEFT_TO_THE_RUN[name])

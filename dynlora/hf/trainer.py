@@ -32,6 +32,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,22 @@ class DynloraTrainerMixin:
                  and not training_args.save_only_model)
         if whole:
             training_args.save_only_model = True
+        # accelerate's FSDP2 takes an optimizer built before the model is sharded (its prepare swaps the parameters
+        # for the sharded ones); the Trainer refuses one for FSDP1's sake, so it is handed over after the check
+        held = (None, None)
+        if _fsdp_asked(training_args) and "optimizers" in kwargs:
+            held = kwargs.pop("optimizers")
         try:
             super().__init__(*args, **kwargs)
         finally:
             if whole:
                 training_args.save_only_model = False
+        if held != (None, None):
+            if not (getattr(self, "is_fsdp_enabled", False) and self.accelerator.is_fsdp2):
+                raise DynloraError("an optimizer built before the Trainer works with accelerate's FSDP2 only "
+                                   "(FSDP1 builds its own after wrapping); set fsdp_config version 2")
+            self.optimizer, self.lr_scheduler = held
+            self.callback_handler.optimizer, self.callback_handler.lr_scheduler = held
         setattr(self.model, DYNLORA_TRAINER, True)  # DynloraCallback checks it (see there)
 
     _signature: Any = None
@@ -199,6 +211,11 @@ class DynloraTrainerMixin:
             callback.resume_from(resume_from_checkpoint)
         load_trainable_state(self.model, resume_from_checkpoint)
         self._restore_record(Path(resume_from_checkpoint))
+
+
+def _fsdp_asked(args: Any) -> bool:
+    """Whether the run asks for accelerate's FSDP: ``--fsdp`` or an ``accelerate launch`` FSDP config."""
+    return bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def _sum_dtype(device: torch.device) -> torch.dtype:

@@ -98,3 +98,21 @@ class RunConfig:
                 raise DynloraError(f"{name} {type(getattr(self, name)).__name__} is not a {kind.__name__}")
         if self.model.shard_base and getattr(self.adapters.method_config, "fold", False):
             raise DynloraError("shard_base and fold are both set; a sharded base weight cannot take a folded adapter")
+        if self.trainer.fsdp:
+            self._check_fsdp()
+
+    def _check_fsdp(self) -> None:
+        """accelerate's FSDP (``--fsdp``) shards every parameter, the adapters' too: ranks move only inside a
+        fixed capacity of rank slots, and FSDP2 is the version whose sharded parameters dynlora writes."""
+        for name, clash in (("shard_base", self.model.shard_base), ("quantize", self.model.quantize),
+                            ("fold", getattr(self.adapters.method_config, "fold", False))):
+            if clash:
+                raise DynloraError(f"fsdp and {name} are both set; {name} with accelerate's FSDP has not been run "
+                                   "(--shard-base is FSDP2 on the frozen base alone)")
+        version = int(self.trainer.fsdp_config.get("version", 2))
+        if version != 2:
+            raise DynloraError(f"fsdp version {version}: dynlora moves ranks inside FSDP2's sharded adapters only; "
+                               "set --fsdp_config '{\"version\": 2}'")
+        if self.adapters.capacity is None:
+            raise DynloraError("fsdp shards the adapters, whose ranks then move only inside a fixed capacity of "
+                               "rank slots; add --capacity N (N at least --rank, e.g. 2 x --rank)")

@@ -16,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback, set_seed
 
 from dynlora.core.distributed import is_main_process
+from dynlora.core.sharded import gather_whole
 from dynlora.data.instruct import is_instruct
 from dynlora.data.splits import scored_on
 from dynlora.io.input_gates import input_gated
@@ -89,6 +90,7 @@ def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, config: RunC
         gate_means, gate_metrics = input_gate_export(prepared, calibration, collate,
                                                      kind.export_score(trainer, data, test_ds))
         metrics.update(gate_metrics)
+    gather_whole(trainer.model)  # accelerate's FSDP: every process gathers the shards; the main one writes below
     if is_main_process():
         finish_run(work, final, config, kind.labels(data), metrics, prepared, trainer, gate_means)
     return metrics

@@ -111,7 +111,60 @@ def test_shard_base_refuses_what_it_cannot_shard(tiny_lm, tmp_path, capsys):
     cases = [([], "shard_base needs several processes: launch with torchrun"),
              (["--load-in-4bit"], "shard_base and a 4bit base are both set"),
              (["--method", "module-alloc", "--fold"], "shard_base and fold are both set"),
-             (["--fsdp", "full_shard"], "accelerate's FSDP wrapping of dynlora's adapters has not been run")]
+             (["--fsdp", "full_shard"], "fsdp and shard_base are both set")]
+    for extra, needle in cases:
+        assert main([*base, *extra, "--output", str(tmp_path / "run")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+        assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.slow  # three fresh processes: about 30 s on CI's 2 cores; make test-slow
+@pytest.mark.parametrize("method", [
+    ["--method", "adaptive", "--realloc-interval", "0.25", "--realloc-warmup", "0.1"],
+    ["--method", "module-alloc", "--strategy", "multinomial", "--schedule", "every:0.25"],
+], ids=["adaptive", "module-alloc"])
+def test_dynlora_train_fsdp_with_rank_slots_matches_one_process(tiny_lm, tmp_path, method):
+    """--fsdp --capacity: accelerate's FSDP2 shards every parameter, the adapters' too (its FSDP state, which it
+    keeps for accelerators, set on the CPU by ``fsdp_cli_worker.py``); ranks move inside the slots, checkpoints
+    are written along the way, and the finished run is one process's to float rounding, exported adapter too."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    flags = ["--model", str(tiny_lm), "--dataset", str(pairs), "--train-size", "64", *method, "--max-steps", "8",
+             "--rank", "2", "--capacity", "8", "--lr", "1e-2", "--max-length", "64", "--save-every", "4"]
+    one, two = tmp_path / "one", tmp_path / "fsdp"
+    assert main(["train", *flags, "--batch-size", "8", "--output", str(one)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    worker = Path(__file__).with_name("fsdp_cli_worker.py")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), "train", *flags, "--batch-size", "4", "--fsdp", "full_shard",
+                           "--output", str(two)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FSDPLlamaForCausalLM holds DTensor adapters" in done.stdout  # accelerate's FSDP2 sharded them
+    a, b = history(one), history(two)
+    losses = [[r["loss"] for r in h if "loss" in r] for h in (a, b)]
+    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=64, batch_tokens=8 * 64)
+    assert len(losses[0]) == len(losses[1]) == 8
+    assert_within_rounding(torch.tensor(losses[1]), torch.tensor(losses[0]), terms, steps=8, name="loss")
+    events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
+    assert events[0] == events[1]  # every decision identical
+    assert len({(tuple(sorted(e[2].items())), tuple(e[3] or ())) for e in events[1]}) > 1  # ranks or active moved
+    decided = [r for r in b if "ranks" in r and r["event"] not in ("init", "end") and r["step"] > 0]
+    assert decided and all(r["replicas_agree"] == 2 for r in decided)
+    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    assert ma["total_rank"] == mb["total_rank"] == ma["budget"] == mb["budget"]  # the budget conserved
+    wa, wb = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (one, two))
+    assert wa.keys() == wb.keys()
+    for key in wa:  # the live ranks only, as one process exports them; values to rounding
+        assert_within_rounding(wb[key], wa[key], terms, steps=8, name=key)
+
+
+def test_fsdp_needs_rank_slots_and_fsdp2(tiny_lm, tmp_path, capsys):
+    """accelerate's FSDP shards the adapters: without --capacity, with FSDP1 or with a quantized base it is
+    refused in one line before anything is written."""
+    base = ["train", "--model", str(tiny_lm), "--task", "trec6-instruct", "--max-steps", "2", "--fsdp", "full_shard"]
+    cases = [([], "add --capacity N"),
+             (["--capacity", "8", "--fsdp_config", '{"version": 1}'], "fsdp version 1"),
+             (["--capacity", "8", "--load-in-4bit"], "fsdp and quantize are both set")]
     for extra, needle in cases:
         assert main([*base, *extra, "--output", str(tmp_path / "run")]) == 2, extra
         err = capsys.readouterr().err.strip()
