@@ -32,7 +32,7 @@ from dynlora.core.layer import LoraLayer, RankChange
 from dynlora.core.own_lr import OwnLearningRates
 from dynlora.core.refactor import singular_factors
 from dynlora.core.surgery import remap_optimizer_state
-from dynlora.core.switch import fold, keep_backward, set_trainable, unfold
+from dynlora.core.switch import SkipSwitchedOff, fold, keep_backward, set_trainable, unfold
 from dynlora.decide.allocate import fit_to_budget
 from dynlora.decide.plan import Plan, Resize
 from dynlora.errors import DynloraError
@@ -57,6 +57,7 @@ class Controller:
         self._optimizer: object | None = None
         self._own_lr: OwnLearningRates | None = None
         self.fresh = FreshSlots()  # grown ranks' own Adam bias correction
+        self.skip = SkipSwitchedOff(self.layers)  # switched-off adapters in rank slots skip the optimizer's step
         self.global_step = 0
         self.generation = 0
         self.active: tuple[str, ...] | None = None  # None: every adapter trains
@@ -102,6 +103,7 @@ class Controller:
         if optimizer is self._optimizer:
             return
         self._optimizer = optimizer
+        self.skip.install(optimizer)
         self.fresh.install(optimizer)  # before the own-lr rescale: that one scales the corrected step
         self._follow_own_lrs()
 
@@ -225,7 +227,8 @@ class Controller:
         self.folded = (self.folded & off) | fold(self.layers, sorted(off - self.folded))
         self.active = tuple(active)
         self.fold_inactive = fold_inactive
-        self.generation += 1
+        if any(layer.capacity is None for layer in self.layers.values()):  # rank slots keep requires_grad
+            self.generation += 1
 
     def finish(self) -> None:
         """At the end of training: unfold every folded adapter (the base weights are the pretrained ones

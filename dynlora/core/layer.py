@@ -93,6 +93,10 @@ class LoraLayer(nn.Module):
         self.register_buffer("fade", None)  # optional per-rank multiplier set by a method (not trained)
         live = None if capacity is None else torch.arange(capacity, device=own["device"]) < rank
         self.register_buffer("live", None if live is None else live.to(own["dtype"]))  # (capacity,) 0/1
+        # within a fixed capacity a switched-off adapter keeps requires_grad (an engine's parameter set never changes)
+        # and this () bool stops its gradients instead (``_held``); not saved: the controller's active set restores it
+        on = None if capacity is None else torch.ones((), dtype=torch.bool, device=own["device"])
+        self.register_buffer("on", on, persistent=False)
         with torch.no_grad():
             self.lora_A[:rank].copy_(self._init_a(rank, generator))
         self.switched_on = True  # set by ``switch`` (module-level on/off); ``trains`` also needs a rank
@@ -188,12 +192,23 @@ class LoraLayer(nn.Module):
     def _follow_trains(self) -> None:
         """``requires_grad`` of every adapter parameter = ``trains``. A rank-0 forward skips the adapter
         path, so its parameters (the input gate's too) would get no gradient while asking for one: DDP
-        without ``find_unused_parameters`` (the HF Trainer's choice under gradient checkpointing) raises."""
+        without ``find_unused_parameters`` (the HF Trainer's choice under gradient checkpointing) raises.
+
+        Within a fixed capacity every adapter parameter keeps ``requires_grad``, so that what DDP, FSDP2 and a
+        compiled graph hold never changes: the ``on`` mask gives a switched-off adapter zero gradients, and
+        ``core.switch.SkipSwitchedOff`` drops them before the optimizer steps."""
         on = self.trains
+        if self.on is not None:
+            self.on.fill_(on)
         for p in self.adapter_parameters():
-            p.requires_grad_(on)
+            p.requires_grad_(on or self.on is not None)
             if not on:
                 p.grad = None  # the optimizer skips a parameter without a gradient: no update, state kept
+
+    def _held(self, p: torch.Tensor) -> torch.Tensor:
+        """``p`` in forward: itself, or within a fixed capacity with its gradient stopped while switched off
+        (the value is ``p`` either way, exactly)."""
+        return p if self.on is None else torch.where(self.on, p, p.detach())
 
     def num_parameters(self) -> int:
         """Trainable adapter parameters at the current rank (A, B, the rank gate, the input gate); zero at rank 0,
@@ -215,7 +230,8 @@ class LoraLayer(nn.Module):
     def input_gate_values(self, x: torch.Tensor) -> torch.Tensor:
         """g(x) per token: (..., 1)."""
         assert self.gate_w is not None and self.gate_b is not None
-        return torch.sigmoid(F.linear(x.to(self.gate_w.dtype), self.gate_w.unsqueeze(0), self.gate_b))
+        w, b = self._held(self.gate_w), self._held(self.gate_b)
+        return torch.sigmoid(F.linear(x.to(w.dtype), w.unsqueeze(0), b))
 
     # ---- forward / merge -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,19 +255,21 @@ class LoraLayer(nn.Module):
         xd = self.dropout(x)
         if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmuls pick their own dtype
             xd = xd.to(self.lora_A.dtype)
+        a = self._held(self.lora_A)
         if self.gate_w is None:
-            return F.linear(xd, self.lora_A), None
+            return F.linear(xd, a), None
+        gate_w, gate_b = self._held(self.gate_w), self._held(self.gate_b)
         if self.input_gate_constant is None and isinstance(self.dropout, nn.Identity):
             # one matmul for A and the gate's w: (..., r + 1)
-            hx = F.linear(xd, torch.cat([self.lora_A, self.gate_w.unsqueeze(0)]))
-            return hx[..., : self.slots], torch.sigmoid(hx[..., self.slots:] + self.gate_b)
+            hx = F.linear(xd, torch.cat([a, gate_w.unsqueeze(0)]))
+            return hx[..., : self.slots], torch.sigmoid(hx[..., self.slots:] + gate_b)
         g = self.input_gate_values(x) if self.input_gate_constant is None else self.input_gate_constant
-        return F.linear(xd, self.lora_A), g
+        return F.linear(xd, a), g
 
     def _scaled(self, h: torch.Tensor, g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, B) with the per-rank multiplier (gate x fade) and the input gate applied to one of them."""
-        b = self.lora_B  # (out, r)
-        per_rank = self._rank_multiplier()
+        b = self._held(self.lora_B)  # (out, r)
+        per_rank = self._rank_multiplier(self._held(self.gate) if self.gate is not None else None)
         if per_rank is not None:
             # B diag(c) h == B (c * h): scale whichever is smaller, since autograd keeps the scaled tensor for
             # backward besides h; (out, r) is far smaller than (tokens, r) at training batch sizes

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dynlora.core.layer import LoraLayer
+from dynlora.core.surgery import unwrap_optimizer
 
 
 def set_trainable(layers: Mapping[str, LoraLayer], active: Collection[str]) -> None:
@@ -22,6 +23,31 @@ def set_trainable(layers: Mapping[str, LoraLayer], active: Collection[str]) -> N
     chosen = set(active)
     for name, layer in layers.items():
         layer.switch(name in chosen)
+
+
+class SkipSwitchedOff:
+    """Before every step of an optimizer: the gradients of switched-off adapters that hold rank slots are
+    dropped, so the optimizer skips them as it skips a frozen parameter (no update, no weight decay, state
+    kept). Such an adapter keeps ``requires_grad`` (see ``LoraLayer._follow_trains``) and its gradients are zero,
+    so clipping and the gradient norm see what they would see without them."""
+
+    def __init__(self, layers: Mapping[str, LoraLayer]) -> None:
+        self.layers = layers
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def install(self, optimizer: object | None) -> None:
+        """Hook ``optimizer`` (None: remove the hook)."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        if optimizer is not None and any(layer.capacity is not None for layer in self.layers.values()):
+            self._handle = unwrap_optimizer(optimizer).register_step_pre_hook(self._before)
+
+    def _before(self, optimizer: object, args: object, kwargs: object) -> None:
+        for layer in self.layers.values():
+            if layer.capacity is not None and not layer.trains:
+                for p in layer.adapter_parameters():
+                    p.grad = None
 
 
 def keep_backward(model: nn.Module) -> torch.utils.hooks.RemovableHandle:

@@ -17,7 +17,6 @@ from dynlora.core.distributed import world_size
 from dynlora.core.inject import adapters
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import CONTROLLER_FILE, checkpoint_folder, load_controller_state, save_controller_state
-from dynlora.methods import registry
 
 DYNLORA_TRAINER = "_dynlora_trainer"  # set on the model by a DynloraTrainerMixin: it rebuilds DDP after rank
 # changes and writes the controller's state into its checkpoints itself
@@ -74,7 +73,7 @@ class DynloraCallback(TrainerCallback):
             raise DynloraError(f"{world_size()} processes: after a rank change DDP must be rebuilt, which a "
                                "Trainer without dynlora's mixin does not do; train with "
                                "class MyTrainer(dynlora.DynloraTrainerMixin, YourTrainer), or give the adapters "
-                               "rank slots (capacity=...) with a method that does not switch them")
+                               "rank slots (capacity=...)")
         if self._controller is None:  # a get_dynamic_model model: the run's length comes from the Trainer
             self._controller = attach(model, optimizer, total_steps=state.max_steps)
             guess = checkpoint_folder(args.output_dir, state.global_step)
@@ -154,9 +153,9 @@ class StepHooks(TrainerCallback):
 
 
 def _holds_still(model: Any) -> bool:
-    """Whether no event changes the model's parameters or what trains: every adapter holds a fixed capacity of
-    rank slots and the method never switches adapters (so a DDP wrapper built once stays right)."""
-    config = getattr(model, CONFIG_ATTR, None)
+    """Whether no event changes the model's parameters or what asks for gradients: every adapter holds a fixed
+    capacity of rank slots (a resize rewrites them in place, a switch stops gradients by a mask), so a DDP
+    wrapper built once stays right."""
     layers = adapters(model)
-    return (config is not None and bool(layers) and all(layer.capacity is not None for layer in layers.values())
-            and not registry.get(config.method).switches)
+    return (getattr(model, CONFIG_ATTR, None) is not None and bool(layers)
+            and all(layer.capacity is not None for layer in layers.values()))

@@ -196,7 +196,6 @@ class MethodSpec:
     min_rank: Callable[[Any], int] = lambda config: 1  # fewest ranks per adapter when a budget is split
     report_panels: tuple[str, ...] = ()  # run-report pictures beyond the common ones
     static: bool = False  # ranks never move (compare draws no rank heatmap)
-    switches: bool = False  # switches adapters' training on and off (requires_grad): a DDP wrapper must follow
     baseline: bool = False  # compare's summary divides by this method's numbers
     default: bool = False  # what ``dynlora train`` runs without --method
     compare_default: bool = False  # in ``dynlora compare``'s default method list

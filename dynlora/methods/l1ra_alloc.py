@@ -87,5 +87,4 @@ SPEC = register(MethodSpec(
                                                                            weight_decay),
     min_rank=lambda config: config.min_rank,
     report_panels=("rank_by_type", "gates", "activity"),
-    switches=True,
 ))

@@ -156,5 +156,4 @@ SPEC = register(MethodSpec(
     variant=parse_variant,
     variant_help="module-alloc:<strategy>[-<score>], e.g. module-alloc:topk",
     report_panels=("activity",),
-    switches=True,
 ))

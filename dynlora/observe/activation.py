@@ -77,7 +77,9 @@ class ActivationNorm(RunningScores):
 
             tied.register_hook(on_grad)
             return tied
-        return hook
+        # bookkeeping in Python per adapter: under torch.compile it runs eagerly between graphs, instead of being
+        # traced into one graph per adapter name (which met dynamo's recompile limit)
+        return torch.compiler.disable(hook)
 
     def step(self, layers: Mapping[str, LoraLayer]) -> None:
         if self._grads:  # forecast: one gradient norm per module for the step's whole batch

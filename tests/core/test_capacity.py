@@ -134,3 +134,45 @@ def test_a_compiled_model_is_not_compiled_again_at_a_resize():
         seen.append(compiled[0])
     assert seen[-1] == seen[1], seen  # no graph after the first resize's
     assert sum(layer.rank for layer in layers) == 6
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_gate": True, "input_gate": True}], ids=["plain", "gated"])
+def test_switching_slots_off_stops_them_as_requires_grad_does_with_the_same_parameters(kw):
+    """A switched-off adapter in rank slots keeps ``requires_grad`` (what an engine holds never changes); its
+    gradients are zero and are dropped before the optimizer steps, so AdamW with weight decay trains exactly as
+    with the plain layer switched off by ``requires_grad``: same outputs, same parameters, same moments."""
+    from dynlora.core.switch import SkipSwitchedOff
+
+    plain, slotted = pair(**kw)
+    held = {"plain": plain, "slotted": slotted}
+    optimizers = {k: torch.optim.AdamW([p for p in layer.parameters() if p is not layer.base.weight
+                                        and p is not layer.base.bias], lr=1e-2, weight_decay=0.1)
+                  for k, layer in held.items()}
+    skip = SkipSwitchedOff({"slotted": slotted})
+    skip.install(optimizers["slotted"])
+    params = [id(p) for p in slotted.parameters()]
+    x = torch.randn(6, 16)
+    for step in range(8):
+        on = step not in (2, 3, 4)  # off for three steps, then on again
+        for layer in held.values():
+            layer.switch(on)
+        assert all(p.requires_grad for p in slotted.adapter_parameters())  # the slots never stop asking
+        assert all(p.requires_grad == on for p in plain.adapter_parameters())
+        outs = {}
+        for key, layer in held.items():
+            optimizers[key].zero_grad()
+            outs[key] = layer(x)
+            outs[key].square().sum().backward()
+        assert_within_rounding(outs["slotted"], outs["plain"], TERMS, name="output")
+        if not on:
+            assert all(p.grad is None or not p.grad.any() for p in slotted.adapter_parameters())  # zero
+        for opt in optimizers.values():
+            opt.step()
+        if not on:
+            assert all(p.grad is None for p in slotted.adapter_parameters())  # dropped before the step
+    assert [id(p) for p in slotted.parameters()] == params
+    assert_within_rounding(slotted.live_slots(slotted.lora_A.detach()), plain.lora_A.detach(), TERMS * 8, name="A")
+    assert_within_rounding(slotted.live_slots(slotted.lora_B.detach(), 1), plain.lora_B.detach(), TERMS * 8,
+                           name="B")
+    dead = slotted.lora_A.detach()[RANK:]
+    assert not dead.any()  # dead slots never moved

@@ -191,7 +191,8 @@ def test_several_processes_without_the_mixin_is_a_clear_error(tiny_lm, monkeypat
 
 
 def test_several_processes_need_no_mixin_when_nothing_changes_shape(tiny_lm, monkeypatch, tmp_path):
-    """Rank slots and a method that never switches adapters: the DDP wrapper built once stays right."""
+    """Rank slots: resizes rewrite them in place and switches stop gradients by a mask, so the DDP wrapper built
+    once stays right, for methods that switch adapters too."""
     from types import SimpleNamespace
 
     from transformers import AutoModelForCausalLM
@@ -208,5 +209,12 @@ def test_several_processes_need_no_mixin_when_nothing_changes_shape(tiny_lm, mon
     assert callback.controller.layers and all(layer.capacity == 4 for layer in callback.controller.layers.values())
     switching = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
                                           dynlora.ModuleAllocLoraConfig(r=2, capacity=4))
-    with pytest.raises(DynloraError, match="does not switch them"):
-        dynlora.DynloraCallback().on_train_begin(*begin, model=switching)
+    callback = dynlora.DynloraCallback()
+    callback.on_train_begin(*begin, model=switching)
+    controller, before = callback.controller, [(id(p), p.requires_grad) for p in switching.parameters()]
+    controller.switch(tuple(list(controller.layers)[:2]))
+    assert [(id(p), p.requires_grad) for p in switching.parameters()] == before and controller.generation == 0
+    unslotted = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm),
+                                          dynlora.ModuleAllocLoraConfig(r=2))
+    with pytest.raises(DynloraError, match="rank slots"):
+        dynlora.DynloraCallback().on_train_begin(*begin, model=unslotted)

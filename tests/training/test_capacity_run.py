@@ -67,3 +67,26 @@ def test_torch_compile_with_a_capacity_compiles_no_graph_per_rank_event(tiny_ass
     # each event that moved ranks compiled the resized model again; the slots' model compiled once after the
     # first mask flip, then never again
     assert graphs["resized"] >= graphs["capacity"] + moving["resized"] and graphs["capacity"] <= 2, graphs
+
+
+@pytest.mark.slow  # four compiled runs: about 40 s on CI's 2 cores
+def test_torch_compile_with_a_capacity_compiles_no_graph_per_module_switch(tiny_assets, tmp_path):
+    """Module allocation switches which adapters train: with requires_grad each new trained set compiles more
+    graphs; in rank slots a switch flips a mask, and a 12-step run compiles what its first 3 steps (one
+    selection) did."""
+    from torch._dynamo.utils import counters
+
+    graphs, sets = {}, {}
+    for label, extra in (("capacity", {"capacity": 2}), ("switched", {})):
+        for steps in (3, 12):
+            torch._dynamo.reset()
+            counters.clear()
+            values = {"method": "module-alloc:multinomial", "method_config": {"schedule": "every:2"}, **extra,
+                      "torch_compile": True, "torch_compile_backend": "eager", "max_steps": steps}
+            run(tiny_assets, tmp_path / f"{label}-{steps}", **values)
+            graphs[label, steps] = counters["stats"]["unique_graphs"]
+        sets[label] = {tuple(sorted(r["active"])) for r in decisions(tmp_path / f"{label}-12")
+                       if r.get("event") == "select"}
+    assert sets["capacity"] == sets["switched"] and len(sets["capacity"]) >= 3  # the same selections
+    assert graphs["capacity", 12] == graphs["capacity", 3], graphs  # no graph for any later switch
+    assert graphs["switched", 12] > graphs["switched", 3], graphs  # each new trained set: more graphs
