@@ -2,7 +2,7 @@
 ``fsdp2.yaml``; ``fsdp_on_cpu`` supplies the FSDP state accelerate keeps for accelerators), or in one process.
 
 Arguments: MODEL OUT METHOD [RESUME]. The adapters hold 16 rank slots. L1RA and adaptive train under TRL's own
-``SFTTrainer`` with the two lines; module allocation switches adapters and trains under the mixin. A checkpoint
+``SFTTrainer`` with the two lines; module allocation under the mixin (whose FSDP checkpoints it tests). A checkpoint
 at step 6; with RESUME, the run resumes from OUT's ``checkpoint-6``. Writes OUT/run.json (decisions, losses,
 ranks, the replica checks), the adapters' final tensors (read whole) and the exported PEFT adapter."""
 
@@ -39,7 +39,7 @@ CONFIGS = {
 
 
 class MixinTrainer(dynlora.DynloraTrainerMixin, SFTTrainer):
-    """SFTTrainer with dynlora's mixin (module allocation switches which adapters train)."""
+    """SFTTrainer with dynlora's mixin: it writes and reads the adapters' checkpoint itself."""
 
 
 tokenizer = AutoTokenizer.from_pretrained(model_folder)

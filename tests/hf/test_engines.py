@@ -40,7 +40,8 @@ def trl_config(name: str, folder: Path, **overrides: object) -> Path:
 
 
 @pytest.mark.slow  # two fresh processes under accelerate launch: about 15 s each on CI's 2 cores; make test-slow
-@pytest.mark.parametrize("method,slots", [("l1ra", None), ("module-alloc", None), ("l1ra", 16), ("adaptive", 16)])
+@pytest.mark.parametrize("method,slots", [("l1ra", None), ("module-alloc", None), ("l1ra", 16), ("adaptive", 16),
+                                          ("module-alloc", 16)])
 def test_trl_s_multi_gpu_config_trains_through_rank_changes_with_replicas_in_step(tiny_lm, tmp_path, method, slots):
     """With the mixin, or (rank slots: nothing changes shape) with TRL's own SFTTrainer and only the two lines."""
     from safetensors.torch import load_file
