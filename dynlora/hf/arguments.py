@@ -30,6 +30,11 @@ LEFT_TO_THE_RUN: dict[str, Any] = {"output_dir": "trainer_output", "logging_step
                                    "average_tokens_across_devices": True}
 # set by dynlora: a run resumes with --resume; a launcher's local rank comes from the environment
 MANAGED_FIELDS = {"resume_from_checkpoint": "--resume RUN"}
+# ZeRO holds gradients (stage 2) and weights (stage 3) in its own partitions, where dynlora's scores and resizes
+# do not reach them (docs/engines.md): refused, not trained with silently empty scores
+DEEPSPEED_REFUSAL = ("{what}: DeepSpeed ZeRO keeps the adapters' gradients and weights in its own partitions, "
+                     "which dynlora does not read or resize yet; use DDP, or FSDP2 with rank slots "
+                     "(--fsdp full_shard --capacity N)")
 
 
 def _hf(name: str, default: Any, *aliases: str, help: str | None = None) -> Any:
@@ -117,6 +122,8 @@ class DynloraTrainingArguments(TrainingArguments):
         for name, how in MANAGED_FIELDS.items():
             if getattr(self, name) is not None:
                 raise DynloraError(f"{name} is set by dynlora; use {how}")
+        if self.deepspeed is not None:
+            raise DynloraError(DEEPSPEED_REFUSAL.format(what=f"deepspeed {self.deepspeed!r}"))
         left = [name for name in LEFT_TO_THE_RUN if getattr(self, name) is None]
         for name in left:
             setattr(self, name, LEFT_TO_THE_RUN[name])

@@ -16,6 +16,7 @@ from dynlora.control.wrap import CONFIG_ATTR, TRAINABLE_ON_QUANTIZED, attach
 from dynlora.core.distributed import world_size
 from dynlora.core.inject import adapters
 from dynlora.errors import DynloraError
+from dynlora.hf.arguments import DEEPSPEED_REFUSAL
 from dynlora.io.checkpoint import CONTROLLER_FILE, checkpoint_folder, load_controller_state, save_controller_state
 
 DYNLORA_TRAINER = "_dynlora_trainer"  # set on the model by a DynloraTrainerMixin: it rebuilds DDP after rank
@@ -69,6 +70,8 @@ class DynloraCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
+        if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            raise DynloraError(DEEPSPEED_REFUSAL.format(what="a DeepSpeed run"))
         if world_size() > 1 and not getattr(model, DYNLORA_TRAINER, False) and not _holds_still(model):
             raise DynloraError(f"{world_size()} processes: after a rank change DDP must be rebuilt, which a "
                                "Trainer without dynlora's mixin does not do; train with "

@@ -218,3 +218,22 @@ def test_several_processes_need_no_mixin_when_nothing_changes_shape(tiny_lm, mon
                                           dynlora.ModuleAllocLoraConfig(r=2))
     with pytest.raises(DynloraError, match="rank slots"):
         dynlora.DynloraCallback().on_train_begin(*begin, model=unslotted)
+
+
+def test_a_deepspeed_run_is_refused_in_one_line_before_training(tiny_lm, monkeypatch, tmp_path):
+    """ZeRO keeps gradients and weights in its partitions: the scores would read nothing, so the run stops."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    import dynlora
+    from dynlora.errors import DynloraError
+
+    model = dynlora.get_dynamic_model(AutoModelForCausalLM.from_pretrained(tiny_lm), dynlora.L1RALoraConfig(r=2))
+    state = SimpleNamespace(max_steps=10, global_step=0)
+    with pytest.raises(DynloraError, match="DeepSpeed ZeRO keeps"):
+        dynlora.DynloraCallback().on_train_begin(SimpleNamespace(output_dir=str(tmp_path), deepspeed="z.json"),
+                                                 state, None, model=model)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch sets for a zero*.yaml
+    with pytest.raises(DynloraError, match="DeepSpeed ZeRO keeps"):
+        dynlora.DynloraCallback().on_train_begin(SimpleNamespace(output_dir=str(tmp_path)), state, None, model=model)

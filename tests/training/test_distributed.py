@@ -160,11 +160,12 @@ def test_dynlora_train_fsdp_with_rank_slots_matches_one_process(tiny_lm, tmp_pat
 
 def test_fsdp_needs_rank_slots_and_fsdp2(tiny_lm, tmp_path, capsys):
     """accelerate's FSDP shards the adapters: without --capacity, with FSDP1 or with a quantized base it is
-    refused in one line before anything is written."""
+    refused in one line before anything is written; so is DeepSpeed, whose partitions dynlora does not read."""
     base = ["train", "--model", str(tiny_lm), "--task", "trec6-instruct", "--max-steps", "2", "--fsdp", "full_shard"]
     cases = [([], "add --capacity N"),
              (["--capacity", "8", "--fsdp_config", '{"version": 1}'], "fsdp version 1"),
              (["--capacity", "8", "--load-in-4bit"], "fsdp and quantize are both set")]
+    cases.append((["--capacity", "8", "--deepspeed", "zero2.json"], "DeepSpeed ZeRO keeps the adapters' gradients"))
     for extra, needle in cases:
         assert main([*base, *extra, "--output", str(tmp_path / "run")]) == 2, extra
         err = capsys.readouterr().err.strip()
