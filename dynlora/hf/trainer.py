@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 from transformers import Trainer
+from transformers.trainer import SCHEDULER_NAME
 
 from dynlora.core.distributed import barrier, mean_across_processes, parameter_signature, rewrap
 from dynlora.errors import DynloraError
@@ -195,6 +196,20 @@ class DynloraTrainerMixin:
         # accelerate's FSDP shards the adapters: every process reads them whole (a collective), whatever the
         # plugin's state dict type; the Trainer's own FSDP files (model and optimizer) follow in its checkpoint
         self._write_trainable(output_dir, trainable_state(self.model))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not getattr(self, "is_fsdp_enabled", False):
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        # the Trainer's FSDP checkpoint also writes the whole model, the frozen base gathered onto one process;
+        # a resume reads the adapters from dynlora's own file (save_model), so only the optimizer goes through
+        # accelerate (its FSDP optimizer format), and the scheduler as the Trainer writes it
+        from accelerate.utils import save_fsdp_optimizer
+
+        plugin = self.accelerator.state.fsdp_plugin
+        save_fsdp_optimizer(plugin, self.accelerator, self.optimizer, self.model, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         self._write_trainable(output_dir, None)

@@ -98,6 +98,9 @@ def test_trl_s_fsdp2_config_trains_resumes_and_exports_as_one_process(tiny_lm, t
                         main_process_port=free_port())
     sharded, alone = tmp_path / "fsdp2", tmp_path / "one"
     run_fsdp_worker(tiny_lm, sharded, method, config)
+    saved = {p.name for p in (sharded / "work" / "checkpoint-6").iterdir()}
+    # under the mixin a checkpoint holds the adapters and the optimizer, not accelerate's file of the whole model
+    assert ("pytorch_model_fsdp.bin" in saved) == (method != "module-alloc") and "optimizer.bin" in saved, saved
     shutil.rmtree(sharded / "work" / "checkpoint-12")
     config = trl_config("fsdp2.yaml", tmp_path, num_processes=2, use_cpu=True, mixed_precision="no",
                         main_process_port=free_port())
