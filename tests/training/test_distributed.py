@@ -127,7 +127,8 @@ def test_shard_base_refuses_what_it_cannot_shard(tiny_lm, tmp_path, capsys):
 def test_dynlora_train_fsdp_with_rank_slots_matches_one_process(tiny_lm, tmp_path, method):
     """--fsdp --capacity: accelerate's FSDP2 shards every parameter, the adapters' too (its FSDP state, which it
     keeps for accelerators, set on the CPU by ``fsdp_cli_worker.py``); ranks move inside the slots, checkpoints
-    are written along the way, and the finished run is one process's to float rounding, exported adapter too."""
+    are written along the way, and the finished run is one process's to float rounding, exported adapter too; a
+    run stopped after a checkpoint resumes (``--resume``) to the same adapter, bit for bit."""
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     flags = ["--model", str(tiny_lm), "--dataset", str(pairs), "--train-size", "64", *method, "--max-steps", "8",
              "--rank", "2", "--capacity", "8", "--lr", "1e-2", "--max-length", "64", "--save-every", "4"]
@@ -156,6 +157,21 @@ def test_dynlora_train_fsdp_with_rank_slots_matches_one_process(tiny_lm, tmp_pat
     assert wa.keys() == wb.keys()
     for key in wa:  # the live ranks only, as one process exports them; values to rounding
         assert_within_rounding(wb[key], wa[key], terms, steps=8, name=key)
+    if "adaptive" not in method:
+        return
+    # stopped in both processes at step 6 (after checkpoint-4), then --resume: the same finished run, bit for bit
+    stopped = tmp_path / "stopped"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+              "train"]
+    done = subprocess.run([*launch, *flags, "--batch-size", "4", "--fsdp", "full_shard", "--output", str(stopped)],
+                          env={**env, "DYNLORA_TEST_STOP_AT": "6"}, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0 and "stopped at step 6" in done.stderr and not stopped.exists()
+    done = subprocess.run([*launch, "--resume", str(stopped)], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stdout and done.stdout.count("checkpoint-4") >= 1
+    assert history(stopped) and [r["loss"] for r in history(stopped) if "loss" in r] == losses[1]
+    assert ((stopped / "adapter" / "adapter_model.safetensors").read_bytes()
+            == (two / "adapter" / "adapter_model.safetensors").read_bytes())
 
 
 def test_fsdp_needs_rank_slots_and_fsdp2(tiny_lm, tmp_path, capsys):
