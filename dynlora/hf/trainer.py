@@ -78,7 +78,7 @@ class DynloraTrainerMixin:
             if whole:
                 training_args.save_only_model = False
         if held != (None, None):
-            if not (getattr(self, "is_fsdp_enabled", False) and self.accelerator.is_fsdp2):
+            if getattr(self, "is_fsdp_enabled", False) and not self.accelerator.is_fsdp2:
                 raise DynloraError("an optimizer built before the Trainer works with accelerate's FSDP2 only "
                                    "(FSDP1 builds its own after wrapping); set fsdp_config version 2")
             self.optimizer, self.lr_scheduler = held

@@ -9,6 +9,7 @@ renamed at the end, so an interrupted or failed run leaves nothing half-written.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from transformers import TrainerCallback, set_seed
 from dynlora.core.distributed import is_main_process
 from dynlora.core.sharded import gather_whole
 from dynlora.data.instruct import is_instruct
+from dynlora.errors import DynloraError
 from dynlora.data.splits import scored_on
 from dynlora.io.input_gates import input_gated
 from dynlora.io.model_card import serving_lines
@@ -45,6 +47,9 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
     ``resume``: go on with the unfinished run at ``config.trainer.output_dir`` from its last complete checkpoint.
     In a multi-process run every process trains and evaluates; only the main process writes files.
     """
+    if config.trainer.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:  # the Trainer's own check, in one line
+        raise DynloraError("fsdp needs several processes: launch with torchrun --nproc_per_node N (or accelerate "
+                           "launch) -m dynlora.cli train ...")
     kind = task_kind(config)
     data = scored_on(kind.load_data(config), config.data.eval_split)  # load
     final, work = start_run(config.trainer.output_dir, config_values(config), resume)
@@ -76,6 +81,9 @@ def _train_into(work: Path, final: Path, kind: TaskKind, data: Any, config: RunC
     built = build_trainer(model, config, work, total_steps, train_ds, collate,  # prepare
                           kind.tokens_across_devices, extra_callbacks)
     prepared, trainer = built.prepared, built.trainer
+    if config.trainer.fsdp and not trainer.is_fsdp_enabled:  # accelerate's choice, which it makes silently
+        log("dynlora: warning: --fsdp without FSDP: accelerate sets FSDP up only over several GPUs (or other "
+            "accelerators); this run trains data parallel")
     log(kind.describe(config, prepared, len(train_ds), total_steps))
     fitted = fit(trainer, work, resume, log)  # fit
     metrics: dict[str, Any] = {"task": data.name, "method": config.adapters.method,  # finish

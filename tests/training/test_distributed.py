@@ -172,6 +172,13 @@ def test_dynlora_train_fsdp_with_rank_slots_matches_one_process(tiny_lm, tmp_pat
     assert history(stopped) and [r["loss"] for r in history(stopped) if "loss" in r] == losses[1]
     assert ((stopped / "adapter" / "adapter_model.safetensors").read_bytes()
             == (two / "adapter" / "adapter_model.safetensors").read_bytes())
+    # without the test's FSDP state (what accelerate does with CPU processes): data parallel, and the run says so
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dynlora.cli", "train", *flags, "--batch-size", "4", "--fsdp", "full_shard",
+                           "--output", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dynlora: warning: --fsdp without FSDP" in done.stdout
+    assert [r["loss"] for r in history(tmp_path / "ddp") if "loss" in r] == pytest.approx(losses[1], abs=1e-5)
 
 
 def test_fsdp_needs_rank_slots_and_fsdp2(tiny_lm, tmp_path, capsys):
@@ -180,7 +187,8 @@ def test_fsdp_needs_rank_slots_and_fsdp2(tiny_lm, tmp_path, capsys):
     base = ["train", "--model", str(tiny_lm), "--task", "trec6-instruct", "--max-steps", "2", "--fsdp", "full_shard"]
     cases = [([], "add --capacity N"),
              (["--capacity", "8", "--fsdp_config", '{"version": 1}'], "fsdp version 1"),
-             (["--capacity", "8", "--load-in-4bit"], "fsdp and quantize are both set")]
+             (["--capacity", "8", "--load-in-4bit"], "fsdp and quantize are both set"),
+             (["--capacity", "8"], "fsdp needs several processes: launch with torchrun")]
     cases.append((["--capacity", "8", "--deepspeed", "zero2.json"], "DeepSpeed ZeRO keeps the adapters' gradients"))
     for extra, needle in cases:
         assert main([*base, *extra, "--output", str(tmp_path / "run")]) == 2, extra
