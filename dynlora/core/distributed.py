@@ -30,6 +30,12 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def launched_processes() -> int:
+    """The processes a launcher started (torchrun's ``WORLD_SIZE``; 1 without one), known before the process
+    group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     """True in the process that writes files (rank 0, or the only process; before the process group
     exists, torchrun's ``RANK`` says which)."""

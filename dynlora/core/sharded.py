@@ -46,13 +46,14 @@ def write(target: torch.Tensor, value: torch.Tensor) -> None:
         target.copy_(value)
 
 
-def gather_whole(model: torch.nn.Module) -> bool:
+def gather_whole(model: torch.nn.Module) -> None:
     """After training under FSDP2: every sharded module of ``model`` all-gathers its parameters and keeps them
     whole (``FSDPModule.unshard``, a collective every process runs), so that one process alone can then read
-    and write them (the finished run's files). Whether anything was sharded."""
+    and write them (the finished run's files)."""
     module = sys.modules.get("torch.distributed.fsdp")
     fsdp_module = getattr(module, "FSDPModule", None) if module is not None else None
-    sharded = [m for m in model.modules() if fsdp_module is not None and isinstance(m, fsdp_module)]
-    for m in sharded:
-        m.unshard()
-    return bool(sharded)
+    if fsdp_module is None:
+        return
+    for m in model.modules():
+        if isinstance(m, fsdp_module):
+            m.unshard()

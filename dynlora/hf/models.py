@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from dynlora.cache import cache_root
+from dynlora.core.distributed import launched_processes
 from dynlora.errors import DynloraError
 from dynlora.hf.device import resolve_device
 
@@ -77,7 +78,7 @@ QUANTIZATIONS = ("4bit", "8bit")
 def shard_kwargs() -> dict[str, Any]:
     """``from_pretrained``'s FSDP2 sharding at load time over every process of the run: each process loads only
     its shard of the base, which never exists whole on one device (transformers' ``DistributedConfig``)."""
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = launched_processes()
     if processes < 2:
         raise DynloraError("shard_base needs several processes: launch with torchrun --nproc_per_node N "
                            "(or accelerate launch), N >= 2")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from dynlora.core.count import optimizable_parameters
-from dynlora.core.distributed import world_size
+from dynlora.core.distributed import launched_processes, world_size
 from dynlora.core.peers import Peer, gather_peers, gone, on_sigterm
 from dynlora.errors import DynloraError
 from dynlora.hf.callback import DynloraCallback, StepHooks
@@ -42,7 +41,7 @@ def total_optimizer_steps(args: TrainingArguments, num_examples: int) -> int:
     if args.max_steps > 0:
         return args.max_steps
     # in N processes accelerate deals the batches out round-robin, so each process (and the run) takes 1/N of them
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = launched_processes()
     batches = math.ceil(math.ceil(num_examples / args.per_device_train_batch_size) / processes)
     # accumulation: one optimizer step per gradient_accumulation_steps batches
     return max(1, math.ceil(args.num_train_epochs * batches / args.gradient_accumulation_steps))

@@ -9,14 +9,13 @@ renamed at the end, so an interrupted or failed run leaves nothing half-written.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, set_seed
 
-from dynlora.core.distributed import is_main_process
+from dynlora.core.distributed import is_main_process, launched_processes
 from dynlora.core.sharded import gather_whole
 from dynlora.data.instruct import is_instruct
 from dynlora.errors import DynloraError
@@ -47,7 +46,7 @@ def train(config: RunConfig, log: Callable[[str], None] = print,
     ``resume``: go on with the unfinished run at ``config.trainer.output_dir`` from its last complete checkpoint.
     In a multi-process run every process trains and evaluates; only the main process writes files.
     """
-    if config.trainer.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:  # the Trainer's own check, in one line
+    if config.trainer.fsdp and launched_processes() < 2:  # the Trainer's own check, in one line
         raise DynloraError("fsdp needs several processes: launch with torchrun --nproc_per_node N (or accelerate "
                            "launch) -m dynlora.cli train ...")
     kind = task_kind(config)

@@ -13,13 +13,12 @@ only the main process creates, writes and renames.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dynlora.core.distributed import is_main_process
+from dynlora.core.distributed import is_main_process, launched_processes
 from dynlora.errors import DynloraError
 from dynlora.io.checkpoint import last_complete_checkpoint
 
@@ -33,7 +32,7 @@ def partial_folder(final: Path) -> Path:
 
 def default_output() -> Path:
     """``runs/<timestamp>``; a multi-process run must name its folder (the processes' clocks differ)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_processes() > 1:
         raise DynloraError("give --output when training in several processes (torchrun / accelerate launch)")
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 

@@ -68,6 +68,29 @@ def test_two_processes_match_one(no_dropout_model, tmp_path, method):
         (two / "metrics.json").read_text())["accuracy"]
 
 
+def assert_eight_steps_as_one_process(one: Path, two: Path) -> list[list[float]]:
+    """Two 8-step tiny-Llama runs, ``two`` in 2 processes: the same decisions (ranks or active set moving), every
+    event agreed, the budget conserved, losses and exported adapters within rounding; returns both loss curves."""
+    a, b = history(one), history(two)
+    losses = [[r["loss"] for r in h if "loss" in r] for h in (a, b)]
+    # a batch of 8 pairs of at most 64 tokens; tiny Llama: 2 layers, widths 32 / 64; 8 steps
+    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=64, batch_tokens=8 * 64)
+    assert len(losses[0]) == len(losses[1]) == 8
+    assert_within_rounding(torch.tensor(losses[1]), torch.tensor(losses[0]), terms, steps=8, name="loss")
+    events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
+    assert events[0] == events[1]  # every decision identical
+    assert len({(tuple(sorted(e[2].items())), tuple(e[3] or ())) for e in events[1]}) > 1  # ranks or active moved
+    decided = [r for r in b if "ranks" in r and r["event"] not in ("init", "end") and r["step"] > 0]
+    assert decided and all(r["replicas_agree"] == 2 for r in decided)
+    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    assert ma["total_rank"] == mb["total_rank"] == ma["budget"] == mb["budget"]  # the budget conserved
+    wa, wb = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (one, two))
+    assert wa.keys() == wb.keys()
+    for key in wa:  # as the losses: the same batches, another order of the same sums
+        assert_within_rounding(wb[key], wa[key], terms, steps=8, name=key)
+    return losses
+
+
 @pytest.mark.parametrize("method", [
     ["--method", "adaptive", "--realloc-interval", "0.25", "--realloc-warmup", "0.1"],
     pytest.param(["--method", "module-alloc", "--strategy", "multinomial", "--schedule", "every:0.25"],
@@ -87,23 +110,7 @@ def test_a_base_sharded_across_two_processes_matches_one_process(tiny_lm, tmp_pa
                            "-m", "dynlora.cli", "train", *flags, "--batch-size", "4", "--shard-base",
                            "--output", str(two)], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    a, b = history(one), history(two)
-    losses = [[r["loss"] for r in h if "loss" in r] for h in (a, b)]
-    # a batch of 8 pairs of at most 64 tokens; tiny Llama: 2 layers, widths 32 / 64; 8 steps
-    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=64, batch_tokens=8 * 64)
-    assert len(losses[0]) == len(losses[1]) == 8
-    assert_within_rounding(torch.tensor(losses[1]), torch.tensor(losses[0]), terms, steps=8, name="loss")
-    events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
-    assert events[0] == events[1]  # every decision identical
-    assert len({(tuple(sorted(e[2].items())), tuple(e[3] or ())) for e in events[1]}) > 1  # ranks or active moved
-    decided = [r for r in b if "ranks" in r and r["event"] not in ("init", "end") and r["step"] > 0]
-    assert decided and all(r["replicas_agree"] == 2 for r in decided)
-    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
-    assert ma["total_rank"] == mb["total_rank"] == ma["budget"] == mb["budget"]  # the budget conserved
-    wa, wb = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (one, two))
-    assert wa.keys() == wb.keys()
-    for key in wa:  # as the losses: the same batches, another order of the same sums
-        assert_within_rounding(wb[key], wa[key], terms, steps=8, name=key)
+    assert_eight_steps_as_one_process(one, two)
 
 
 def test_shard_base_refuses_what_it_cannot_shard(tiny_lm, tmp_path, capsys):
@@ -141,22 +148,7 @@ def test_dynlora_train_fsdp_with_rank_slots_matches_one_process(tiny_lm, tmp_pat
                            "--output", str(two)], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FSDPLlamaForCausalLM holds DTensor adapters" in done.stdout  # accelerate's FSDP2 sharded them
-    a, b = history(one), history(two)
-    losses = [[r["loss"] for r in h if "loss" in r] for h in (a, b)]
-    terms = chain_terms(layers=2, hidden=32, intermediate=64, seq=64, batch_tokens=8 * 64)
-    assert len(losses[0]) == len(losses[1]) == 8
-    assert_within_rounding(torch.tensor(losses[1]), torch.tensor(losses[0]), terms, steps=8, name="loss")
-    events = [[(r["step"], r["event"], r["ranks"], r.get("active")) for r in h if "ranks" in r] for h in (a, b)]
-    assert events[0] == events[1]  # every decision identical
-    assert len({(tuple(sorted(e[2].items())), tuple(e[3] or ())) for e in events[1]}) > 1  # ranks or active moved
-    decided = [r for r in b if "ranks" in r and r["event"] not in ("init", "end") and r["step"] > 0]
-    assert decided and all(r["replicas_agree"] == 2 for r in decided)
-    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
-    assert ma["total_rank"] == mb["total_rank"] == ma["budget"] == mb["budget"]  # the budget conserved
-    wa, wb = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (one, two))
-    assert wa.keys() == wb.keys()
-    for key in wa:  # the live ranks only, as one process exports them; values to rounding
-        assert_within_rounding(wb[key], wa[key], terms, steps=8, name=key)
+    losses = assert_eight_steps_as_one_process(one, two)  # the live ranks only, as one process exports them
     if "adaptive" not in method:
         return
     # stopped in both processes at step 6 (after checkpoint-4), then --resume: the same finished run, bit for bit
